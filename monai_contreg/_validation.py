@@ -1,0 +1,116 @@
+"""Argument checks shared by every layer: one wording for every error a user can meet.
+
+Every public function checks its inputs with these helpers so that a bad call fails early with a
+message that names the function, the argument, what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import TypeVar
+
+import torch
+
+__all__ = [
+    "check_ddf",
+    "check_finite",
+    "check_points",
+    "check_same_spatial",
+    "check_tensor",
+    "choose",
+    "suggest",
+]
+
+E = TypeVar("E", bound=Enum)
+
+
+def suggest(value: str, choices: Iterable[str]) -> str:
+    """Return a ``" Did you mean 'x'?"`` hint for the choice closest to ``value`` (or ``""``)."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def choose(where: str, name: str, value: str | E, choices: type[E] | Sequence[str]) -> E | str:
+    """Look ``value`` up among ``choices`` (an Enum class or a list of names).
+
+    Raises:
+        ValueError: naming ``where`` and ``name``, listing the valid values and suggesting the nearest one.
+    """
+    if isinstance(choices, type) and issubclass(choices, Enum):
+        if isinstance(value, choices):
+            return value
+        names = [str(m.value) for m in choices]
+        for m in choices:
+            if str(m.value) == str(value):
+                return m
+    else:
+        names = list(choices)
+        if value in names:
+            return value
+    raise ValueError(
+        f"{where}: unknown {name} {value!r}; expected one of {names}.{suggest(str(value), names)}"
+    )
+
+
+def check_tensor(where: str, name: str, x: object, ndim: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Check that ``x`` is a floating/integer tensor with the given number of dimensions."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}.")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in dims:
+            raise ValueError(
+                f"{where}: {name} must have {' or '.join(map(str, dims))} dimensions, "
+                f"got shape {tuple(x.shape)}."
+            )
+    return x
+
+
+def check_ddf(where: str, name: str, ddf: object) -> torch.Tensor:
+    """Check a MONAI dense displacement field: shape ``(B, 3, H, W, D)``."""
+    ddf = check_tensor(where, name, ddf, 5)
+    if ddf.shape[1] != 3:
+        raise ValueError(
+            f"{where}: {name} must be a MONAI DDF of shape (B, 3, H, W, D) in voxel units, "
+            f"got shape {tuple(ddf.shape)}."
+        )
+    if not ddf.is_floating_point():
+        raise TypeError(f"{where}: {name} must be floating point, got {ddf.dtype}.")
+    return ddf
+
+
+def check_points(where: str, name: str, points: object) -> torch.Tensor:
+    """Check a point set: shape ``(N, 3)`` or ``(B, N, 3)``."""
+    points = check_tensor(where, name, points, (2, 3))
+    if points.shape[-1] != 3:
+        raise ValueError(f"{where}: {name} must have shape (N, 3) or (B, N, 3), got {tuple(points.shape)}.")
+    return points
+
+
+def check_same_spatial(where: str, names: Sequence[str], *tensors: torch.Tensor, spatial_dims: int = 3) -> None:
+    """Check that the last ``spatial_dims`` sizes agree across ``tensors``."""
+    shapes = [tuple(t.shape[-spatial_dims:]) for t in tensors]
+    if any(s != shapes[0] for s in shapes[1:]):
+        desc = ", ".join(f"{n}={s}" for n, s in zip(names, shapes))
+        raise ValueError(f"{where}: spatial shapes must match, got {desc}.")
+
+
+def check_finite(where: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise if ``x`` holds NaN or infinite values (reporting how many)."""
+    if x.is_floating_point():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"{where}: {name} contains {bad} NaN or infinite value(s) out of {x.numel()}.")
+    return x
+
+
+def check_positive(where: str, name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Check a finite positive (or non-negative) number."""
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}.")
+    return value

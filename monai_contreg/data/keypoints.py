@@ -1,0 +1,41 @@
+"""Keypoint files (Learn2Reg CSV: one ``x,y,z`` voxel coordinate per row, array-axis order)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["load_keypoints", "save_keypoints"]
+
+
+def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
+    """Read a keypoint CSV into an ``(N, 3)`` float64 tensor of voxel coordinates.
+
+    Raises:
+        FileNotFoundError / ValueError naming ``name`` and the path when the file is missing or malformed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"load_keypoints: {name} file {str(p)!r} does not exist.")
+    try:
+        arr = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"load_keypoints: {name} file {str(p)!r} is not a CSV of numbers: {exc}") from exc
+    if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0:
+        raise ValueError(f"load_keypoints: {name} file {str(p)!r} must hold N >= 1 rows of 3 coordinates, got shape {arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"load_keypoints: {name} file {str(p)!r} contains NaN or infinite coordinates.")
+    return torch.from_numpy(arr)
+
+
+def save_keypoints(path: str | Path, points: torch.Tensor | np.ndarray) -> None:
+    """Write ``(N, 3)`` voxel coordinates as a Learn2Reg keypoint CSV (atomically)."""
+    from ..io.atomic import atomic_path
+
+    arr = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"save_keypoints: points must have shape (N, 3), got {arr.shape}.")
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, arr, delimiter=",", fmt="%.6f")

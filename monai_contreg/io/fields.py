@@ -1,0 +1,89 @@
+"""Reading and writing displacement fields in the Learn2Reg layout (``(H, W, D, 3)`` voxels, fixed -> moving).
+
+``.nii.gz``/``.nii`` files carry the fixed image's affine; ``.npz`` files hold one array (``arr_0``), by default
+float16 as Learn2Reg submissions allow. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .._validation import check_ddf, check_finite, choose
+from ..spatial.conventions import ddf_to_learn2reg, learn2reg_to_ddf
+from .atomic import atomic_path
+
+__all__ = ["field_format", "load_field", "save_field"]
+
+_FORMATS = (".nii.gz", ".nii", ".npz")
+
+
+def field_format(path: str | Path) -> str:
+    """The field format of ``path`` from its extension (``.nii.gz``, ``.nii`` or ``.npz``)."""
+    name = str(path).lower()
+    for ext in _FORMATS:
+        if name.endswith(ext):
+            return ext
+    raise ValueError(f"field_format: output path {str(path)!r} must end with one of {list(_FORMATS)}.")
+
+
+def save_field(
+    path: str | Path, ddf: torch.Tensor, affine: np.ndarray | torch.Tensor | None = None, dtype: str | None = None
+) -> Path:
+    """Write a MONAI DDF ``(1, 3, H, W, D)`` (voxels) as a Learn2Reg field file, atomically.
+
+    Args:
+        path: ``*.nii.gz``, ``*.nii`` or ``*.npz``.
+        ddf: the field.
+        affine: 4x4 voxel-to-world matrix of the fixed image (NIfTI only; identity if ``None``).
+        dtype: ``"float32"`` or ``"float16"``; default float32 for NIfTI, float16 for ``.npz``.
+
+    Returns:
+        The written path.
+    """
+    check_ddf("save_field", "ddf", ddf)
+    check_finite("save_field", "ddf", ddf)
+    fmt = field_format(path)
+    dtype = choose("save_field", "dtype", dtype or ("float16" if fmt == ".npz" else "float32"), ("float32", "float16"))
+    arr = ddf_to_learn2reg(ddf).astype(dtype)
+    aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
+    with atomic_path(path) as tmp:
+        if fmt == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, arr)
+        else:
+            img = nib.Nifti1Image(arr, aff)
+            img.header.set_intent("vector")
+            nib.save(img, str(tmp))
+    return Path(path)
+
+
+def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a Learn2Reg field file -> (MONAI DDF ``(1, 3, H, W, D)`` float32, 4x4 affine).
+
+    ``.npz`` files have no geometry: the affine returned is the identity.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"load_field: field file {str(p)!r} does not exist.")
+    fmt = field_format(p)
+    try:
+        if fmt == ".npz":
+            with np.load(p) as z:
+                if len(z.files) != 1:
+                    raise ValueError(f"expected one array, found {z.files}")
+                arr = z[z.files[0]]
+            affine = np.eye(4)
+        else:
+            img = nib.load(str(p))
+            arr = np.asarray(img.dataobj)
+            affine = img.affine
+    except Exception as exc:
+        raise ValueError(f"load_field: cannot read field file {str(p)!r}: {exc}") from exc
+    arr = np.squeeze(arr, axis=3) if arr.ndim == 5 and arr.shape[3] == 1 else arr
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"load_field: field file {str(p)!r} must hold an (H, W, D, 3) array, got shape {arr.shape}.")
+    return learn2reg_to_ddf(arr.astype(np.float32)), np.asarray(affine, dtype=np.float64)

@@ -1,0 +1,69 @@
+"""The optimised displacement field: an ``nn.Parameter`` on a working grid, smoothed on read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._validation import check_ddf, check_finite
+from ..spatial.conventions import check_shape3, resize_ddf
+from ..spatial.filters import box_filter
+
+__all__ = ["DisplacementField"]
+
+
+class DisplacementField(nn.Module):
+    """A dense displacement field ``u`` optimised directly (one parameter per working-grid voxel and axis).
+
+    The parameter is a MONAI DDF ``(1, 3, h, w, d)`` in voxels of the working grid (a coarser grid over the
+    fixed image's field of view, see :func:`monai_contreg.spatial.conventions.resize_ddf`). Reading the field
+    (``forward``) applies ``smoothing_passes`` box filters of width ``kernel_size``: the optimiser moves the raw
+    parameter, the loss sees the smoothed field (ConvexAdam's B-spline-like parametrisation).
+
+    Args:
+        shape: working-grid shape ``(h, w, d)``.
+        init: optional initial DDF ``(1, 3, H', W', D')`` on any grid over the same field of view (voxels of
+            that grid), e.g. the discrete stage's result or a network's prediction; resampled to ``shape``.
+        smoothing_passes: number of box-filter passes applied on read (0 = none).
+        kernel_size: odd box-filter width.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        init: torch.Tensor | None = None,
+        smoothing_passes: int = 3,
+        kernel_size: int = 3,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.shape = check_shape3("DisplacementField", "shape", shape)
+        if smoothing_passes < 0:
+            raise ValueError(f"DisplacementField: smoothing_passes must be >= 0, got {smoothing_passes}.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"DisplacementField: kernel_size must be a positive odd integer, got {kernel_size}.")
+        self.smoothing_passes = int(smoothing_passes)
+        self.kernel_size = int(kernel_size)
+        data = torch.zeros((1, 3, *self.shape), dtype=dtype, device=device)
+        if init is not None:
+            check_ddf("DisplacementField", "init", init)
+            if init.shape[0] != 1:
+                raise ValueError(f"DisplacementField: init must hold one field (batch 1), got {tuple(init.shape)}.")
+            check_finite("DisplacementField", "init", init)
+            data = resize_ddf(init.detach().to(device=data.device, dtype=dtype), self.shape).clone()
+        self.displacement = nn.Parameter(data)
+
+    def forward(self) -> torch.Tensor:
+        """The smoothed working-grid DDF ``(1, 3, h, w, d)`` (differentiable)."""
+        return box_filter(self.displacement, self.kernel_size, self.smoothing_passes)
+
+    def ddf(self, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """The smoothed field, resampled to ``shape`` (e.g. the fixed image's) and in that grid's voxels."""
+        out = self.forward()
+        return out if shape is None else resize_ddf(out, check_shape3("DisplacementField.ddf", "shape", shape))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, smoothing_passes={self.smoothing_passes}, kernel_size={self.kernel_size}"

@@ -1,0 +1,91 @@
+"""Warping of images, label maps and point sets by a MONAI DDF (fixed -> moving, voxels)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._validation import check_ddf, check_points, check_tensor, choose
+from .conventions import ALIGN_CORNERS, ddf_to_sampling_grid, voxel_to_normalized
+
+__all__ = ["sample_at_points", "warp_image", "warp_labels", "warp_points"]
+
+_PADDING = ("border", "zeros", "reflection")
+
+
+def _check_pair(where: str, image: torch.Tensor, ddf: torch.Tensor) -> None:
+    check_tensor(where, "image", image, 5)
+    check_ddf(where, "ddf", ddf)
+    if tuple(image.shape[2:]) != tuple(ddf.shape[2:]):
+        raise ValueError(
+            f"{where}: image spatial shape {tuple(image.shape[2:])} must equal ddf spatial shape "
+            f"{tuple(ddf.shape[2:])}."
+        )
+    if ddf.shape[0] not in (1, image.shape[0]):
+        raise ValueError(f"{where}: ddf batch size {ddf.shape[0]} must be 1 or the image's {image.shape[0]}.")
+
+
+def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Resample the moving ``image`` into the fixed frame: ``out(x) = image(x + u(x))``, trilinear.
+
+    Args:
+        image: moving image ``(B, C, H, W, D)``.
+        ddf: MONAI DDF ``(B or 1, 3, H, W, D)`` in voxels on the same grid.
+        padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, H, W, D)``, same dtype as ``image`` (computed in the DDF's floating dtype).
+    """
+    _check_pair("warp_image", image, ddf)
+    padding_mode = choose("warp_image", "padding_mode", padding_mode, _PADDING)
+    grid = ddf_to_sampling_grid(ddf).to(image.dtype if image.is_floating_point() else ddf.dtype)
+    if grid.shape[0] != image.shape[0]:
+        grid = grid.expand(image.shape[0], *grid.shape[1:])
+    src = image if image.is_floating_point() else image.to(grid.dtype)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def warp_labels(labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """Resample a moving label map with nearest-neighbour interpolation (labels stay labels, dtype kept)."""
+    _check_pair("warp_labels", labels, ddf)
+    grid = ddf_to_sampling_grid(ddf.float())
+    if grid.shape[0] != labels.shape[0]:
+        grid = grid.expand(labels.shape[0], *grid.shape[1:])
+    out = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode="border", align_corners=ALIGN_CORNERS)
+    return out.to(labels.dtype)
+
+
+def sample_at_points(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``volume`` ``(B, C, H, W, D)`` at voxel ``points`` ``(N, 3)`` or ``(B, N, 3)``.
+
+    Returns ``(B, N, C)``. Points outside the grid take the border value (as ``scipy``'s ``nearest`` mode).
+    """
+    check_tensor("sample_at_points", "volume", volume, 5)
+    check_points("sample_at_points", "points", points)
+    pts = points.to(volume.dtype)
+    if pts.ndim == 2:
+        pts = pts.unsqueeze(0).expand(volume.shape[0], -1, -1)
+    if pts.shape[0] != volume.shape[0]:
+        raise ValueError(
+            f"sample_at_points: points batch size {pts.shape[0]} must equal volume batch size {volume.shape[0]}."
+        )
+    grid = voxel_to_normalized(pts, volume.shape[2:]).view(pts.shape[0], -1, 1, 1, 3)
+    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=ALIGN_CORNERS)
+    return out.view(volume.shape[0], volume.shape[1], -1).transpose(1, 2)
+
+
+def warp_points(points: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """Map fixed-image voxel ``points`` to the moving image: ``p + u(p)`` with ``u`` sampled trilinearly.
+
+    Args:
+        points: ``(N, 3)`` or ``(B, N, 3)`` voxel coordinates in the fixed image (array-axis order).
+        ddf: MONAI DDF ``(B, 3, H, W, D)``.
+
+    Returns:
+        Points of the same shape (and floating dtype of ``ddf``) in moving-image voxel coordinates.
+    """
+    check_points("warp_points", "points", points)
+    check_ddf("warp_points", "ddf", ddf)
+    u = sample_at_points(ddf, points)
+    out = points.to(ddf.dtype) + (u[0] if points.ndim == 2 else u)
+    return out

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from ignite.engine import Events
+
+from monai_contreg.methods.config import RegistrationConfig
+from monai_contreg.methods.io import compute_features, instance_optimisation
+from monai_contreg.optim import (
+    DisplacementField,
+    PlateauEarlyStopping,
+    RegistrationDivergedError,
+    RegistrationEvents,
+    create_registration_engine,
+)
+
+from tests.conftest import smooth_volume
+
+
+def _shift_config(steps=120, lr=0.5):
+    cfg = RegistrationConfig()
+    cfg.field.grid_factor = 1
+    cfg.field.smoothing_passes = 1
+    cfg.optim.reg_weight = 0.1
+    s = cfg.optim.schedule
+    s.peak_lr, s.constant_steps, s.cosine_end, s.total_steps, s.final_lr, s.linear_start_lr = lr, steps, steps, steps, lr, lr
+    return cfg
+
+
+def test_field_module_zero_and_init():
+    f = DisplacementField((4, 5, 6))
+    assert torch.equal(f(), torch.zeros(1, 3, 4, 5, 6))
+    init = torch.full((1, 3, 8, 10, 12), 2.0)
+    g = DisplacementField((4, 5, 6), init=init, smoothing_passes=0)
+    assert torch.allclose(g(), torch.full((1, 3, 4, 5, 6), 1.0))  # 2 fine voxels = 1 coarse voxel
+    assert torch.allclose(g.ddf((8, 10, 12)), init)
+    with pytest.raises(ValueError, match="DisplacementField: init must be a MONAI DDF"):
+        DisplacementField((4, 5, 6), init=torch.zeros(1, 2, 4, 5, 6))
+
+
+def test_identical_images_are_a_stationary_point():
+    img = smooth_volume()
+    cfg = _shift_config(steps=1)
+    ff, mf = compute_features(img, img, cfg)
+    grads = []
+
+    class Grab:
+        def attach(self, engine):
+            engine.add_event_handler(
+                RegistrationEvents.FIELD_UPDATED, lambda e: grads.append(e.state.field.displacement.grad.abs().max().item())
+            )
+
+    out = instance_optimisation(ff, mf, cfg, handlers=[Grab()])
+    assert out.history["similarity"][0] == pytest.approx(0.0, abs=1e-10)
+    assert grads[0] < 1e-6  # (Adam rescales any gradient to a full step, so the field itself is not tested)
+
+
+@pytest.mark.parametrize("axis,shift", [(0, 2), (2, -1)])
+def test_integer_shift_recovered(axis, shift):
+    img = smooth_volume((28, 24, 26), sigma=1.5)
+    moving = torch.roll(img, shifts=shift, dims=axis + 2)  # moving(y) = fixed(y - shift) -> u = +shift
+    cfg = _shift_config()
+    ff, mf = compute_features(img, moving, cfg)
+    out = instance_optimisation(ff, mf, cfg)
+    u = out.field()[0, :, 6:-6, 6:-6, 6:-6]
+    assert u[axis].mean().item() == pytest.approx(shift, abs=0.1)
+    others = [c for c in range(3) if c != axis]
+    assert u[others].abs().mean().item() < 0.1
+    assert out.history["loss"][-1] < out.history["loss"][0]
+
+
+def test_custom_events_and_history():
+    img = smooth_volume()
+    cfg = _shift_config(steps=5)
+    ff, mf = compute_features(img, torch.roll(img, 1, 2), cfg)
+    fired = {"loss": 0, "field": 0}
+
+    class Hook:
+        def attach(self, engine):
+            engine.add_event_handler(RegistrationEvents.LOSS_COMPUTED, lambda e: fired.__setitem__("loss", fired["loss"] + 1))
+            engine.add_event_handler(RegistrationEvents.FIELD_UPDATED, lambda e: fired.__setitem__("field", fired["field"] + 1))
+
+    out = instance_optimisation(ff, mf, cfg, handlers=[Hook()])
+    assert fired == {"loss": 5, "field": 5}
+    assert len(out.history["lr"]) == 5 and out.steps == 5
+
+
+def test_nan_loss_stops_with_clear_error():
+    img = smooth_volume()
+    cfg = _shift_config(steps=5)
+    ff, mf = compute_features(img, img, cfg)
+
+    class Poison:
+        def attach(self, engine):
+            def poison(e):
+                if e.state.iteration == 3:
+                    e.state.extra_loss = torch.tensor(float("nan"))
+
+            engine.add_event_handler(RegistrationEvents.LOSS_COMPUTED, poison)
+
+    with pytest.raises(RegistrationDivergedError, match="diverged at step 3.*peak_lr"):
+        instance_optimisation(ff, mf, cfg, handlers=[Poison()])
+
+
+def test_plateau_early_stop():
+    img = smooth_volume()
+    cfg = _shift_config(steps=200)
+    cfg.engine.early_stop_patience = 5
+    cfg.engine.early_stop_warmup = 0
+    cfg.engine.early_stop_min_delta = 0.5  # demand large improvements -> stops quickly
+    ff, mf = compute_features(img, torch.roll(img, 1, 2), cfg)
+    out = instance_optimisation(ff, mf, cfg)
+    assert out.stopped_early and out.steps < 200
+
+
+def test_tre_monitor_records_and_never_changes_result():
+    img = smooth_volume((24, 24, 24), sigma=1.5)
+    moving = torch.roll(img, 1, 2)
+    cfg = _shift_config(steps=30)
+    ff, mf = compute_features(img, moving, cfg)
+    pts = torch.tensor([[12.0, 12.0, 12.0], [10.0, 11.0, 13.0]], dtype=torch.float64)
+    a = instance_optimisation(ff, mf, cfg)
+    cfg.engine.tre_every = 10
+    b = instance_optimisation(ff, mf, cfg, keypoints=(pts, pts + torch.tensor([1.0, 0, 0], dtype=torch.float64)), image_shape=(24, 24, 24))
+    assert [s for s, _ in b.tre_history] == [10, 20, 30]
+    assert b.tre_history[-1][1] < b.tre_history[0][1] and b.tre_history[-1][1] < 0.3
+    assert torch.equal(a.field(), b.field())
+
+
+def test_engine_rejects_mismatched_grid():
+    f = DisplacementField((4, 4, 4))
+    opt = torch.optim.Adam(f.parameters())
+    with pytest.raises(ValueError, match="create_registration_engine: the features' grid"):
+        create_registration_engine(f, torch.zeros(1, 12, 5, 4, 4), torch.zeros(1, 12, 5, 4, 4), opt)
