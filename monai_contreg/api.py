@@ -167,6 +167,7 @@ def register(
     moving_mask: ImageLike | None = None,
     config: RegistrationConfig | str | None = None,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     init_ddf: torch.Tensor | None = None,
     keypoints: tuple[Any, Any] | None = None,
     handlers: list[Any] | None = None,
@@ -181,6 +182,8 @@ def register(
             masked before feature extraction.
         config: a :class:`RegistrationConfig`, a preset name (``"io"``, ``"io-authors"``, ...) or ``None`` (``io``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the device of a tensor input, else CPU.
+        dtype: computation dtype (``torch.float32`` or ``torch.float64``); default: float64 if the fixed input is
+            a float64 tensor/array, else float32. The returned field has this dtype.
         init_ddf: optional initial DDF ``(1, 3, ...)`` (e.g. a network's prediction), voxels of its own grid.
         keypoints: optional ``(fixed_points, moving_points)`` ``(N, 3)`` voxel arrays, used only to monitor the
             TRE during optimisation (``config.engine.tre_every``).
@@ -198,11 +201,12 @@ def register(
         raise TypeError(f"register: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
     cfg.validate()
     dev = _device(device, fixed, moving)
+    dt = _dtype(dtype, fixed)
     data = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg)
     fixed_t = data["fixed"]
     affine = fixed_t.affine.detach().cpu().double().reshape(4, 4) if isinstance(fixed_t, MetaTensor) else torch.eye(4, dtype=torch.float64)
-    f = fixed_t.as_tensor().unsqueeze(0).to(dev, torch.float32)
-    m = torch.as_tensor(data["moving"]).unsqueeze(0).to(dev, torch.float32)
+    f = fixed_t.as_tensor().unsqueeze(0).to(dev, dt)
+    m = torch.as_tensor(data["moving"]).unsqueeze(0).to(dev, dt)
     kp = None
     if keypoints is not None:
         fk, mk = (torch.as_tensor(np.asarray(p, dtype=np.float64)) for p in keypoints)
@@ -226,6 +230,15 @@ def register(
         ddf=ddf, working_ddf=working, history=out.history, tre_history=out.tre_history, timings=timings,
         config=cfg, steps=out.steps,
     )
+
+
+def _dtype(dtype, fixed) -> torch.dtype:
+    if dtype is None:
+        src = getattr(fixed, "dtype", None)
+        return torch.float64 if src in (torch.float64, np.float64) else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"register: dtype must be torch.float32 or torch.float64, got {dtype}.")
+    return dtype
 
 
 def _device(device, *inputs) -> torch.device:

@@ -72,3 +72,28 @@ def test_bad_inputs_named(pair, tmp_path):
         register(f, m, config="i0")
     with pytest.raises(TypeError, match=r"register: fixed must be a file path"):
         register([1, 2, 3], m)
+
+
+def test_dtype_follows_input_or_option(pair):
+    res = register(pair.fixed.astype(np.float64), pair.moving.astype(np.float64), config=_quick(3))
+    assert res.ddf.dtype == torch.float64
+    res32 = register(pair.fixed, pair.moving, config=_quick(3), dtype=torch.float32)
+    assert res32.ddf.dtype == torch.float32
+    with pytest.raises(ValueError, match="register: dtype must be torch.float32 or torch.float64"):
+        register(pair.fixed, pair.moving, config=_quick(3), dtype=torch.float16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(pair):
+    cpu = register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=_quick(20))
+    gpu = register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=_quick(20), device="cuda")
+    assert gpu.ddf.device.type == "cuda"
+    assert torch.allclose(gpu.ddf.as_tensor().cpu(), cpu.ddf.as_tensor(), atol=1e-2)
+
+
+def test_device_option_without_cuda(pair):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="register: device 'cuda' requested but CUDA is not available"):
+        register(pair.fixed, pair.moving, config=_quick(3), device="cuda")

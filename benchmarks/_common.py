@@ -1,0 +1,79 @@
+"""Helpers shared by the benchmark scripts: nlst_synth pairs, per-process peak memory, metrics of a field."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "nlst_synth"
+REFERENCE_WORKER = Path(__file__).with_name("reference_convexadam_worker.py")
+
+
+def nlst_pairs(data: Path) -> list[dict[str, str]]:
+    """The ``registration_val`` pairs of a Learn2Reg-layout dataset: case id and file paths."""
+    desc = next(iter(sorted(data.glob("*_dataset.json"))), None)
+    if desc is None:
+        raise SystemExit(f"no *_dataset.json in {data}")
+    pairs = []
+    for p in json.loads(desc.read_text())["registration_val"]:
+        f = data / p["fixed"]
+        m = data / p["moving"]
+        case = f.name.split("_")[1]
+        pairs.append({
+            "case": case,
+            "fixed": str(f), "moving": str(m),
+            "fixed_mask": str(data / "masksTr" / f.name), "moving_mask": str(data / "masksTr" / m.name),
+            "fixed_kp": str(data / "keypointsTr" / f.name.replace(".nii.gz", ".csv")),
+            "moving_kp": str(data / "keypointsTr" / m.name.replace(".nii.gz", ".csv")),
+        })
+    return pairs
+
+
+def run_worker(cmd: list[str]) -> dict:
+    """Run a worker process that prints one JSON line last (with its own ``peak_rss_gib``); return that dict."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        return {"error": f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def field_metrics(ddf: torch.Tensor, pair: dict[str, str]) -> dict[str, float]:
+    """TRE (mm), true SDlogJ, Learn2Reg SDlogJ and folding % of a (1, 3, H, W, D) voxel field for one pair."""
+    import nibabel as nib
+
+    from monai_contreg.data.keypoints import load_keypoints
+    from monai_contreg.evaluation.metrics import jacobian_statistics, keypoint_tre
+    from monai_contreg.spatial.conventions import spacing_from_affine
+
+    spacing = spacing_from_affine(nib.load(pair["fixed"]).affine)
+    fk, mk = load_keypoints(pair["fixed_kp"]), load_keypoints(pair["moving_kp"])
+    tre = keypoint_tre(ddf, fk, mk, spacing)
+    tre0 = keypoint_tre(torch.zeros_like(ddf), fk, mk, spacing)
+    stats = jacobian_statistics(ddf)
+    return {
+        "tre_initial": float(tre0.mean()), "tre": float(tre.mean()), "tre_p95": float(np.percentile(tre.numpy(), 95)),
+        "sdlogj": stats["sdlogj"], "sdlogj_official": stats["sdlogj_official"], "folding_percent": stats["folding_percent"],
+    }
+
+
+def reference_python(arg: str | None) -> str | None:
+    """The interpreter of the reference ConvexAdam venv: --reference-python, $CONTREG_REFERENCE_PYTHON, or None."""
+    cand = arg or os.environ.get("CONTREG_REFERENCE_PYTHON")
+    if cand and Path(cand).is_file():
+        return cand
+    return None
