@@ -58,9 +58,10 @@ class ApplyMask(Transform):
             raise ValueError(
                 f"ApplyMask: mask spatial shape {tuple(mask.shape[-3:])} must equal image spatial shape {tuple(img.shape[-3:])}."
             )
-        inside = torch.as_tensor(mask, device=img.device) > 0
-        fill = torch.as_tensor(self.fill, dtype=img.dtype, device=img.device)
-        return torch.where(inside, img, fill)
+        m = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
+        inside = m.to(img.device) > 0
+        # a method of img: the result keeps img's metadata (affine), not the mask's
+        return img.masked_fill(~inside, self.fill)
 
 
 class ApplyMaskd(MapTransform):

@@ -1,6 +1,7 @@
-"""Losses: feature similarity and field regularisation."""
+"""Losses: feature similarity and field regularisation (MONAI ``_Loss`` style)."""
 
+from .mind_loss import MINDSSCLoss
 from .regularization import DiffusionLoss, diffusion
 from .similarity import SSDLoss, ssd
 
-__all__ = ["DiffusionLoss", "SSDLoss", "diffusion", "ssd"]
+__all__ = ["DiffusionLoss", "MINDSSCLoss", "SSDLoss", "diffusion", "ssd"]

@@ -17,3 +17,16 @@ def test_demo_pair_deterministic_and_consistent():
     mv = sample_at_points(torch.as_tensor(c.moving)[None, None].double(), torch.as_tensor(c.moving_keypoints))
     # trilinear interpolation of a sampled image: close, not identical
     assert (fv - mv).abs().median() < 60.0
+
+
+def test_apply_mask_keeps_image_metadata():
+    from monai.data import MetaTensor
+
+    from monai_contreg.data.transforms import ApplyMaskd
+
+    img = MetaTensor(torch.ones(1, 4, 4, 4), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    mask = MetaTensor(torch.zeros(1, 4, 4, 4))
+    mask[:, :2] = 1
+    out = ApplyMaskd(["img"], ["mask"], fill=-1.0)({"img": img, "mask": mask})["img"]
+    assert torch.equal(out.affine, img.affine)
+    assert out[0, :2].eq(1).all() and out[0, 2:].eq(-1).all()

@@ -1,0 +1,170 @@
+"""MONAI dictionary transforms that register pairs and apply fields inside a ``Compose``.
+
+Data dicts hold channel-first tensors as MONAI pipelines do: images ``(C, H, W, D)``, DDFs ``(3, H, W, D)``
+(MetaTensors with the fixed image's affine), keypoints ``(N, 3)`` voxel coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from monai.utils import ensure_tuple_rep
+
+from .._validation import choose
+from ..api import register
+from ..data.keypoints import load_keypoints
+from ..methods.config import RegistrationConfig
+from ..spatial.warp import warp_image, warp_labels, warp_points
+
+__all__ = [
+    "ApplyDDFd",
+    "ApplyDDFD",
+    "ApplyDDFDict",
+    "LoadKeypointsd",
+    "LoadKeypointsD",
+    "LoadKeypointsDict",
+    "RegisterPaird",
+    "RegisterPairD",
+    "RegisterPairDict",
+]
+
+
+def _affine_of(x: Any) -> torch.Tensor | None:
+    return x.affine if isinstance(x, MetaTensor) else None
+
+
+class LoadKeypointsd(MapTransform):
+    """Load Learn2Reg keypoint CSVs (voxel coordinates) into ``(N, 3)`` float64 MetaTensors.
+
+    Args:
+        keys: keys whose values are CSV paths.
+        ref_keys: for each key, the image key whose affine the keypoints inherit (``None``: identity).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, ref_keys: Sequence[Hashable | None] | Hashable | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_keys = ensure_tuple_rep(ref_keys, len(self.keys))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, ref in self.key_iterator(d, self.ref_keys):
+            value = d[key]
+            pts = value if isinstance(value, torch.Tensor) else load_keypoints(Path(value), name=str(key))
+            affine = _affine_of(d.get(ref)) if ref is not None else None
+            d[key] = MetaTensor(pts.to(torch.float64), affine=affine if affine is not None else torch.eye(4, dtype=torch.float64))
+        return d
+
+
+class RegisterPaird(MapTransform):
+    """Register ``data[fixed_key]`` and ``data[moving_key]``; store the DDF under ``ddf_key``.
+
+    The DDF is a MetaTensor ``(3, H, W, D)`` (voxels, fixed -> moving) with the fixed image's affine; the
+    loss/lr history is stored under ``f"{ddf_key}_history"``. With ``init_key`` the run starts from that DDF
+    (refinement of a network's prediction, see :mod:`monai_contreg.pipeline.refine`).
+
+    Args:
+        fixed_key, moving_key: image keys (``(1, H, W, D)`` tensors or file paths).
+        fixed_mask_key, moving_mask_key: optional mask keys.
+        ddf_key: output key.
+        config: :class:`RegistrationConfig` or preset name (default ``"io"``).
+        device: computation device (default: the inputs').
+        init_key: optional key of an initial DDF ``(3, ...)`` or ``(1, 3, ...)``.
+    """
+
+    def __init__(
+        self,
+        fixed_key: str = "fixed",
+        moving_key: str = "moving",
+        fixed_mask_key: str | None = None,
+        moving_mask_key: str | None = None,
+        ddf_key: str = "ddf",
+        config: RegistrationConfig | str | None = None,
+        device: str | torch.device | None = None,
+        init_key: str | None = None,
+    ) -> None:
+        super().__init__([fixed_key, moving_key])
+        self.fixed_key, self.moving_key = fixed_key, moving_key
+        self.fixed_mask_key, self.moving_mask_key = fixed_mask_key, moving_mask_key
+        self.ddf_key, self.config, self.device, self.init_key = ddf_key, config, device, init_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for k in (self.fixed_key, self.moving_key, self.fixed_mask_key, self.moving_mask_key, self.init_key):
+            if k is not None and k not in d:
+                raise KeyError(f"RegisterPaird: key {k!r} is missing from the data dict (keys: {sorted(map(str, d))}).")
+        init = None
+        if self.init_key is not None:
+            init = torch.as_tensor(d[self.init_key])
+            init = init.unsqueeze(0) if init.ndim == 4 else init
+        res = register(
+            d[self.fixed_key], d[self.moving_key],
+            fixed_mask=d[self.fixed_mask_key] if self.fixed_mask_key else None,
+            moving_mask=d[self.moving_mask_key] if self.moving_mask_key else None,
+            config=self.config, device=self.device, init_ddf=init,
+        )
+        d[self.ddf_key] = MetaTensor(res.ddf.as_tensor()[0], affine=res.ddf.affine)
+        d[f"{self.ddf_key}_history"] = res.history
+        return d
+
+
+class ApplyDDFd(MapTransform):
+    """Apply a DDF from the data dict to moving images, label maps and fixed keypoints.
+
+    * images (``mode="bilinear"``) and labels (``mode="nearest"``) ``(C, H, W, D)`` of the moving image are
+      resampled into the fixed frame: ``out(x) = img(x + u(x))``;
+    * keypoint keys ``(N, 3)`` hold fixed-image voxel coordinates and are mapped to the moving image:
+      ``p + u(p)`` (the direction a Learn2Reg field maps).
+
+    Args:
+        keys: image/label keys to warp.
+        ddf_key: key of the DDF ``(3, H, W, D)`` (or ``(1, 3, H, W, D)``).
+        mode: ``"bilinear"`` or ``"nearest"``, one for all keys or one per key.
+        keypoint_keys: keys of fixed keypoints to map.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ddf_key: str = "ddf",
+        mode: Sequence[str] | str = "bilinear",
+        keypoint_keys: KeysCollection = (),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ddf_key = ddf_key
+        self.mode = [choose("ApplyDDFd", "mode", m, ("bilinear", "nearest")) for m in ensure_tuple_rep(mode, len(self.keys))]
+        self.keypoint_keys = [keypoint_keys] if isinstance(keypoint_keys, str) else list(keypoint_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.ddf_key not in d:
+            raise KeyError(f"ApplyDDFd: ddf key {self.ddf_key!r} is missing from the data dict.")
+        ddf = torch.as_tensor(d[self.ddf_key])
+        ddf = ddf.unsqueeze(0) if ddf.ndim == 4 else ddf
+        affine = _affine_of(d[self.ddf_key])
+        for key, mode in self.key_iterator(d, self.mode):
+            img = torch.as_tensor(d[key]).unsqueeze(0)
+            out = warp_labels(img, ddf.to(img.device)) if mode == "nearest" else warp_image(img.to(ddf.dtype), ddf)
+            d[key] = MetaTensor(out[0], affine=affine) if affine is not None else out[0]
+        for key in self.keypoint_keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"ApplyDDFd: keypoint key {key!r} is missing from the data dict.")
+            pts = torch.as_tensor(d[key])
+            moved = warp_points(pts.to(ddf.dtype), ddf).to(pts.dtype)
+            d[key] = MetaTensor(moved, affine=_affine_of(d[key])) if isinstance(d[key], MetaTensor) else moved
+        return d
+
+
+RegisterPairD = RegisterPairDict = RegisterPaird
+ApplyDDFD = ApplyDDFDict = ApplyDDFd
+LoadKeypointsD = LoadKeypointsDict = LoadKeypointsd
