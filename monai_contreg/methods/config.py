@@ -20,6 +20,9 @@ from .._validation import suggest
 from ..optim.schedule import PiecewiseSchedule
 
 __all__ = [
+    "INIT_NAMES",
+    "METHOD_NAMES",
+    "ConvexConfig",
     "EngineConfig",
     "FeatureConfig",
     "FieldConfig",
@@ -119,14 +122,79 @@ class EngineConfig:
     num_threads: int = 0
 
 
+#: Valid values of :attr:`RegistrationConfig.method` (``"convex"`` = the discrete stage alone, no Adam).
+METHOD_NAMES = ("io", "convex")
+#: Valid values of :attr:`RegistrationConfig.init` (``"convex"`` = start Adam from the discrete stage's field).
+INIT_NAMES = ("zero", "convex")
+
+
+@dataclass
+class ConvexConfig:
+    """The coupled convex discrete stage of ConvexAdam (see :mod:`monai_contreg.methods.convex`).
+
+    Attributes:
+        grid_spacing: average-pooling factor of the full-resolution MIND features (NLST: 6 -> 37x32x37).
+        disp_hw: search half-width in coarse voxels: integer shifts in ``[-disp_hw, disp_hw]^3``.
+        cost_smoothing_kernel: box-filter width applied to each slice of the cost volume.
+        cost_smoothing_passes: number of such box-filter passes (ConvexAdam: two 3^3 filters).
+        field_smoothing_kernel: box-filter width applied to the shift field after each labelling.
+        field_smoothing_passes: number of such passes (ConvexAdam: one).
+        coupling_weights: the coupling weights of the successive coupled iterations
+            (``label = argmin_d cost(d) + w |d - u|^2``); empty = the smoothed argmin only.
+        ic: make the field inverse consistent with the moving->fixed field.
+        ic_iters: iterations of ``u1 <- (u1 - u2 o (id + u1)) / 2`` (and symmetric).
+        padding_mode: how moving features are extended beyond the image for large shifts:
+            ``"border"`` (replicate the edge, as the Adam stage's sampling) or ``"zeros"``.
+        chunk_size: number of shifts processed at once (bounds the memory beyond the cost volume).
+    """
+
+    grid_spacing: int = 6
+    disp_hw: int = 4
+    cost_smoothing_kernel: int = 3
+    cost_smoothing_passes: int = 2
+    field_smoothing_kernel: int = 3
+    field_smoothing_passes: int = 1
+    coupling_weights: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    ic: bool = True
+    ic_iters: int = 15
+    padding_mode: str = "border"
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field (``convex.<name>``), what it expects and what it got."""
+        from .._validation import choose
+
+        for name, low in (("grid_spacing", 1), ("disp_hw", 0), ("ic_iters", 0), ("chunk_size", 1),
+                          ("cost_smoothing_passes", 0), ("field_smoothing_passes", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"ConvexConfig: convex.{name} must be an integer >= {low}, got {v!r}.")
+        for name in ("cost_smoothing_kernel", "field_smoothing_kernel"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
+                raise ValueError(f"ConvexConfig: convex.{name} must be a positive odd integer, got {v!r}.")
+        if not isinstance(self.ic, bool):
+            raise ValueError(f"ConvexConfig: convex.ic must be true or false, got {self.ic!r}.")
+        weights = tuple(self.coupling_weights)
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and w < float("inf")) for w in weights):
+            raise ValueError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
+        self.coupling_weights = tuple(float(w) for w in weights)
+        choose("ConvexConfig", "convex.padding_mode", self.padding_mode, ("border", "zeros"))
+
+
 @dataclass
 class RegistrationConfig:
     """Everything that defines a registration run.
 
     Attributes:
-        method: the method this config runs (``"io"``: instance optimisation, the paper's method).
-        init: initial field: ``"zero"`` (the paper) or, for methods that have one, a discrete stage.
-        preprocess, features, field, optim, engine: see the nested dataclasses.
+        method: the method this config runs (``"io"``: instance optimisation, the paper's method;
+            ``"convex"``: ConvexAdam's coupled convex discrete stage alone, configured by ``convex``).
+        init: initial field of ``"io"``: ``"zero"`` (the paper) or ``"convex"`` (the discrete stage's field,
+            i.e. ConvexAdam when combined with its Adam settings).
+        preprocess, features, field, optim, engine, convex: see the nested dataclasses.
     """
 
     method: str = "io"
@@ -136,6 +204,7 @@ class RegistrationConfig:
     field: FieldConfig = _field(default_factory=FieldConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     engine: EngineConfig = _field(default_factory=EngineConfig)
+    convex: ConvexConfig = _field(default_factory=ConvexConfig)
 
     # ----------------------------------------------------------------- dict round trip
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +270,8 @@ class RegistrationConfig:
         """Check values (names of options, ranges); raise ``ValueError`` naming the field."""
         from .._validation import choose
 
+        choose("RegistrationConfig", "method", self.method, METHOD_NAMES)
+        choose("RegistrationConfig", "init", self.init, INIT_NAMES)
         choose("RegistrationConfig", "preprocess.intensity", self.preprocess.intensity, ("window", "minmax", "none"))
         choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, ("border", "zeros", "reflection"))
         lo, hi = self.preprocess.window
@@ -225,6 +296,7 @@ class RegistrationConfig:
         if self.engine.checkpoint_every < 1:
             raise ValueError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
         self.optim.schedule.validate()
+        self.convex.validate()
 
 
 def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
@@ -257,7 +329,8 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
         raise ValueError(f"RegistrationConfig: {name} must not be null.")
     try:
         if text.startswith("tuple") or isinstance(current, tuple):
-            if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            variable = "..." in text  # tuple[float, ...]: any length
+            if not isinstance(value, (list, tuple)) or (not variable and len(value) != len(current)):
                 raise ValueError
             return tuple(float(v) for v in value)
         if hint is bool or text == "bool":

@@ -5,6 +5,10 @@
   min-max normalisation of lung-masked images).
 * ``io-lr1``: constant learning rate 1 for 100 steps (ablation).
 * ``io-lr15``: constant learning rate 15 for 270 steps (ablation).
+* ``convex``: ConvexAdam's coupled convex discrete stage alone (grid spacing 6, search 4, inverse consistent).
+* ``convexadam``: ConvexAdam's reference settings: the discrete stage, then Adam at lr 1 for 80 steps
+  (lambda 1.25, 3 smoothing passes, half resolution) on unmasked images in raw intensities, as the reference sees them.
+* ``convex+io``: the paper's schedule (``io``) started from the discrete stage's field.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable
 
 from .._validation import choose
 from ..optim.schedule import PiecewiseSchedule
-from .config import FieldConfig, OptimConfig, PreprocessConfig, RegistrationConfig
+from .config import ConvexConfig, FieldConfig, OptimConfig, PreprocessConfig, RegistrationConfig
 
 __all__ = ["PRESETS", "get_preset", "preset_names"]
 
@@ -42,11 +46,46 @@ def _constant(lr: float, steps: int) -> Callable[[], RegistrationConfig]:
     return make
 
 
+def _reference_inputs() -> PreprocessConfig:
+    """ConvexAdam's reference computes MIND on the raw (unclipped, unmasked) intensities."""
+    return PreprocessConfig(intensity="none", use_masks=False)
+
+
+def _convex() -> RegistrationConfig:
+    return RegistrationConfig(method="convex", init="convex", preprocess=_reference_inputs(), convex=ConvexConfig(ic=True))
+
+
+def _convexadam() -> RegistrationConfig:
+    steps = 80
+    return RegistrationConfig(
+        method="io",
+        init="convex",
+        preprocess=_reference_inputs(),
+        field=FieldConfig(grid_factor=2, smoothing_passes=3, smoothing_kernel=3),
+        optim=OptimConfig(
+            schedule=PiecewiseSchedule(
+                peak_lr=1.0, constant_steps=steps, cosine_end=steps, final_lr=1.0, linear_start_lr=1.0, total_steps=steps
+            ),
+            reg_weight=1.25,
+        ),
+        convex=ConvexConfig(ic=True),
+    )
+
+
+def _convex_io() -> RegistrationConfig:
+    cfg = _io()
+    cfg.init = "convex"
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RegistrationConfig]] = {
     "io": _io,
     "io-authors": _io_authors,
     "io-lr1": _constant(1.0, 100),
     "io-lr15": _constant(15.0, 270),
+    "convex": _convex,
+    "convexadam": _convexadam,
+    "convex+io": _convex_io,
 }
 
 

@@ -1,4 +1,10 @@
-"""Dispatch from a config's ``method`` to the method implementation (one entry per method)."""
+"""Dispatch from a config's ``method`` to the method implementation (one entry per method).
+
+* ``"io"``: the paper's instance optimisation (:func:`~monai_contreg.methods.io.instance_optimisation`), starting
+  from zero (``init="zero"``), from the coupled convex discrete stage (``init="convex"``: ConvexAdam), or from a
+  given ``init_ddf``.
+* ``"convex"``: the coupled convex discrete stage alone (:mod:`monai_contreg.methods.convex`), no Adam.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,19 @@ from typing import Any
 import torch
 
 from .._validation import choose
-from .config import RegistrationConfig
+from ..optim.field import DisplacementField
+from .config import INIT_NAMES, METHOD_NAMES, RegistrationConfig
+from .convex import coupled_convex, pooled_mind
 from .io import MethodOutput, compute_features, instance_optimisation
 
 __all__ = ["METHODS", "run_method"]
 
-METHODS = ("io",)
+METHODS = METHOD_NAMES
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def run_method(
@@ -27,19 +40,48 @@ def run_method(
     handlers: list[Any] | None = None,
     name: str = "",
 ) -> MethodOutput:
-    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with ``config.method``."""
+    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with ``config.method``.
+
+    Args:
+        fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
+        config: the registration config (``method``, ``init`` and the sections they use).
+        init_ddf: optional initial DDF ``(1, 3, ...)`` for ``"io"`` (voxels of its own grid); it replaces
+            ``config.init``. Not accepted by ``"convex"``.
+        keypoints, spacing, handlers, name: passed to :func:`instance_optimisation`.
+
+    Returns:
+        :class:`MethodOutput`; for ``"convex"`` its field is the discrete result on the coarse grid (no
+        smoothing on read, ``steps == 0``). ``timings`` holds ``features``, ``discrete`` (when the discrete
+        stage ran) and ``optimisation`` seconds.
+    """
     method = choose("run_method", "method", config.method, METHODS)
-    init = choose("run_method", "init", config.init, ("zero",))
-    del init  # only 'zero' for now: a given init_ddf overrides it
+    init = choose("run_method", "init", config.init, INIT_NAMES)
+    if method == "convex" and init_ddf is not None:
+        raise ValueError("run_method: init_ddf is not accepted by method 'convex' (the discrete stage starts from nothing); got a tensor.")
+    discrete = method == "convex" or (init == "convex" and init_ddf is None)
+    fc = config.features
     t0 = time.perf_counter()
-    ff, mf = compute_features(fixed, moving, config)
-    if fixed.is_cuda:
-        torch.cuda.synchronize(fixed.device)
-    t_feat = time.perf_counter() - t0
-    if method == "io":
-        out = instance_optimisation(
-            ff, mf, config, init_ddf=init_ddf, keypoints=keypoints, image_shape=tuple(fixed.shape[2:]),
-            spacing=spacing, handlers=handlers, name=name,
-        )
-    out.timings = {"features": t_feat, **out.timings}
+    if discrete:
+        factors = (config.convex.grid_spacing,) if method == "convex" else (config.convex.grid_spacing, config.field.grid_factor)
+        fixed_feats = pooled_mind(fixed, factors, fc.mind_radius, fc.mind_dilation)
+        moving_feats = pooled_mind(moving, factors, fc.mind_radius, fc.mind_dilation)
+    else:
+        ff, mf = compute_features(fixed, moving, config)
+        fixed_feats, moving_feats = [ff], [mf]
+    _sync(fixed)
+    timings = {"features": time.perf_counter() - t0}
+    if discrete:
+        t1 = time.perf_counter()
+        coarse = coupled_convex(fixed_feats[0], moving_feats[0], config.convex)
+        _sync(coarse)
+        timings["discrete"] = time.perf_counter() - t1
+        if method == "convex":
+            field = DisplacementField(coarse.shape[2:], init=coarse, smoothing_passes=0, dtype=coarse.dtype, device=coarse.device)
+            return MethodOutput(field=field, timings=timings, steps=0)
+        init_ddf = coarse
+    out = instance_optimisation(
+        fixed_feats[-1], moving_feats[-1], config, init_ddf=init_ddf, keypoints=keypoints,
+        image_shape=tuple(fixed.shape[2:]), spacing=spacing, handlers=handlers, name=name,
+    )
+    out.timings = {**timings, **out.timings}
     return out
