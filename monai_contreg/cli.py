@@ -112,6 +112,177 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .workflow import run_split
+
+    cfg = _config(args)
+
+    def report(outcome, i, n):
+        from tqdm.auto import tqdm
+
+        head = f"[{i + 1}/{n}] {outcome.key}"
+        if outcome.status == "done":
+            loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.5g}"
+            tqdm.write(f"{head} done in {outcome.seconds:.1f}s, {outcome.steps} steps, final loss {loss} -> {outcome.path}")
+        elif outcome.status == "skipped":
+            tqdm.write(f"{head} skipped: {outcome.path} exists")
+        else:
+            tqdm.write(f"{head} FAILED after {outcome.seconds:.1f}s: {outcome.error}", file=sys.stderr)
+
+    summary = run_split(
+        args.dataset, args.split, args.output, cfg, device=args.device, fmt=args.format, overwrite=args.overwrite,
+        progress=not args.no_bar, on_pair=report,
+    )
+    print(
+        f"registered {len(summary.done)}, skipped {len(summary.skipped)}, failed {len(summary.failed)} of "
+        f"{len(summary.outcomes)} pairs; run log {summary.runtimes_path}"
+    )
+    if summary.failed:
+        print(f"contreg run: error: failed pairs: {summary.failed} (see {summary.runtimes_path})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .workflow import make_submission
+
+    out = make_submission(args.fields, args.dataset, args.output, split=args.split, fmt=args.format)
+    import zipfile
+
+    with zipfile.ZipFile(out) as zf:
+        n = len(zf.namelist())
+    print(f"wrote {out} ({n} fields, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.learn2reg import evaluate_learn2reg, evaluation_table, write_evaluation_csv, write_evaluation_json
+
+    res = evaluate_learn2reg(
+        args.dataset, args.fields, args.split, runtimes=args.runtimes or "auto", masked=not args.no_mask,
+    )
+    header, rows = evaluation_table(res)
+    shown = [h for h in header if h in _EVAL_COLUMNS or h == "case"]
+    idx = [header.index(h) for h in shown]
+    width = max(len(str(r[0])) for r in rows) + 2
+    print(f"{res['name']} {res['split']}: {len(res['cases'])} pairs")
+    print("".join(f"{h:<{width}}" if i == 0 else f"{h:>16}" for i, h in enumerate(shown)))
+    for r in rows:
+        print("".join(f"{r[j]:<{width}}" if k == 0 else f"{r[j]:>16.4f}" for k, j in enumerate(idx)))
+    if args.json:
+        print(f"wrote {write_evaluation_json(res, args.json)}")
+    if args.csv:
+        print(f"wrote {write_evaluation_csv(res, args.csv)}")
+    if args.report:
+        from .evaluation.report import make_report
+
+        index = make_report(args.dataset, args.fields, args.report, split=args.split, results=res)
+        print(f"wrote {index}")
+    return 0
+
+
+_EVAL_COLUMNS = ("TRE_kp", "TRE_kp_initial", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95", "runtime")
+
+
+def _add_learn2reg_parsers(sub) -> None:
+    p = sub.add_parser("run", help="register every pair of a Learn2Reg split (resumable)")
+    p.add_argument("dataset", help="Learn2Reg dataset folder (with *_dataset.json) or the json file")
+    p.add_argument("--split", default="val", help="training_paired_images | registration_val | registration_test, or train/val/test (default: val)")
+    p.add_argument("-o", "--output", required=True, help="output folder for disp_FFFF_MMMM fields and runtimes.json")
+    p.add_argument("--format", default="nii.gz", help="field format: nii.gz (float32) or npz (float16)")
+    p.add_argument("--overwrite", action="store_true", help="redo pairs whose field exists (default: skip them)")
+    p.add_argument("--no-bar", action="store_true", help="no progress bar over pairs")
+    _common(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("submit", help="zip the fields of a split in the official Learn2Reg layout")
+    p.add_argument("fields", help="folder of fields written by 'contreg run'")
+    p.add_argument("-o", "--output", required=True, help="submission zip")
+    p.add_argument("--dataset", required=True, help="Learn2Reg dataset folder or json (for the pairs and expected shape)")
+    p.add_argument("--split", default="val", help="split (default: val)")
+    p.add_argument("--format", default="nii.gz", help="nii.gz or npz (float16)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("evaluate", help="TRE, SDlogJ, folding, Dice, HD95 of the fields of a split")
+    p.add_argument("dataset", help="Learn2Reg dataset folder or json")
+    p.add_argument("fields", help="folder of fields or a submission zip")
+    p.add_argument("--split", default="val", help="split (default: val)")
+    p.add_argument("--json", help="write the results (official Learn2Reg layout: cases + aggregates) here")
+    p.add_argument("--csv", help="write a per-pair table here")
+    p.add_argument("--report", help="write a QA report (PNG per pair + index.md) into this folder")
+    p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
+    p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_register_native(args: argparse.Namespace) -> int:
+    from .io.fields import field_format
+    from .io.itk_transforms import ITK_TRANSFORM_FORMATS
+    from .native import register_native
+
+    if args.output:
+        field_format(args.output)  # fail before any work on a bad output name
+    if args.itk and not str(args.itk).lower().endswith(ITK_TRANSFORM_FORMATS):
+        raise ValueError(f"--itk: path {args.itk!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
+    if not (args.output or args.itk):
+        raise ValueError("register-native: give -o/--output (Learn2Reg field) and/or --itk (ITK transform).")
+    spacing = None
+    if args.working_spacing:
+        vals = [float(v) for v in args.working_spacing.split(",")]
+        spacing = vals[0] if len(vals) == 1 else tuple(vals)
+    res = register_native(
+        args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, working_spacing=spacing,
+        config=_config(args), device=args.device,
+    )
+    written = [str(res.save(args.output))] if args.output else []
+    if args.itk:
+        written.append(str(res.save_itk(args.itk)))
+    print(
+        f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
+        f"time {res.timings['total']:.1f}s"
+    )
+    return 0
+
+
+def _cmd_warp(args: argparse.Namespace) -> int:
+    from .apply import apply_to_files
+
+    written = apply_to_files(
+        field=args.field, transform=args.transform, reference=args.reference, images=args.image or [],
+        labels=args.labels or [], points=args.points or [], points_space=args.points_space,
+        moving_reference=args.moving_reference, lps=args.lps,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_geometry_parsers(sub) -> None:
+    p = sub.add_parser("register-native", help="register images on different grids (any ITK/NIfTI format, DICOM folders)")
+    p.add_argument("fixed", help="fixed image: file or DICOM series folder")
+    p.add_argument("moving", help="moving image: file or DICOM series folder")
+    p.add_argument("-o", "--output", help="Learn2Reg field on the fixed grid (.nii.gz, .nii, .npz; fixed voxels)")
+    p.add_argument("--itk", help="ITK displacement field transform (.h5) or displacement image (.nii.gz, .nrrd, .mha), LPS mm")
+    p.add_argument("--fixed-mask", help="fixed image mask file")
+    p.add_argument("--moving-mask", help="moving image mask file")
+    p.add_argument("--working-spacing", help="working grid spacing in mm, one value or three comma-separated (default: the fixed image's smallest)")
+    _common(p)
+    p.set_defaults(func=_cmd_register_native)
+
+    p = sub.add_parser("warp", help="apply a field or ITK transform to images, label maps and point sets")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--field", help="Learn2Reg field file (voxels of the fixed grid, fixed -> moving)")
+    src.add_argument("--transform", help="ITK displacement field transform (.h5) or displacement image (LPS mm)")
+    p.add_argument("--reference", help="fixed image (needed for .npz fields; otherwise checked against the field)")
+    p.add_argument("--image", nargs=2, action="append", metavar=("IN", "OUT"), help="moving image to warp (linear); repeatable")
+    p.add_argument("--labels", nargs=2, action="append", metavar=("IN", "OUT"), help="moving label map to warp (nearest); repeatable")
+    p.add_argument("--points", nargs=2, action="append", metavar=("IN", "OUT"), help="CSV of fixed points x,y,z mapped to the moving image; repeatable")
+    p.add_argument("--points-space", default="voxel", help="voxel (default) or world (mm, RAS unless --lps)")
+    p.add_argument("--moving-reference", help="moving image: voxel points are written in its grid")
+    p.add_argument("--lps", action="store_true", help="world points are in ITK's LPS frame")
+    p.set_defaults(func=_cmd_warp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contreg", description="Continuous instance-optimisation image registration")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-v info, -vv debug)")
@@ -131,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder to write the field and a JSON summary to")
     _common(p)
     p.set_defaults(func=_cmd_demo)
+    _add_learn2reg_parsers(sub)
+    _add_geometry_parsers(sub)
     return parser
 
 

@@ -1,5 +1,5 @@
-"""Evaluation: keypoint TRE, Jacobian statistics, Dice."""
+"""Evaluation: keypoint TRE, Jacobian statistics, Dice, HD95."""
 
-from .metrics import dice, jacobian_statistics, keypoint_tre
+from .metrics import determinant_statistics, dice, hd95, jacobian_statistics, keypoint_tre
 
-__all__ = ["dice", "jacobian_statistics", "keypoint_tre"]
+__all__ = ["determinant_statistics", "dice", "hd95", "jacobian_statistics", "keypoint_tre"]

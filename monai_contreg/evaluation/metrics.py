@@ -1,16 +1,17 @@
-"""Learn2Reg-style evaluation metrics (METHOD §2): keypoint TRE, SDlogJ, folding, Dice."""
+"""Learn2Reg-style evaluation metrics (METHOD §2): keypoint TRE, SDlogJ, folding, Dice, HD95."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .._validation import check_ddf, check_points
 from ..spatial.jacobian import jacobian_determinant
 from ..spatial.warp import warp_points
 
-__all__ = ["dice", "jacobian_statistics", "keypoint_tre"]
+__all__ = ["determinant_statistics", "dice", "hd95", "jacobian_statistics", "keypoint_tre"]
 
 
 def keypoint_tre(
@@ -52,15 +53,36 @@ def jacobian_statistics(ddf: torch.Tensor, mask: torch.Tensor | None = None, bor
     """
     check_ddf("jacobian_statistics", "ddf", ddf)
     det = jacobian_determinant(ddf.detach().to(torch.float64))[0, 0]
+    return determinant_statistics(det, mask, border, where="jacobian_statistics")
+
+
+def determinant_statistics(
+    det: torch.Tensor, mask: torch.Tensor | None = None, border: int = 2, where: str = "determinant_statistics"
+) -> dict[str, float]:
+    """The statistics of :func:`jacobian_statistics` from a precomputed ``det J`` map ``(H, W, D)``.
+
+    Args:
+        det: Jacobian determinant ``(H, W, D)`` of the whole grid (central differences).
+        mask: optional ``(H, W, D)`` (or with leading 1-sized dims) region; ``> 0`` is inside.
+        border: voxels cropped on every side before the statistics.
+        where: function name used in error messages.
+    """
+    det = torch.as_tensor(det)
+    if det.ndim != 3:
+        raise ValueError(f"{where}: det must have shape (H, W, D), got {tuple(det.shape)}.")
     b = int(border)
+    full = tuple(det.shape)
     if b:
         det = det[b:-b, b:-b, b:-b]
     sel = None
     if mask is not None:
-        m = torch.as_tensor(mask).reshape(ddf.shape[2:])
+        m = torch.as_tensor(mask)
+        if m.numel() != full[0] * full[1] * full[2]:
+            raise ValueError(f"{where}: mask must have the field's spatial shape {full}, got {tuple(m.shape)}.")
+        m = m.reshape(full)
         m = (m[b:-b, b:-b, b:-b] if b else m) > 0
         if not bool(m.any()):
-            raise ValueError("jacobian_statistics: mask is empty inside the cropped border.")
+            raise ValueError(f"{where}: mask is empty inside the cropped border.")
         sel = m.to(det.device)
     vals = det[sel] if sel is not None else det.reshape(-1)
     log_true = torch.log(vals.clamp(1e-9, 1e9))
@@ -88,3 +110,48 @@ def dice(a: torch.Tensor, b: torch.Tensor, labels: Sequence[int] | None = None) 
         denom = int(x.sum()) + int(y.sum())
         out[int(lab)] = float(2 * int((x & y).sum()) / denom) if denom else float("nan")
     return out
+
+
+def hd95(
+    a: torch.Tensor | np.ndarray,
+    b: torch.Tensor | np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    percentile: float = 95.0,
+) -> float:
+    """Robust (95th-percentile) symmetric Hausdorff distance in mm between the surfaces of two binary masks.
+
+    Surface voxels are mask voxels with a 6-neighbour outside the mask (the grid edge counts as outside);
+    the distance of each surface voxel of one mask to the nearest surface voxel of the other is taken in mm
+    (Euclidean distance transform with ``spacing``); the result is the larger of the two directed
+    ``percentile``-th percentiles (linear interpolation), as MONAI's ``compute_hausdorff_distance``. The
+    official Learn2Reg script weights surface elements by area (DeepMind ``surface_distance``) and uses
+    voxel units; values differ slightly.
+
+    Args:
+        a, b: binary masks ``(H, W, D)`` of equal shape (``> 0`` is inside).
+        spacing: voxel size (mm) along the three axes.
+        percentile: in ``[0, 100]``.
+
+    Returns:
+        The distance in mm; ``nan`` if either mask is empty.
+    """
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    x = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a) > 0
+    y = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b) > 0
+    if x.shape != y.shape or x.ndim != 3:
+        raise ValueError(f"hd95: masks must be 3-D with equal shapes, got {x.shape} and {y.shape}.")
+    if not 0 <= float(percentile) <= 100:
+        raise ValueError(f"hd95: percentile must be in [0, 100], got {percentile}.")
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3:
+        raise ValueError(f"hd95: spacing must have 3 entries, got {list(spacing)}.")
+    if not x.any() or not y.any():
+        return float("nan")
+    struct = np.zeros((3, 3, 3), dtype=bool)
+    struct[1, 1, :] = struct[1, :, 1] = struct[:, 1, 1] = True
+    sx = x & ~binary_erosion(x, struct, border_value=0)
+    sy = y & ~binary_erosion(y, struct, border_value=0)
+    d_xy = distance_transform_edt(~sy, sampling=sp)[sx]
+    d_yx = distance_transform_edt(~sx, sampling=sp)[sy]
+    return float(max(np.percentile(d_xy, percentile), np.percentile(d_yx, percentile)))

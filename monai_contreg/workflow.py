@@ -1,0 +1,308 @@
+"""The Learn2Reg workflow: register every pair of a split, resumably, then package the fields for submission.
+
+* :func:`run_split` registers each pair of a split with :func:`monai_contreg.api.register` and writes
+  ``OUT/disp_FFFF_MMMM.nii.gz``. Fields are written atomically, so a field that exists is complete: a run that
+  was killed is resumed by running it again (existing fields are skipped). A failing pair is recorded and the
+  others still run. ``OUT/runtimes.json`` (written atomically after every pair) logs per-pair times,
+  steps and final loss, and the failures.
+* :func:`make_submission` checks every field of the split against the dataset's expected shape, then writes
+  the official layout (``disp_FFFF_MMMM.nii.gz``, or ``.npz`` float16) into a zip, atomically.
+
+Example:
+    >>> summary = run_split("/data/NLST", "val", "out/", "io")
+    >>> summary.failed
+    []
+    >>> make_submission("out/", "/data/NLST", "submission.zip", split="val")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._validation import choose
+from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
+from .evaluation.learn2reg import RUNTIMES_FILE
+from .io.atomic import atomic_path
+from .io.fields import load_field, save_field
+from .methods.config import RegistrationConfig
+from .methods.presets import get_preset
+
+__all__ = ["FIELD_FORMATS", "PairOutcome", "RunSummary", "make_submission", "outcome_dict", "run_split"]
+
+logger = logging.getLogger(__name__)
+
+#: Field formats of :func:`run_split` and :func:`make_submission`.
+FIELD_FORMATS = (".nii.gz", ".npz")
+
+
+@dataclass
+class PairOutcome:
+    """What happened to one pair in :func:`run_split`.
+
+    Attributes:
+        key: case key ``"FFFF_MMMM"``.
+        status: ``"done"``, ``"skipped"`` (field already there) or ``"failed"``.
+        path: the field file (``None`` on failure).
+        seconds: wall time of the registration (0 when skipped).
+        final_loss: the loss of the last optimisation step (``None`` when skipped or failed).
+        steps: Adam steps taken.
+        error: the error message on failure.
+        timings: the registration's timings (seconds: ``load``, ``features``, ``optimisation``, ``total``).
+    """
+
+    key: str
+    status: str
+    path: Path | None = None
+    seconds: float = 0.0
+    final_loss: float | None = None
+    steps: int = 0
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """The outcome of :func:`run_split`: one :class:`PairOutcome` per pair, in split order."""
+
+    outcomes: list[PairOutcome] = field(default_factory=list)
+    runtimes_path: Path | None = None
+
+    def _with(self, status: str) -> list[str]:
+        return [o.key for o in self.outcomes if o.status == status]
+
+    @property
+    def done(self) -> list[str]:
+        """Keys of the pairs registered in this run."""
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[str]:
+        """Keys of the pairs whose field already existed."""
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[str]:
+        """Keys of the pairs that failed."""
+        return self._with("failed")
+
+
+def _format(where: str, fmt: str) -> str:
+    return choose(where, "fmt", fmt if fmt.startswith(".") else f".{fmt}", FIELD_FORMATS)  # type: ignore[return-value]
+
+
+def _read_log(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        log = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("run log %s is unreadable; starting a new one", path)
+        return {}
+    return log if isinstance(log, dict) else {}
+
+
+def _write_log(path: Path, log: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(log, indent=2))
+
+
+def _clean_stale_temporaries(out: Path) -> None:
+    # temporaries of atomic writes interrupted by a kill (.disp_XXXX.nii.gz.abc.tmp.nii.gz)
+    for tmp in out.glob(".disp_*.tmp*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def run_split(
+    dataset: str | Path | Learn2RegDataset,
+    split: str,
+    out_dir: str | Path,
+    config: RegistrationConfig | str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    fmt: str = ".nii.gz",
+    overwrite: bool = False,
+    progress: bool = False,
+    on_pair: Callable[[PairOutcome, int, int], None] | None = None,
+    register_fn: Callable[..., Any] | None = None,
+) -> RunSummary:
+    """Register every pair of a Learn2Reg split and write its field into ``out_dir``.
+
+    Args:
+        dataset: a :class:`Learn2RegDataset`, its folder or its description file.
+        split: ``training_paired_images``, ``registration_val``, ``registration_test`` or ``train``/``val``/``test``.
+        out_dir: output folder (created); fields are ``disp_FFFF_MMMM`` + ``fmt``.
+        config: a :class:`RegistrationConfig` or a preset name (default ``io``).
+        device: passed to :func:`~monai_contreg.api.register`.
+        fmt: ``".nii.gz"`` (float32, fixed affine) or ``".npz"`` (float16).
+        overwrite: register pairs whose field exists instead of skipping them.
+        progress: show a tqdm progress bar over pairs (stderr).
+        on_pair: called as ``on_pair(outcome, index, total)`` after each pair (CLI log lines).
+        register_fn: replaces :func:`~monai_contreg.api.register` (tests).
+
+    Returns:
+        A :class:`RunSummary`; failures are recorded there and in ``runtimes.json``, not raised.
+
+    Raises:
+        FileNotFoundError / ValueError: bad dataset, split, format or configuration (before any pair runs).
+    """
+    from .api import register
+
+    fmt = _format("run_split", fmt)
+    if isinstance(config, str):
+        config = get_preset(config)
+    cfg = config or get_preset("io")
+    if not isinstance(cfg, RegistrationConfig):
+        raise TypeError(f"run_split: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
+    cfg.validate()
+    ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
+    pairs = ds.pairs(split)
+    key = ds.resolve_split(split)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temporaries(out)
+    log_path = out / RUNTIMES_FILE
+    log = _read_log(log_path)
+    log.update({"name": ds.name, "dataset": str(ds.json_path), "split": key})
+    log.setdefault("cases", {})
+    log.setdefault("failures", {})
+    fn = register_fn or register
+    summary = RunSummary(runtimes_path=log_path)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc=f"{ds.name} {key}", unit="pair")
+    try:
+        for i, pair in enumerate(pairs):
+            outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn)
+            summary.outcomes.append(outcome)
+            if outcome.status == "done":
+                log["cases"][pair.key] = {
+                    "seconds": outcome.seconds,
+                    "steps": outcome.steps,
+                    "final_loss": outcome.final_loss,
+                    "field": outcome.path.name if outcome.path else None,
+                    "device": str(device or "default"),
+                    "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "timings": outcome.timings,
+                }
+                log["failures"].pop(pair.key, None)
+                log["config"] = cfg.to_dict()
+            elif outcome.status == "failed":
+                log["failures"][pair.key] = outcome.error
+            if outcome.status != "skipped":
+                _write_log(log_path, log)
+            if bar is not None:
+                bar.update(1)
+            if on_pair is not None:
+                on_pair(outcome, i, len(pairs))
+    finally:
+        if bar is not None:
+            bar.close()
+    return summary
+
+
+def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn) -> PairOutcome:
+    existing = find_field(pair, out)
+    if existing is not None and not overwrite:
+        logger.info("%s: field %s exists, skipped", pair.key, existing.name)
+        return PairOutcome(pair.key, "skipped", path=existing)
+    target = out / pair.field_name(fmt)
+    t0 = time.perf_counter()
+    try:
+        kp = None
+        if cfg.engine.tre_every and pair.fixed_keypoints is not None and pair.moving_keypoints is not None:
+            from .data.keypoints import load_keypoints
+
+            kp = (load_keypoints(pair.fixed_keypoints, "fixed keypoints"), load_keypoints(pair.moving_keypoints, "moving keypoints"))
+        res = fn(
+            pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=cfg,
+            device=device, keypoints=kp, name=pair.key,
+        )
+        path = res.save(target)
+        if existing is not None and existing != path:
+            existing.unlink()
+    except Exception as exc:  # one pair's failure must not stop the split
+        logger.exception("%s: registration failed", pair.key)
+        return PairOutcome(pair.key, "failed", seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+    losses = (res.history or {}).get("loss") or [None]
+    return PairOutcome(
+        pair.key, "done", path=path, seconds=float(res.timings.get("total", time.perf_counter() - t0)),
+        final_loss=None if losses[-1] is None else float(losses[-1]), steps=int(res.steps),
+        timings={k: float(v) for k, v in res.timings.items()},
+    )
+
+
+def make_submission(
+    fields_dir: str | Path,
+    dataset: str | Path | Learn2RegDataset,
+    output: str | Path,
+    *,
+    split: str = "val",
+    fmt: str = ".nii.gz",
+) -> Path:
+    """Zip the fields of a split in the official layout, after checking all of them.
+
+    Every pair's field must exist in ``fields_dir`` (any of ``.nii.gz``, ``.nii``, ``.npz``) with shape
+    ``tensorImageShape + (3,)``; nothing is written otherwise. Fields already in the requested format are
+    copied byte for byte; others are converted (``.npz``: float16).
+
+    Args:
+        fields_dir: folder written by :func:`run_split`.
+        dataset: the dataset (folder, description file or :class:`Learn2RegDataset`).
+        output: the zip file (written atomically).
+        split: split name or alias.
+        fmt: ``".nii.gz"`` or ``".npz"``.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        FileNotFoundError: missing fields (all listed); ValueError: wrong shapes (all listed), bad format.
+    """
+    fmt = _format("make_submission", fmt)
+    ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
+    pairs = ds.pairs(split)
+    if not pairs:
+        raise ValueError(f"make_submission: split {ds.resolve_split(split)!r} of {ds.json_path.name} lists no pairs.")
+    if ds.expected_shape is None:
+        logger.warning("make_submission: %s declares no tensorImageShape; field shapes not checked", ds.json_path.name)
+    found = locate_fields(pairs, fields_dir, ds.expected_shape)
+    out = Path(output)
+    if not out.name.endswith(".zip"):
+        raise ValueError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
+    with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="contreg_submit_") as tmp_dir:
+        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED if fmt == ".npz" else zipfile.ZIP_DEFLATED) as zf:
+            for pair in pairs:
+                src = found[pair.key]
+                name = pair.field_name(fmt)
+                if not src.name.endswith(fmt):
+                    ddf, affine = load_field(src)
+                    src = save_field(Path(tmp_dir) / name, ddf, affine)
+                info = zipfile.ZipInfo(name, date_time=time.localtime(src.stat().st_mtime)[:6])
+                info.external_attr = 0o644 << 16  # readable fields whatever the temporary file's mode was
+                info.compress_type = zf.compression
+                zf.writestr(info, src.read_bytes())
+                if src.parent == Path(tmp_dir):
+                    src.unlink()
+    return out
+
+
+def outcome_dict(outcome: PairOutcome) -> dict[str, Any]:
+    """A JSON-friendly dict of a :class:`PairOutcome`."""
+    d = asdict(outcome)
+    d["path"] = str(outcome.path) if outcome.path else None
+    return d
