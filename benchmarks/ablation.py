@@ -1,0 +1,171 @@
+"""Ablation on nlst_synth: every preset (discrete stage, ConvexAdam, the paper's schedule, constant-lr variants)
+and the reference ConvexAdam, on the same pairs in the same run.
+
+    python benchmarks/ablation.py [--pairs 0101 0102] [--presets convex convexadam io convex+io io-lr1 io-lr15]
+        [--threads 2] [--reference-python /work/venvs/ref/bin/python | --no-reference] [--json out.json]
+
+Each (pair, method) runs in its own process; peak memory is that child's maximum resident set size, read from
+the kernel's resource usage of the finished child (``os.wait4``, the per-child value that
+``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` aggregates, which is printed as a cross-check). The
+reference (PyPI ``convexadam`` 0.2.0: MIND, ic=True, 80 Adam steps, no masks, CPU, float32) runs through
+``reference_convexadam_worker.py`` in its own venv; its (H, W, D, 3) voxel field is scored with the same
+metric code (:mod:`monai_contreg.evaluation.metrics`) as ours. Prints per pair and mean: TRE (mm), true SDlogJ,
+folding %, wall time (s, the registration call; process time with start-up in brackets) and peak RSS (GiB).
+This is a script that prints figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics as st
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_DATA, REFERENCE_WORKER, field_metrics, nlst_pairs  # noqa: E402
+
+PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15")
+DEFAULT_REFERENCE_PYTHON = "/work/venvs/ref/bin/python"
+REFERENCE = "reference"
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """In the child: register one pair with one preset and print one JSON line of figures."""
+    import torch
+
+    from monai_contreg.api import register
+    from monai_contreg.methods.presets import get_preset
+
+    torch.set_num_threads(args.threads)
+    pair = json.loads(args.worker)
+    cfg = get_preset(args.preset)
+    t0 = time.perf_counter()
+    res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
+    seconds = time.perf_counter() - t0
+    out = {"seconds": seconds, "timings": res.timings, "steps": res.steps}
+    out.update(field_metrics(res.ddf.as_tensor(), pair))
+    print(json.dumps(out))
+
+
+def _run_child(cmd: list[str], threads: int) -> dict:
+    """Run ``cmd``; return its last stdout JSON line plus ``peak_gib`` (child max RSS) and ``process_seconds``."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    peak = usage.ru_maxrss / 2**20  # Linux: KiB -> GiB
+    if proc.returncode != 0 or not stdout.strip():
+        sys.stderr.write(stderr[-4000:])
+        return {"error": f"exit {proc.returncode}", "peak_gib": peak, "process_seconds": wall}
+    res = json.loads(stdout.strip().splitlines()[-1])
+    res.update(peak_gib=peak, process_seconds=wall)
+    return res
+
+
+def _reference(pair: dict, python: str, threads: int) -> dict:
+    """Run the reference ConvexAdam on one pair in its own venv and score its field."""
+    import numpy as np
+
+    from monai_contreg.spatial.conventions import learn2reg_to_ddf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "disp.npy")
+        res = _run_child([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], path, "--threads", str(threads)], threads)
+        if "error" in res:
+            return res
+        res.update(field_metrics(learn2reg_to_ddf(np.load(path)).double(), pair))
+    return res
+
+
+def _fmt(r: dict) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    return (
+        f"{r['tre']:7.3f} {r['tre_initial']:7.2f} {r['sdlogj']:8.4f} {r['folding_percent']:8.4f} "
+        f"{r['seconds']:8.1f} ({r['process_seconds']:6.1f}) {r['peak_gib']:7.2f}"
+    )
+
+
+HEADER = f"{'case':6s} {'method':11s} {'TRE mm':>7s} {'initial':>7s} {'SDlogJ':>8s} {'fold %':>8s} {'time s':>8s} {'(proc)':>8s} {'peak GiB':>8s}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Learn2Reg-layout dataset (default: nlst_synth)")
+    ap.add_argument("--pairs", nargs="*", help="case ids to run, e.g. 0101 0102 (default: all registration_val pairs)")
+    ap.add_argument("--presets", nargs="*", default=list(PRESETS), help=f"presets to run (default: {' '.join(PRESETS)})")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of every run, ours and the reference")
+    ap.add_argument("--reference-python", default=None, help=f"python of a venv with convexadam (default: {DEFAULT_REFERENCE_PYTHON} or $CONTREG_REFERENCE_PYTHON)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference ConvexAdam")
+    ap.add_argument("--json", type=Path, help="also write all figures here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+
+    from monai_contreg.methods.presets import preset_names
+
+    unknown = [p for p in args.presets if p not in preset_names()]
+    if unknown:
+        raise SystemExit(f"ablation: unknown preset(s) {unknown}; known: {preset_names()}")
+    pairs = [p for p in nlst_pairs(args.data) if not args.pairs or p["case"] in args.pairs]
+    if args.pairs and len(pairs) != len(set(args.pairs)):
+        raise SystemExit(f"ablation: --pairs {args.pairs} not all found in {args.data}")
+    ref_py = None
+    if not args.no_reference:
+        ref_py = args.reference_python or os.environ.get("CONTREG_REFERENCE_PYTHON") or DEFAULT_REFERENCE_PYTHON
+        if not Path(ref_py).is_file():
+            print(f"reference ConvexAdam: interpreter {ref_py!r} not found; skipped (use --reference-python)")
+            ref_py = None
+    methods = [*args.presets, *([REFERENCE] if ref_py else [])]
+
+    print(f"{len(pairs)} pair(s), methods {methods}, {args.threads} thread(s)", flush=True)
+    print(HEADER, flush=True)
+    results: dict[str, dict[str, dict]] = {m: {} for m in methods}
+    for pair in pairs:
+        for method in methods:
+            if method == REFERENCE:
+                r = _reference(pair, ref_py, args.threads)
+            else:
+                cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", method, "--threads", str(args.threads)]
+                r = _run_child(cmd, args.threads)
+            results[method][pair["case"]] = r
+            print(f"{pair['case']:6s} {method:11s} {_fmt(r)}", flush=True)
+
+    print("\nmean over pairs")
+    print(HEADER.replace("case  ", "pairs "))
+    for method in methods:
+        ok = [r for r in results[method].values() if "error" not in r]
+        if not ok:
+            print(f"{'-':6s} {method:11s} no successful run")
+            continue
+        mean = {k: st.mean(r[k] for r in ok) for k in ("tre", "tre_initial", "sdlogj", "folding_percent", "seconds", "process_seconds")}
+        mean["peak_gib"] = max(r["peak_gib"] for r in ok)
+        print(f"{len(ok):<6d} {method:11s} {_fmt(mean)}   (peak = max over pairs)")
+    print("\nper-pair TRE (mm)")
+    print(f"{'method':11s} " + " ".join(f"{p['case']:>7s}" for p in pairs))
+    for method in methods:
+        cells = [results[method].get(p["case"], {}) for p in pairs]
+        print(f"{method:11s} " + " ".join(f"{c['tre']:7.3f}" if "tre" in c else f"{'-':>7s}" for c in cells))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"\nRUSAGE_CHILDREN ru_maxrss (largest child of this run): {children:.2f} GiB")
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
