@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_tensor, choose
 from ..spatial.conventions import check_shape3, resize_ddf
 from ..spatial.filters import box_filter
 from ..spatial.warp import warp_image
@@ -100,8 +100,7 @@ def ssd_cost_volume(
     """
     where = "ssd_cost_volume"
     _check_features(where, fixed_features, moving_features)
-    if padding_mode not in ("border", "zeros"):
-        raise ValueError(f"{where}: padding_mode must be 'border' or 'zeros', got {padding_mode!r}.")
+    padding_mode = choose(where, "padding_mode", padding_mode, ("border", "zeros"))
     if chunk_size < 1:
         raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
     r = disp_hw
@@ -272,6 +271,11 @@ def coupled_convex(
             ddf, _ = inverse_consistency(ddf, backward, cfg.ic_iters)
         if shape is not None:
             ddf = resize_ddf(ddf, shape)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "coupled_convex: grid %s, %d shifts, ic=%s, max |u| %.3f voxels of the output grid",
+            tuple(fixed_features.shape[2:]), (2 * cfg.disp_hw + 1) ** 3, cfg.ic, float(ddf.abs().max()),
+        )
     return ddf.contiguous()
 
 
