@@ -97,6 +97,12 @@ class RunSummary:
         """Keys of the pairs that failed."""
         return self._with("failed")
 
+    def raise_on_failure(self) -> RunSummary:
+        """Raise ``RuntimeError`` listing the failed pairs (after all pairs ran); return ``self`` otherwise."""
+        if self.failed:
+            raise RuntimeError(f"run_split: {len(self.failed)} pair(s) failed: {', '.join(self.failed)}.")
+        return self
+
 
 def _format(where: str, fmt: str) -> str:
     return choose(where, "fmt", fmt if fmt.startswith(".") else f".{fmt}", FIELD_FORMATS)  # type: ignore[return-value]
