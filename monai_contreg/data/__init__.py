@@ -2,6 +2,13 @@
 
 from .demo import DemoPair, make_demo_pair
 from .keypoints import load_keypoints, save_keypoints
+from .landmarks import (
+    landmark_tre,
+    landmarks_to_world,
+    load_dirlab_landmarks,
+    load_landmarks_voxel,
+    save_landmarks_voxel,
+)
 from .transforms import (
     ApplyMask,
     ApplyMaskD,
@@ -18,6 +25,11 @@ __all__ = [
     "ApplyMaskDict",
     "ApplyMaskd",
     "DemoPair",
+    "landmark_tre",
+    "landmarks_to_world",
+    "load_dirlab_landmarks",
+    "load_landmarks_voxel",
+    "save_landmarks_voxel",
     "load_keypoints",
     "loading_transforms",
     "normalisation_transforms",

@@ -25,6 +25,14 @@ nowhere else flips an axis or rescales a coordinate:
   :func:`points_world_to_voxel`: millimetres through a 4x4 voxel-to-world affine (as nibabel and MONAI
   MetaTensor store it). Example: affine ``diag(1.5, 1.5, 1.5, 1)`` turns a ``(2, 0, 0)`` voxel displacement into
   ``(3, 0, 0)`` mm.
+* :func:`voxel_map`: voxel coordinates of one grid -> voxel coordinates of another grid over the same world
+  (``A_dst^-1 @ A_src``). Example: src ``diag(2, 2, 2, 1)``, dst ``diag(1, 1, 1, 1)``: src voxel 3 -> dst voxel 6.
+* :func:`ras_lps_flip`, :func:`affine_to_itk_geometry` / :func:`itk_geometry_to_affine`: ITK's frame. World
+  coordinates here are RAS (nibabel/MONAI); ITK's physical space is LPS, i.e. x and y negated (the map is its
+  own inverse, for points and for vectors alike). Example: RAS point ``(1, 2, 3)`` is LPS ``(-1, -2, 3)``; the
+  affine ``diag(1.5, 1.5, 2, 1)`` is ITK origin ``(0, 0, 0)``, spacing ``(1.5, 1.5, 2)``, direction
+  ``diag(-1, -1, 1)``. ITK indexes an image ``[x, y, z]`` = our array axes ``(0, 1, 2)``; its numpy view is
+  ``(z, y, x)``, i.e. reversed.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .._validation import check_ddf, check_points, check_tensor
 
 __all__ = [
     "ALIGN_CORNERS",
+    "affine_to_itk_geometry",
     "as_ddf_tensor",
     "check_shape3",
     "ddf_to_learn2reg",
@@ -46,11 +55,14 @@ __all__ = [
     "ddf_voxel_to_world",
     "ddf_world_to_voxel",
     "identity_grid",
+    "itk_geometry_to_affine",
     "learn2reg_to_ddf",
     "points_voxel_to_world",
     "points_world_to_voxel",
+    "ras_lps_flip",
     "resize_ddf",
     "spacing_from_affine",
+    "voxel_map",
     "voxel_to_normalized",
 ]
 
@@ -168,6 +180,74 @@ def points_world_to_voxel(points: torch.Tensor, affine) -> torch.Tensor:
     a = inv.to(points.device, points.dtype if points.is_floating_point() else torch.float64)
     p = points.to(a.dtype)
     return p @ a[:3, :3].T + a[:3, 3]
+
+
+def voxel_map(src_affine, dst_affine) -> torch.Tensor:
+    """The 4x4 matrix taking voxel coordinates of the ``src`` grid to voxel coordinates of the ``dst`` grid.
+
+    Both grids live in one world frame: ``M = dst_affine^-1 @ src_affine`` (float64).
+    Example: src ``diag(2, 2, 2, 1)``, dst identity: ``M @ (3, 0, 0, 1) == (6, 0, 0, 1)``.
+    """
+    src = _affine("voxel_map", src_affine)
+    dst = _affine("voxel_map", dst_affine)
+    return torch.linalg.inv(dst) @ src
+
+
+#: RAS <-> LPS: x and y change sign, z is kept (ITK's physical frame is LPS).
+_RAS_LPS = (-1.0, -1.0, 1.0)
+
+
+def ras_lps_flip(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Points or vectors RAS <-> LPS (the map is its own inverse): negate components 0 and 1 along ``dim``.
+
+    Args:
+        x: a tensor with 3 entries along ``dim``: points ``(..., N, 3)`` (``dim=-1``) or a world-mm displacement
+            field ``(B, 3, H, W, D)`` (``dim=1``).
+
+    Example: ``ras_lps_flip(torch.tensor([1., 2., 3.])) == [-1., -2., 3.]``.
+    """
+    if x.shape[dim] != 3:
+        raise ValueError(f"ras_lps_flip: x must have 3 entries along dim {dim}, got shape {tuple(x.shape)}.")
+    shape = [1] * x.ndim
+    shape[dim] = 3
+    return x * torch.as_tensor(_RAS_LPS, dtype=x.dtype, device=x.device).view(shape)
+
+
+def affine_to_itk_geometry(affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 4x4 RAS voxel-to-world affine -> ITK ``(origin (3,), spacing (3,), direction (3, 3))`` in LPS, float64.
+
+    ITK maps index ``i`` to ``origin + direction @ diag(spacing) @ i``; this equals ``flip @ affine`` with
+    ``flip = diag(-1, -1, 1)``. Example: ``diag(1.5, 1.5, 2, 1)`` -> origin ``0``, spacing ``(1.5, 1.5, 2)``,
+    direction ``diag(-1, -1, 1)``.
+    """
+    a = _affine("affine_to_itk_geometry", affine).numpy()
+    flip = np.diag(_RAS_LPS)
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError(f"affine_to_itk_geometry: affine has a zero-length axis, spacing {spacing.tolist()}.")
+    direction = flip @ a[:3, :3] / spacing
+    origin = flip @ a[:3, 3]
+    return origin, spacing, direction
+
+
+def itk_geometry_to_affine(origin, spacing, direction) -> np.ndarray:
+    """ITK ``origin (3,)``, ``spacing (3,)``, ``direction (3, 3)`` (LPS) -> 4x4 RAS voxel-to-world affine (float64).
+
+    Inverse of :func:`affine_to_itk_geometry`.
+    """
+    o = np.asarray(origin, dtype=np.float64).reshape(-1)
+    s = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    d = np.asarray(direction, dtype=np.float64)
+    if o.shape != (3,) or s.shape != (3,) or d.shape != (3, 3):
+        raise ValueError(
+            "itk_geometry_to_affine: expected origin (3,), spacing (3,), direction (3, 3), "
+            f"got {o.shape}, {s.shape}, {d.shape}."
+        )
+    flip = np.diag(_RAS_LPS)
+    out = np.eye(4)
+    out[:3, :3] = flip @ d @ np.diag(s)
+    out[:3, 3] = flip @ o
+    return out
 
 
 def check_shape3(where: str, name: str, shape: Sequence[int]) -> tuple[int, int, int]:
