@@ -236,3 +236,25 @@ def test_function_argument_errors():
         coupled_convex(a, a, ConvexConfig(disp_hw=1), output_shape=(4, 4))
     with pytest.raises(ValueError, match=r"coupled_convex_field: chunk_size must be >= 1, got 0"):
         coupled_convex_field(torch.rand(27, 4, 4, 4), 1, chunk_size=0)
+
+
+def test_chunking_does_not_change_labels_and_dtype_follows_inputs():
+    fixed, moving = _sinusoidal_pair(16)
+    (ff,), (mf,) = pooled_mind(fixed, (2,)), pooled_mind(moving, (2,))
+    cost = ssd_cost_volume(ff, mf, 2)
+    ref = coupled_convex_field(cost, 2, chunk_size=1000)
+    for chunk in (1, 5, 64):
+        assert torch.equal(coupled_convex_field(cost, 2, chunk_size=chunk), ref)
+    out64 = coupled_convex(ff.double(), mf.double(), ConvexConfig(disp_hw=2, ic=True), output_shape=(16, 16, 16))
+    assert out64.dtype == torch.float64 and out64.shape == (1, 3, 16, 16, 16)  # never quantised to float16
+
+
+@pytest.mark.cuda
+def test_cuda_follows_inputs():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    fixed, moving = _shifted_pair((2, -2, 0))
+    cfg = ConvexConfig(grid_spacing=2, disp_hw=2, ic=True)
+    out = discrete_registration(fixed.cuda(), moving.cuda(), cfg, full_resolution=False)
+    assert out.is_cuda
+    torch.testing.assert_close(out.cpu(), discrete_registration(fixed, moving, cfg, full_resolution=False))
