@@ -103,6 +103,8 @@ def ssd_cost_volume(
     padding_mode = choose(where, "padding_mode", padding_mode, ("border", "zeros"))
     if chunk_size < 1:
         raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
+    if isinstance(disp_hw, bool) or not isinstance(disp_hw, int) or disp_hw < 0:
+        raise ValueError(f"{where}: disp_hw must be an integer >= 0, got {disp_hw!r}.")
     r = disp_hw
     n = 2 * r + 1
     h, w, d = fixed_features.shape[2:]

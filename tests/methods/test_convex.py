@@ -224,6 +224,8 @@ def test_function_argument_errors():
         ssd_cost_volume(a, torch.rand(1, 12, 4, 4, 5), 1)
     with pytest.raises(ValueError, match=r"ssd_cost_volume: unknown padding_mode 'edge'; expected one of \['border', 'zeros'\]"):
         ssd_cost_volume(a, a, 1, padding_mode="edge")
+    with pytest.raises(ValueError, match=r"ssd_cost_volume: disp_hw must be an integer >= 0, got -2"):
+        ssd_cost_volume(a, a, -2)
     with pytest.raises(ValueError, match=r"coupled_convex_field: cost must have .* = 125 shifts for disp_hw=2, got 27"):
         coupled_convex_field(torch.rand(27, 4, 4, 4), 2)
     with pytest.raises(ValueError, match=r"displacement_candidates: disp_hw must be an integer >= 0, got 1.5"):
