@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, EventEnum
 
 from .._validation import check_tensor, choose
 from ..losses.regularization import diffusion
 from ..losses.similarity import ssd
-from ..spatial.conventions import ALIGN_CORNERS, ddf_to_sampling_grid
+from ..spatial.conventions import ddf_to_sampling_grid
+from ..spatial.warp import grid_sample_3d
 from .field import DisplacementField
 
 __all__ = ["RegistrationEvents", "create_registration_engine"]
@@ -85,7 +85,7 @@ def create_registration_engine(
         optimizer.zero_grad(set_to_none=True)
         ddf = field()
         grid = ddf_to_sampling_grid(ddf)
-        warped = F.grid_sample(moving_features, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+        warped = grid_sample_3d(moving_features, grid, "bilinear", padding_mode)
         sim = sim_fn(warped, fixed_features)
         reg = reg_fn(ddf) if reg_weight else ddf.new_zeros(())
         loss = sim + reg_weight * reg

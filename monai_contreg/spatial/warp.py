@@ -8,9 +8,40 @@ import torch.nn.functional as F
 from .._validation import check_ddf, check_points, check_tensor, choose
 from .conventions import ALIGN_CORNERS, ddf_to_sampling_grid, voxel_to_normalized
 
-__all__ = ["sample_at_points", "warp_image", "warp_labels", "warp_points"]
+__all__ = ["grid_sample_3d", "sample_at_points", "warp_image", "warp_labels", "warp_points"]
 
 _PADDING = ("border", "zeros", "reflection")
+
+
+def grid_sample_3d(
+    image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border", chunks: int | None = None
+) -> torch.Tensor:
+    """``F.grid_sample`` of a single 3-D volume, parallel over CPU threads (``align_corners=False``).
+
+    PyTorch's CPU 3-D grid sampler (forward and backward) parallelises over the batch dimension only, so a
+    batch of one runs on one thread. This splits the grid along its first spatial axis into ``chunks`` slabs
+    (default: ``torch.get_num_threads()``), samples them as a batch against the same (expanded, not copied)
+    image, and reassembles the output. Results and gradients equal those of one ``grid_sample`` call.
+    On CUDA, or with ``chunks == 1``, it is a plain ``grid_sample``.
+
+    Args:
+        image: ``(1, C, H, W, D)``.
+        grid: ``(1, h, w, d, 3)`` normalised coordinates.
+
+    Returns:
+        ``(1, C, h, w, d)``.
+    """
+    k = torch.get_num_threads() if chunks is None else int(chunks)
+    h = grid.shape[1]
+    if image.device.type != "cpu" or image.shape[0] != 1 or grid.shape[0] != 1 or k <= 1 or h < 2 * k:
+        return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    step = -(-h // k)  # ceil
+    pad = step * k - h
+    g = torch.cat([grid, grid[:, -1:].expand(1, pad, *grid.shape[2:])], dim=1) if pad else grid
+    g = g.reshape(k, step, *grid.shape[2:])
+    out = F.grid_sample(image.expand(k, *image.shape[1:]), g, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    out = out.transpose(0, 1).reshape(1, image.shape[1], step * k, *grid.shape[2:4])
+    return out[:, :, :h] if pad else out
 
 
 def _check_pair(where: str, image: torch.Tensor, ddf: torch.Tensor) -> None:
@@ -42,6 +73,8 @@ def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "bord
     if grid.shape[0] != image.shape[0]:
         grid = grid.expand(image.shape[0], *grid.shape[1:])
     src = image if image.is_floating_point() else image.to(grid.dtype)
+    if src.shape[0] == 1:
+        return grid_sample_3d(src, grid, "bilinear", padding_mode)
     return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
 
 

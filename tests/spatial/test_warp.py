@@ -63,3 +63,21 @@ def test_shape_errors_name_argument():
         warp_image(torch.rand(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), padding_mode="boder")
     with pytest.raises(ValueError, match=r"warp_points: points must have shape \(N, 3\)"):
         warp_points(torch.zeros(4, 2), torch.zeros(1, 3, 4, 4, 4))
+
+
+@pytest.mark.parametrize("h,chunks", [(12, 2), (13, 3), (9, 4)])
+def test_grid_sample_3d_chunked_equals_plain(h, chunks):
+    import torch.nn.functional as F
+
+    from monai_contreg.spatial.warp import grid_sample_3d
+
+    img = torch.rand(1, 4, h, 7, 8)
+    grid = (torch.rand(1, h, 7, 8, 3) * 2.2 - 1.1).requires_grad_()
+    ref = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    (ref * torch.arange(ref.numel()).view_as(ref).sin()).sum().backward()
+    g_ref = grid.grad.clone()
+    grid.grad = None
+    out = grid_sample_3d(img, grid, chunks=chunks)
+    (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(grid.grad, g_ref, atol=1e-5)
