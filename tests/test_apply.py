@@ -102,6 +102,14 @@ def test_npz_field_needs_a_reference(tmp_path, setup):
         load_displacement(field=tmp_path / "disp.nii.gz", reference=tmp_path / "moving.nrrd")
 
 
+def test_itk_displacement_image_given_as_field_is_refused(tmp_path, setup):
+    save_itk_transform(tmp_path / "tx.nii.gz", setup["ddf"], setup["f_aff"])
+    with pytest.raises(ValueError, match=r"load_displacement: field '.*tx.nii.gz' has shape \(12, 10, 9, 1, 3\), the layout of an ITK"):
+        load_displacement(field=tmp_path / "tx.nii.gz")
+    ddf, aff = load_displacement(transform=tmp_path / "tx.nii.gz")
+    assert np.allclose(aff, setup["f_aff"], atol=1e-5) and torch.allclose(ddf, setup["ddf"], atol=1e-4)
+
+
 def test_warp_command_errors(tmp_path, setup, capsys):
     assert main(["warp", "--field", str(tmp_path / "disp.nii.gz")]) == 2
     assert "apply_to_files: nothing to warp" in capsys.readouterr().err
