@@ -3,6 +3,10 @@
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
     contreg demo [--preset io] [--device cpu] [--out DIR]
+    contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite]   (Learn2Reg)
+    contreg submit OUT/ -o submission.zip --dataset DATASET [--split val] [--format nii.gz|npz]
+    contreg evaluate DATASET OUT/|submission.zip [--split val] [--json F] [--csv F] [--report DIR]
+    contreg download nlst DEST [--url URL] [--sha256 HEX] [--no-extract]
 """
 
 from __future__ import annotations
@@ -181,6 +185,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import fetch_dataset
+
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=args.dataset)
+        bar.update(done - bar.n)
+
+    try:
+        out = fetch_dataset(args.dataset, args.dest, url=args.url, sha256=args.sha256, extract=not args.no_extract,
+                            progress=progress)
+    except OSError as exc:  # network failures (URLError is an OSError): the partial file is kept
+        if isinstance(exc, FileNotFoundError):
+            raise
+        print(f"contreg download: error: {exc}; run the same command again to resume.", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.dataset}: {out}")
+    return 0
+
+
 _EVAL_COLUMNS = ("TRE_kp", "TRE_kp_initial", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95", "runtime")
 
 
@@ -213,6 +245,14 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
     p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("download", help="download (resumably, checksum-verified) and extract a Learn2Reg dataset")
+    p.add_argument("dataset", help="dataset name: nlst")
+    p.add_argument("dest", help="folder for the archive and the extracted files")
+    p.add_argument("--url", help="override the archive's address (a mirror)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive (hex)")
+    p.add_argument("--no-extract", action="store_true", help="keep the archive packed")
+    p.set_defaults(func=_cmd_download)
 
 
 def _cmd_register_native(args: argparse.Namespace) -> int:

@@ -291,7 +291,7 @@ def make_submission(
     if not out.name.endswith(".zip"):
         raise ValueError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
     with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="contreg_submit_") as tmp_dir:
-        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED if fmt == ".npz" else zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:  # fields are compressed already
             for pair in pairs:
                 src = found[pair.key]
                 name = pair.field_name(fmt)
