@@ -130,3 +130,17 @@ def test_engine_rejects_mismatched_grid():
     opt = torch.optim.Adam(f.parameters())
     with pytest.raises(ValueError, match="create_registration_engine: the features' grid"):
         create_registration_engine(f, torch.zeros(1, 12, 5, 4, 4), torch.zeros(1, 12, 5, 4, 4), opt)
+
+
+def test_checkpoints_written_and_loadable(tmp_path):
+    img = smooth_volume()
+    cfg = _shift_config(steps=10)
+    cfg.engine.checkpoint_dir = str(tmp_path / "ckpt")
+    cfg.engine.checkpoint_every = 5
+    ff, mf = compute_features(img, torch.roll(img, 1, 2), cfg)
+    out = instance_optimisation(ff, mf, cfg, name="pair1")
+    files = sorted((tmp_path / "ckpt").glob("pair1_*.pt"))
+    assert len(files) == 1  # n_saved=1: the latest (step 10) replaces step 5
+    state = torch.load(files[0], weights_only=True)
+    assert torch.equal(state["field"]["displacement"], out.field.displacement.detach())
+    assert "state" in state["optimizer"]
