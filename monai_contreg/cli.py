@@ -162,9 +162,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.learn2reg import evaluate_learn2reg, evaluation_table, write_evaluation_csv, write_evaluation_json
 
-    res = evaluate_learn2reg(
-        args.dataset, args.fields, args.split, runtimes=args.runtimes or "auto", masked=not args.no_mask,
-    )
+    from tqdm.auto import tqdm
+
+    from .data.learn2reg import Learn2RegDataset
+
+    ds = Learn2RegDataset(args.dataset)
+    with tqdm(total=len(ds.pairs(args.split)), desc="evaluate", unit="pair", leave=False) as bar:
+        res = evaluate_learn2reg(
+            ds, args.fields, args.split, runtimes=args.runtimes or "auto", masked=not args.no_mask,
+            on_case=lambda key, case: bar.update(1),
+        )
     header, rows = evaluation_table(res)
     shown = [h for h in header if h in _EVAL_COLUMNS or h == "case"]
     idx = [header.index(h) for h in shown]
@@ -180,7 +187,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         from .evaluation.report import make_report
 
-        index = make_report(args.dataset, args.fields, args.report, split=args.split, results=res)
+        index = make_report(ds, args.fields, args.report, split=args.split, results=res)
         print(f"wrote {index}")
     return 0
 

@@ -1,7 +1,8 @@
-"""Data layer: MONAI preprocessing transforms, keypoint files, the built-in demo pair."""
+"""Data layer: MONAI preprocessing transforms, keypoint files, Learn2Reg datasets, the built-in demo pair."""
 
 from .demo import DemoPair, make_demo_pair
 from .keypoints import load_keypoints, save_keypoints
+from .learn2reg import Learn2RegDataset, Learn2RegPair, find_dataset_json, locate_fields
 from .landmarks import (
     landmark_tre,
     landmarks_to_world,
@@ -25,6 +26,10 @@ __all__ = [
     "ApplyMaskDict",
     "ApplyMaskd",
     "DemoPair",
+    "Learn2RegDataset",
+    "Learn2RegPair",
+    "find_dataset_json",
+    "locate_fields",
     "landmark_tre",
     "landmarks_to_world",
     "load_dirlab_landmarks",

@@ -235,6 +235,7 @@ class Learn2RegDataset:
                 f"Learn2RegDataset: dataset description {str(self.json_path)!r} must hold a JSON object, got {type(desc).__name__}."
             )
         self.description: dict[str, Any] = desc
+        self._listed_cache = self._listed()
         self.name = str(desc.get("name") or self.json_path.name.replace("_dataset.json", ""))
 
     def __repr__(self) -> str:
@@ -276,8 +277,22 @@ class Learn2RegDataset:
     def _path(self, rel: str) -> Path:
         return (self.root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
 
+    def _listed(self) -> dict[Path, dict[str, Path]]:
+        # per-image entries of "training"/"test" ({"image", "mask", "keypoints", "label"}), when the description has them
+        out: dict[Path, dict[str, Path]] = {}
+        for section in ("training", "test"):
+            for e in self.description.get(section) or []:
+                if isinstance(e, dict) and isinstance(e.get("image"), str):
+                    out[self._path(e["image"])] = {
+                        k: self._path(e[k]) for k in ("mask", "keypoints", "label") if isinstance(e.get(k), str)
+                    }
+        return out
+
     def _sibling(self, image: Path, folder: str, ext: str | None = None) -> Path | None:
-        # imagesTr/NAME.nii.gz -> masksTr/NAME.nii.gz (imagesTs -> masksTs)
+        # an explicit entry of the description wins; else imagesTr/NAME.nii.gz -> masksTr/NAME.nii.gz (Ts alike)
+        listed = self._listed_cache.get(image, {}).get({"masks": "mask", "labels": "label"}.get(folder, folder))
+        if listed is not None and listed.is_file():
+            return listed
         parent = image.parent.name
         if not parent.startswith("images"):
             return None
@@ -286,7 +301,9 @@ class Learn2RegDataset:
         return cand if cand.is_file() else None
 
     def pairs(self, split: str = "registration_val", check_files: bool = True) -> list[Learn2RegPair]:
-        """The pairs of ``split`` with their masks, labels and keypoints found by the Learn2Reg layout.
+        """The pairs of ``split`` with their masks, labels and keypoints: those named by the description's
+        per-image ``training``/``test`` entries (``{"image", "mask", "keypoints", "label"}``) when present,
+        else found by the Learn2Reg layout (``masksTr/NAME.nii.gz``, ``keypointsTr/NAME.csv``, ...).
 
         Args:
             split: ``training_paired_images``, ``registration_val``, ``registration_test`` or an alias

@@ -125,3 +125,17 @@ def test_locate_fields_checks_presence_and_shape(tiny, tmp_path):
         locate_fields(pairs, tmp_path, ds.expected_shape)
     found = locate_fields(pairs, tmp_path, None)
     assert found["0002_0002"].name == "disp_0002_0002.npz"
+
+
+def test_explicit_per_image_entries_win(tiny, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny, root)
+    (root / "kp").mkdir()
+    shutil.move(root / "keypointsTr" / "NLST_0001_0000.csv", root / "kp" / "fixed1.csv")
+    desc = json.loads((root / "NLST_dataset.json").read_text())
+    desc["training"] = [{"image": "./imagesTr/NLST_0001_0000.nii.gz", "keypoints": "./kp/fixed1.csv",
+                         "mask": "./masksTr/NLST_0001_0000.nii.gz"}]
+    (root / "NLST_dataset.json").write_text(json.dumps(desc))
+    p = Learn2RegDataset(root).pairs("val")[0]
+    assert p.fixed_keypoints == (root / "kp" / "fixed1.csv").resolve()
+    assert p.fixed_mask.name == "NLST_0001_0000.nii.gz" and p.moving_keypoints.name == "NLST_0001_0001.csv"
