@@ -148,6 +148,12 @@ def hd95(
         raise ValueError(f"hd95: spacing must have 3 entries, got {list(spacing)}.")
     if not x.any() or not y.any():
         return float("nan")
+    # crop to both masks' bounding box + 1 voxel: the same surfaces and nearest distances, far less work
+    idx = np.argwhere(x | y)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, x.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    x, y = x[box], y[box]
     struct = np.zeros((3, 3, 3), dtype=bool)
     struct[1, 1, :] = struct[1, :, 1] = struct[:, 1, 1] = True
     sx = x & ~binary_erosion(x, struct, border_value=0)
