@@ -55,7 +55,8 @@ class PairOutcome:
         key: case key ``"FFFF_MMMM"``.
         status: ``"done"``, ``"skipped"`` (field already there) or ``"failed"``.
         path: the field file (``None`` on failure).
-        seconds: wall time of the registration (0 when skipped).
+        seconds: time of the registration (``register``'s total: loading, features, optimisation; 0 when skipped).
+        wall_seconds: wall time of the pair including writing the field.
         final_loss: the loss of the last optimisation step (``None`` when skipped or failed).
         steps: Adam steps taken.
         error: the error message on failure.
@@ -66,6 +67,7 @@ class PairOutcome:
     status: str
     path: Path | None = None
     seconds: float = 0.0
+    wall_seconds: float = 0.0
     final_loss: float | None = None
     steps: int = 0
     error: str | None = None
@@ -176,6 +178,9 @@ def run_split(
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
     key = ds.resolve_split(split)
+    if not pairs:
+        raise ValueError(f"run_split: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
+                         f"{[s for s in ds.splits if ds.description.get(s)]}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_temporaries(out)
@@ -198,6 +203,7 @@ def run_split(
             if outcome.status == "done":
                 log["cases"][pair.key] = {
                     "seconds": outcome.seconds,
+                    "wall_seconds": outcome.wall_seconds,
                     "steps": outcome.steps,
                     "final_loss": outcome.final_loss,
                     "field": outcome.path.name if outcome.path else None,
@@ -243,10 +249,12 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
             existing.unlink()
     except Exception as exc:  # one pair's failure must not stop the split
         logger.exception("%s: registration failed", pair.key)
-        return PairOutcome(pair.key, "failed", seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+        dt = time.perf_counter() - t0
+        return PairOutcome(pair.key, "failed", seconds=dt, wall_seconds=dt, error=f"{type(exc).__name__}: {exc}")
     losses = (res.history or {}).get("loss") or [None]
     return PairOutcome(
         pair.key, "done", path=path, seconds=float(res.timings.get("total", time.perf_counter() - t0)),
+        wall_seconds=time.perf_counter() - t0,
         final_loss=None if losses[-1] is None else float(losses[-1]), steps=int(res.steps),
         timings={k: float(v) for k, v in res.timings.items()},
     )

@@ -43,7 +43,7 @@ def test_run_writes_fields_and_runtime_log(run_out):
     log = json.loads((run_out / "runtimes.json").read_text())
     assert log["name"] == "TINY" and log["split"] == "registration_val" and log["failures"] == {}
     case = log["cases"]["0001_0001"]
-    assert case["steps"] == 3 and case["seconds"] > 0 and np.isfinite(case["final_loss"])
+    assert case["steps"] == 3 and 0 < case["seconds"] <= case["wall_seconds"] and np.isfinite(case["final_loss"])
     assert log["config"]["optim"]["schedule"]["total_steps"] == 3
 
 
@@ -92,6 +92,9 @@ def test_cli_run_reports_failures_with_nonzero_exit(dataset, tmp_path, capsys):
     assert "registered 1, skipped 0, failed 1 of 2 pairs" in cap.out
     rc = main(["run", str(broken), "--split", "vall", "-o", str(tmp_path / "out")])
     assert rc == 2 and "Did you mean 'val'" in capsys.readouterr().err
+    rc = main(["run", str(broken), "--split", "test", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "split 'registration_test' of TINY_dataset.json lists no pairs" in err and "registration_val" in err
 
 
 def test_submit_unzip_evaluate_equals_folder(dataset, run_out, tmp_path):
