@@ -37,3 +37,12 @@ def test_bad_names_and_files(tmp_path):
     junk.write_bytes(b"junk")
     with pytest.raises(ValueError, match="load_field: cannot read field file"):
         load_field(junk)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = save_field(tmp_path / "disp.nii.gz", torch.zeros(1, 3, 2, 2, 2))
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644
