@@ -1,7 +1,7 @@
 """Data layer: MONAI preprocessing transforms, keypoint files, Learn2Reg datasets, the built-in demo pair."""
 
 from .demo import DemoPair, make_demo_pair
-from .keypoints import load_keypoints, save_keypoints
+from .keypoints import LoadKeypointsD, LoadKeypointsd, LoadKeypointsDict, load_keypoints, save_keypoints
 from .learn2reg import Learn2RegDataset, Learn2RegPair, find_dataset_json, locate_fields
 from .landmarks import (
     landmark_tre,
@@ -35,6 +35,9 @@ __all__ = [
     "load_dirlab_landmarks",
     "load_landmarks_voxel",
     "save_landmarks_voxel",
+    "LoadKeypointsD",
+    "LoadKeypointsDict",
+    "LoadKeypointsd",
     "load_keypoints",
     "loading_transforms",
     "normalisation_transforms",

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from monai.utils import ensure_tuple_rep
 
-__all__ = ["load_keypoints", "save_keypoints"]
+__all__ = ["LoadKeypointsD", "LoadKeypointsDict", "LoadKeypointsd", "load_keypoints", "save_keypoints"]
 
 
 def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
@@ -39,3 +45,29 @@ def save_keypoints(path: str | Path, points: torch.Tensor | np.ndarray) -> None:
         raise ValueError(f"save_keypoints: points must have shape (N, 3), got {arr.shape}.")
     with atomic_path(path) as tmp:
         np.savetxt(tmp, arr, delimiter=",", fmt="%.6f")
+
+
+class LoadKeypointsd(MapTransform):
+    """Load Learn2Reg keypoint CSVs (voxel coordinates) into ``(N, 3)`` float64 MetaTensors.
+
+    Args:
+        keys: keys whose values are CSV paths.
+        ref_keys: for each key, the image key whose affine the keypoints inherit (``None``: identity).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, ref_keys: Sequence[Hashable | None] | Hashable | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_keys = ensure_tuple_rep(ref_keys, len(self.keys))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, ref in self.key_iterator(d, self.ref_keys):
+            value = d[key]
+            pts = value if isinstance(value, torch.Tensor) else load_keypoints(Path(value), name=str(key))
+            affine = (d.get(ref).affine if isinstance(d.get(ref), MetaTensor) else None) if ref is not None else None
+            d[key] = MetaTensor(pts.to(torch.float64), affine=affine if affine is not None else torch.eye(4, dtype=torch.float64))
+        return d
+
+
+LoadKeypointsD = LoadKeypointsDict = LoadKeypointsd

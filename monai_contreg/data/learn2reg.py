@@ -160,7 +160,7 @@ class Learn2RegPair:
 
 def pair_loading_transforms(keys: Sequence[str]) -> Compose:
     """MONAI pipeline loading a pair dict: images/masks/labels with ``LoadImaged`` (channel first, float32
-    images), then keypoints with :class:`monai_contreg.pipeline.LoadKeypointsd`, carrying their image's affine.
+    images), then keypoints with :class:`monai_contreg.data.keypoints.LoadKeypointsd`, carrying their image's affine.
 
     Args:
         keys: the keys present in the data dict (any of ``fixed``, ``moving``, ``*_mask``, ``*_label``,
@@ -175,7 +175,7 @@ def pair_loading_transforms(keys: Sequence[str]) -> Compose:
     if images:
         chain.append(EnsureTyped(images, data_type="tensor", dtype=torch.float32, track_meta=True))
     if kps:
-        from ..pipeline.transforms import LoadKeypointsd  # the project's one keypoint transform
+        from .keypoints import LoadKeypointsd
 
         refs = [k.replace("_keypoints", "") if k.replace("_keypoints", "") in keys else None for k in kps]
         chain.append(LoadKeypointsd(kps, ref_keys=refs))

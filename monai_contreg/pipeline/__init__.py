@@ -1,13 +1,11 @@
 """MONAI pipeline integration: dictionary transforms that register/apply fields, refinement of predictions."""
 
+from ..data.keypoints import LoadKeypointsD, LoadKeypointsd, LoadKeypointsDict
 from .refine import RefineHandler, refine
 from .transforms import (
     ApplyDDFD,
     ApplyDDFd,
     ApplyDDFDict,
-    LoadKeypointsD,
-    LoadKeypointsd,
-    LoadKeypointsDict,
     RegisterPairD,
     RegisterPaird,
     RegisterPairDict,

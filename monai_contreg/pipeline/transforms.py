@@ -7,7 +7,6 @@ Data dicts hold channel-first tensors as MONAI pipelines do: images ``(C, H, W, 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,6 @@ from monai.utils import ensure_tuple_rep
 
 from .._validation import choose
 from ..api import register
-from ..data.keypoints import load_keypoints
 from ..methods.config import RegistrationConfig
 from ..spatial.warp import warp_image, warp_labels, warp_points
 
@@ -26,9 +24,6 @@ __all__ = [
     "ApplyDDFd",
     "ApplyDDFD",
     "ApplyDDFDict",
-    "LoadKeypointsd",
-    "LoadKeypointsD",
-    "LoadKeypointsDict",
     "RegisterPaird",
     "RegisterPairD",
     "RegisterPairDict",
@@ -37,29 +32,6 @@ __all__ = [
 
 def _affine_of(x: Any) -> torch.Tensor | None:
     return x.affine if isinstance(x, MetaTensor) else None
-
-
-class LoadKeypointsd(MapTransform):
-    """Load Learn2Reg keypoint CSVs (voxel coordinates) into ``(N, 3)`` float64 MetaTensors.
-
-    Args:
-        keys: keys whose values are CSV paths.
-        ref_keys: for each key, the image key whose affine the keypoints inherit (``None``: identity).
-        allow_missing_keys: skip absent keys.
-    """
-
-    def __init__(self, keys: KeysCollection, ref_keys: Sequence[Hashable | None] | Hashable | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.ref_keys = ensure_tuple_rep(ref_keys, len(self.keys))
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key, ref in self.key_iterator(d, self.ref_keys):
-            value = d[key]
-            pts = value if isinstance(value, torch.Tensor) else load_keypoints(Path(value), name=str(key))
-            affine = _affine_of(d.get(ref)) if ref is not None else None
-            d[key] = MetaTensor(pts.to(torch.float64), affine=affine if affine is not None else torch.eye(4, dtype=torch.float64))
-        return d
 
 
 class RegisterPaird(MapTransform):
@@ -167,4 +139,3 @@ class ApplyDDFd(MapTransform):
 
 RegisterPairD = RegisterPairDict = RegisterPaird
 ApplyDDFD = ApplyDDFDict = ApplyDDFd
-LoadKeypointsD = LoadKeypointsDict = LoadKeypointsd
