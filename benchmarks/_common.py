@@ -77,3 +77,61 @@ def reference_python(arg: str | None) -> str | None:
     if cand and Path(cand).is_file():
         return cand
     return None
+
+
+def run_child(cmd: list[str], threads: int) -> dict:
+    """Run a worker ``cmd``; return its last stdout JSON line plus ``peak_gib`` and ``process_seconds``.
+
+    ``peak_gib`` is that child's own maximum resident set size, from the kernel's resource usage of the
+    finished process (``os.wait4``), so each figure belongs to one pair and one method.
+    """
+    import tempfile
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    peak = usage.ru_maxrss / 2**20  # Linux: KiB -> GiB
+    if proc.returncode != 0 or not stdout.strip():
+        sys.stderr.write(stderr[-4000:])
+        return {"error": f"exit {proc.returncode}", "peak_gib": peak, "process_seconds": wall}
+    res = json.loads(stdout.strip().splitlines()[-1])
+    res.update(peak_gib=peak, process_seconds=wall)
+    return res
+
+
+def run_reference(pair: dict, python: str, threads: int) -> dict:
+    """Run the reference ConvexAdam on one pair in its own venv and score its field with our metric code."""
+    import tempfile
+
+    from monai_contreg.spatial.conventions import learn2reg_to_ddf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "disp.npy")
+        res = run_child([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], path, "--threads", str(threads)], threads)
+        if "error" in res:
+            return res
+        res.update(field_metrics(learn2reg_to_ddf(np.load(path)).double(), pair))
+    return res
+
+
+def register_worker(pair: dict, preset: str, overrides: list[str], threads: int) -> dict:
+    """In a worker process: register one pair with a preset (+ overrides); figures and timings as a dict."""
+    import time
+
+    from monai_contreg import get_preset, register
+
+    torch.set_num_threads(threads)
+    cfg = get_preset(preset).with_overrides(overrides)
+    t0 = time.perf_counter()
+    res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
+    out = {"seconds": time.perf_counter() - t0, "timings": res.timings, "steps": res.steps}
+    out.update(field_metrics(res.ddf.as_tensor(), pair))
+    return out

@@ -1,6 +1,8 @@
 """Named method presets: a name -> a complete :class:`RegistrationConfig`.
 
-* ``io`` (default): the paper's method as tuned on nlst_synth (see README, "Defaults").
+* ``io`` (default): the paper's method (authors' schedule: peak lr 15, constant to step 70, cosine to 180, linear
+  to 270) on windowed, lung-masked images, with the diffusion weight raised from 1.25 to 1.75 (see README,
+  "Defaults": SDlogJ <= 0.1 on every nlst_synth pair).
 * ``io-authors``: the authors' published settings (peak lr 15, their schedule, 2 smoothing passes,
   min-max normalisation of lung-masked images).
 * ``io-lr1``: constant learning rate 1 for 100 steps (ablation).
@@ -9,6 +11,7 @@
 * ``convexadam``: ConvexAdam's reference settings: the discrete stage, then Adam at lr 1 for 80 steps
   (lambda 1.25, 3 smoothing passes, half resolution) on unmasked images in raw intensities, as the reference sees them.
 * ``convex+io``: the paper's schedule (``io``) started from the discrete stage's field.
+* ``refine``: constant learning rate 1 for 80 steps, for refining a given initial field.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ PRESETS: dict[str, Callable[[], RegistrationConfig]] = {
     "convex": _convex,
     "convexadam": _convexadam,
     "convex+io": _convex_io,
+    # refinement of a given initial field (a network's prediction): short, low constant learning rate
+    "refine": _constant(1.0, 80),
 }
 
 
