@@ -36,22 +36,6 @@ def nlst_pairs(data: Path) -> list[dict[str, str]]:
     return pairs
 
 
-def run_worker(cmd: list[str]) -> dict:
-    """Run a worker process that prints one JSON line last (with its own ``peak_rss_gib``); return that dict."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        return {"error": f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (GiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def field_metrics(ddf: torch.Tensor, pair: dict[str, str]) -> dict[str, float]:
     """TRE (mm), true SDlogJ, Learn2Reg SDlogJ and folding % of a (1, 3, H, W, D) voxel field for one pair."""
     import nibabel as nib

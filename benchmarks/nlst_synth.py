@@ -14,42 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REFERENCE_WORKER, field_metrics, nlst_pairs, peak_rss_gib, reference_python, run_worker  # noqa: E402
-
-
-def worker(args: argparse.Namespace) -> None:
-    import torch
-
-    from monai_contreg import get_preset, register
-
-    torch.set_num_threads(args.threads)
-    pair = json.loads(args.worker)
-    cfg = get_preset(args.preset).with_overrides(args.set)
-    t0 = time.perf_counter()
-    res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
-    seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "timings": res.timings}
-    out.update(field_metrics(res.ddf.as_tensor(), pair))
-    print(json.dumps(out))
-
-
-def reference(pair: dict, python: str, threads: int) -> dict:
-    import numpy as np
-
-    from monai_contreg.spatial.conventions import learn2reg_to_ddf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "disp.npy")
-        r = run_worker([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], out, "--threads", str(threads)])
-        if "error" in r:
-            return r
-        r.update(field_metrics(learn2reg_to_ddf(np.load(out)).double(), pair))
-    return r
+from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +33,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args)
+        print(json.dumps(register_worker(json.loads(args.worker), args.preset, args.set, args.threads)))
         return
     pairs = [p for p in nlst_pairs(args.data) if not args.pairs or p["case"] in args.pairs]
     ref_py = None if args.no_reference else reference_python(args.reference_python)
@@ -76,10 +44,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", args.preset, "--threads", str(args.threads)]
         for s in args.set:
             cmd += ["--set", s]
-        ours = run_worker(cmd)
+        ours = run_child(cmd, args.threads)
         row = {"case": pair["case"], "ours": ours}
         if ref_py:
-            row["reference"] = reference(pair, ref_py, args.threads)
+            row["reference"] = run_reference(pair, ref_py, args.threads)
         rows.append(row)
         _print_row(row)
     _print_summary(rows, args)
@@ -91,7 +59,7 @@ def _fmt(r: dict) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
     return (f"TRE {r['tre']:.3f} mm (initial {r['tre_initial']:.2f})  SDlogJ {r['sdlogj']:.4f}  "
-            f"fold {r['folding_percent']:.4f}%  {r['seconds']:.1f} s  {r['peak_rss_gib']:.2f} GiB")
+            f"fold {r['folding_percent']:.4f}%  {r['seconds']:.1f} s  {r['peak_gib']:.2f} GiB")
 
 
 def _print_row(row: dict) -> None:
@@ -111,7 +79,7 @@ def _print_summary(rows: list[dict], args) -> None:
             f"mean {who:9s} TRE {st.mean(r['tre'] for r in ok):.3f} mm  SDlogJ {st.mean(r['sdlogj'] for r in ok):.4f} "
             f"(max {max(r['sdlogj'] for r in ok):.4f})  fold max {max(r['folding_percent'] for r in ok):.4f}%  "
             f"time {st.mean(r['seconds'] for r in ok):.1f} s (median {st.median(r['seconds'] for r in ok):.1f})  "
-            f"peak {max(r['peak_rss_gib'] for r in ok):.2f} GiB  [{len(ok)} pairs, preset {args.preset}, {args.threads} threads]"
+            f"peak {max(r['peak_gib'] for r in ok):.2f} GiB  [{len(ok)} pairs, preset {args.preset}, {args.threads} threads]"
         )
 
 
