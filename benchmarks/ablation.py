@@ -21,14 +21,11 @@ import json
 import os
 import resource
 import statistics as st
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REFERENCE_WORKER, field_metrics, nlst_pairs  # noqa: E402
+from _common import DEFAULT_DATA, nlst_pairs, register_worker, run_child, run_reference  # noqa: E402
 
 PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15")
 DEFAULT_REFERENCE_PYTHON = "/work/venvs/ref/bin/python"
@@ -37,56 +34,7 @@ REFERENCE = "reference"
 
 def _worker(args: argparse.Namespace) -> None:
     """In the child: register one pair with one preset and print one JSON line of figures."""
-    import torch
-
-    from monai_contreg.api import register
-    from monai_contreg.methods.presets import get_preset
-
-    torch.set_num_threads(args.threads)
-    pair = json.loads(args.worker)
-    cfg = get_preset(args.preset)
-    t0 = time.perf_counter()
-    res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
-    seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "timings": res.timings, "steps": res.steps}
-    out.update(field_metrics(res.ddf.as_tensor(), pair))
-    print(json.dumps(out))
-
-
-def _run_child(cmd: list[str], threads: int) -> dict:
-    """Run ``cmd``; return its last stdout JSON line plus ``peak_gib`` (child max RSS) and ``process_seconds``."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    peak = usage.ru_maxrss / 2**20  # Linux: KiB -> GiB
-    if proc.returncode != 0 or not stdout.strip():
-        sys.stderr.write(stderr[-4000:])
-        return {"error": f"exit {proc.returncode}", "peak_gib": peak, "process_seconds": wall}
-    res = json.loads(stdout.strip().splitlines()[-1])
-    res.update(peak_gib=peak, process_seconds=wall)
-    return res
-
-
-def _reference(pair: dict, python: str, threads: int) -> dict:
-    """Run the reference ConvexAdam on one pair in its own venv and score its field."""
-    import numpy as np
-
-    from monai_contreg.spatial.conventions import learn2reg_to_ddf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "disp.npy")
-        res = _run_child([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], path, "--threads", str(threads)], threads)
-        if "error" in res:
-            return res
-        res.update(field_metrics(learn2reg_to_ddf(np.load(path)).double(), pair))
-    return res
+    print(json.dumps(register_worker(json.loads(args.worker), args.preset, [], args.threads)))
 
 
 def _fmt(r: dict) -> str:
@@ -139,10 +87,10 @@ def main() -> None:
     for pair in pairs:
         for method in methods:
             if method == REFERENCE:
-                r = _reference(pair, ref_py, args.threads)
+                r = run_reference(pair, ref_py, args.threads)
             else:
                 cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", method, "--threads", str(args.threads)]
-                r = _run_child(cmd, args.threads)
+                r = run_child(cmd, args.threads)
             results[method][pair["case"]] = r
             print(f"{pair['case']:6s} {method:11s} {_fmt(r)}", flush=True)
 
