@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, peak_rss_gib  # noqa: E402
+from _common import DEFAULT_DATA  # noqa: E402
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def reordered_grid(affine, shape, spacing, order=(2, 1, 0), flip=(True, False, False)):
