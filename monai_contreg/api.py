@@ -17,7 +17,7 @@ from .data.transforms import MASK_KEYS, loading_transforms, normalisation_transf
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
 from .methods.config import RegistrationConfig
-from .methods.presets import get_preset
+from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
 from .spatial.conventions import ddf_to_learn2reg, spacing_from_affine
 from .spatial.warp import warp_image, warp_labels
@@ -194,12 +194,7 @@ def register(
         A :class:`RegistrationResult`.
     """
     t0 = time.perf_counter()
-    if isinstance(config, str):
-        config = get_preset(config)
-    cfg = config or get_preset("io")
-    if not isinstance(cfg, RegistrationConfig):
-        raise TypeError(f"register: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
-    cfg.validate()
+    cfg = resolve_config("register", config)
     dev = _device(device, fixed, moving)
     dt = _dtype(dtype, fixed)
     data = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg)

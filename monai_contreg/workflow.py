@@ -37,7 +37,7 @@ from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path
 from .io.fields import load_field, save_field
 from .methods.config import RegistrationConfig
-from .methods.presets import get_preset
+from .methods.presets import resolve_config
 
 __all__ = ["FIELD_FORMATS", "PairOutcome", "RunSummary", "make_submission", "outcome_dict", "run_split"]
 
@@ -169,12 +169,7 @@ def run_split(
     from .api import register
 
     fmt = _format("run_split", fmt)
-    if isinstance(config, str):
-        config = get_preset(config)
-    cfg = config or get_preset("io")
-    if not isinstance(cfg, RegistrationConfig):
-        raise TypeError(f"run_split: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
-    cfg.validate()
+    cfg = resolve_config("run_split", config)
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
     key = ds.resolve_split(split)

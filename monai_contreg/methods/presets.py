@@ -22,7 +22,7 @@ from .._validation import choose
 from ..optim.schedule import PiecewiseSchedule
 from .config import ConvexConfig, FieldConfig, OptimConfig, PreprocessConfig, RegistrationConfig
 
-__all__ = ["PRESETS", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "get_preset", "preset_names", "resolve_config"]
 
 
 def _io() -> RegistrationConfig:
@@ -103,3 +103,16 @@ def get_preset(name: str) -> RegistrationConfig:
     """A fresh config for preset ``name`` (unknown names raise ``ValueError`` with the nearest valid one)."""
     key = choose("get_preset", "preset", name, list(PRESETS))
     return PRESETS[key]()
+
+
+def resolve_config(where: str, config: RegistrationConfig | str | None) -> RegistrationConfig:
+    """A validated config from a :class:`RegistrationConfig`, a preset name, or ``None`` (the ``io`` preset).
+
+    Raises:
+        TypeError naming ``where`` for any other type; ``ValueError`` for an unknown preset or invalid values.
+    """
+    cfg = get_preset(config) if isinstance(config, str) else (config or get_preset("io"))
+    if not isinstance(cfg, RegistrationConfig):
+        raise TypeError(f"{where}: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
+    cfg.validate()
+    return cfg
