@@ -2,6 +2,6 @@
 
 from .mind_loss import MINDSSCLoss
 from .regularization import DiffusionLoss, diffusion
-from .similarity import SSDLoss, ssd
+from .similarity import SSDLoss, WarpedSSD, ssd
 
-__all__ = ["DiffusionLoss", "MINDSSCLoss", "SSDLoss", "diffusion", "ssd"]
+__all__ = ["DiffusionLoss", "MINDSSCLoss", "SSDLoss", "WarpedSSD", "diffusion", "ssd"]

@@ -7,8 +7,12 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from .._validation import check_same_spatial, check_tensor, choose
+from ..kernels import extension_status
+from ..kernels.ops import channels_last, compiled_warp_ssd, uses_compiled
+from ..spatial.conventions import ddf_to_sampling_grid
+from ..spatial.warp import grid_sample_3d
 
-__all__ = ["SSDLoss", "ssd"]
+__all__ = ["SSDLoss", "WarpedSSD", "ssd"]
 
 
 def ssd(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -49,3 +53,55 @@ class SSDLoss(_Loss):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_same_spatial("SSDLoss", ("pred", "target"), pred, target)
         return ssd(pred, target, self.reduction)
+
+
+class WarpedSSD:
+    """SSD of fixed features and moving features warped by a DDF: the similarity of the optimisation step.
+
+    ``loss(u) = mean_x sum_c (moving_c(x + u(x)) - fixed_c(x))^2``, trilinear sampling in voxels of the features'
+    grid (:func:`monai_contreg.spatial.warp.grid_sample_3d`), i.e. ``ssd(warp(moving, u), fixed)``. The features
+    are prepared once (per pair, not per step). On CPU (float32/float64) with the compiled kernels of
+    :mod:`monai_contreg.kernels` it runs warp, loss and gradient in one pass (same values and gradient to float
+    rounding; ``warped`` is then returned without a gradient); otherwise ``grid_sample`` and autograd.
+
+    Args:
+        moving, fixed: ``(1, C, h, w, d)`` features on one grid (constants: no gradient flows to them).
+        padding_mode: ``"border"`` (positions clipped to the grid) or ``"zeros"``; ``"reflection"`` uses the
+            ``grid_sample`` path.
+        fused: ``None`` (default) = the compiled path where available, ``False`` = always ``grid_sample``
+            (e.g. to back-propagate a loss on ``warped``), ``True`` = require the compiled path.
+
+    Example:
+        >>> f = torch.rand(1, 12, 8, 8, 8)
+        >>> loss, warped = WarpedSSD(f, f)(torch.zeros(1, 3, 8, 8, 8))
+        >>> float(loss)
+        0.0
+    """
+
+    def __init__(self, moving: torch.Tensor, fixed: torch.Tensor, padding_mode: str = "border", fused: bool | None = None) -> None:
+        check_tensor("WarpedSSD", "moving", moving, 5)
+        check_tensor("WarpedSSD", "fixed", fixed, 5)
+        if moving.shape != fixed.shape or moving.shape[0] != 1:
+            raise ValueError(
+                f"WarpedSSD: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must be equal (1, C, h, w, d) shapes."
+            )
+        self.padding_mode = choose("WarpedSSD", "padding_mode", padding_mode, ("border", "zeros", "reflection"))
+        self.moving, self.fixed = moving.detach(), fixed.detach()
+        can = padding_mode != "reflection" and uses_compiled(self.moving, self.fixed)
+        if fused and not can:
+            raise RuntimeError(
+                f"WarpedSSD: fused=True needs CPU float32/float64 features, padding 'border' or 'zeros' and the compiled "
+                f"kernels (status: {extension_status()}); got {self.moving.device} {self.moving.dtype}, padding {padding_mode!r}."
+            )
+        self.fused = bool(can if fused is None else fused)
+        self._mcl = channels_last(self.moving) if self.fused else None
+        self._fcl = channels_last(self.fixed) if self.fused else None
+
+    def __call__(self, ddf: torch.Tensor, return_warped: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(loss, warped)`` for a ``(1, 3, h, w, d)`` DDF on the features' grid (``warped`` ``None`` if not asked)."""
+        if tuple(ddf.shape) != (1, 3, *self.moving.shape[2:]):
+            raise ValueError(f"WarpedSSD: ddf must be (1, 3, {', '.join(map(str, self.moving.shape[2:]))}), got {tuple(ddf.shape)}.")
+        if self.fused and ddf.dtype == self.moving.dtype and ddf.device.type == "cpu":
+            return compiled_warp_ssd(ddf, self._mcl, self._fcl, self.padding_mode == "zeros", return_warped)
+        warped = grid_sample_3d(self.moving, ddf_to_sampling_grid(ddf), "bilinear", self.padding_mode)
+        return ssd(warped, self.fixed), warped if return_warped else None

@@ -111,6 +111,9 @@ class EngineConfig:
         checkpoint_dir: if set, save the field and optimiser state there every ``checkpoint_every`` steps.
         checkpoint_every: checkpoint period in steps.
         num_threads: torch CPU threads for the run (0 = leave torch's setting).
+        fused: the similarity's compiled CPU path (one-pass warp + SSD + gradient, :mod:`monai_contreg.kernels`):
+            ``None`` = use it where available, ``False`` = never (``grid_sample`` + autograd), ``True`` = require it.
+            Same result to float rounding.
     """
 
     progress: bool = False
@@ -122,6 +125,7 @@ class EngineConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     num_threads: int = 0
+    fused: bool | None = None
 
 
 #: Valid values of :attr:`RegistrationConfig.method` (``"convex"`` = the discrete stage alone, no Adam).

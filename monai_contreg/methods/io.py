@@ -106,9 +106,12 @@ def instance_optimisation(
         dtype=fixed_features.dtype, device=fixed_features.device,
     )
     sched = ocfg.schedule
-    optimizer = torch.optim.Adam(fld.parameters(), lr=sched.lr_at(0), betas=tuple(ocfg.betas))
+    # torch's fused Adam (one kernel over the field instead of a chain of element-wise ops; same update to float
+    # rounding) unless the step is asked to stay on plain PyTorch ops (engine.fused=False)
+    optimizer = torch.optim.Adam(fld.parameters(), lr=sched.lr_at(0), betas=tuple(ocfg.betas), fused=ecfg.fused is not False)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=ocfg.reg_weight, padding_mode=ocfg.padding_mode,
+        fused=ecfg.fused,
     )
     PiecewiseLRScheduler(optimizer, sched).attach(engine)
     HistoryRecorder(optimizer).attach(engine)

@@ -21,7 +21,7 @@ from ignite.engine import Engine, EventEnum
 
 from .._validation import check_tensor, choose
 from ..losses.regularization import diffusion
-from ..losses.similarity import ssd
+from ..losses.similarity import WarpedSSD
 from ..spatial.conventions import ddf_to_sampling_grid
 from ..spatial.warp import grid_sample_3d
 from .field import DisplacementField
@@ -36,6 +36,11 @@ class RegistrationEvents(EventEnum):
     FIELD_UPDATED = "field_updated"
 
 
+def _has_handlers(engine: Engine, event: RegistrationEvents) -> bool:
+    # ignite has no public "any handler for this event?" query; its handler table is a dict of lists
+    return bool(getattr(engine, "_event_handlers", {}).get(event, True))
+
+
 def create_registration_engine(
     field: DisplacementField,
     fixed_features: torch.Tensor,
@@ -46,6 +51,7 @@ def create_registration_engine(
     padding_mode: str = "border",
     similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    fused: bool | None = None,
 ) -> Engine:
     """Build the engine whose iterations are Adam steps of ``field`` on one feature pair.
 
@@ -56,8 +62,11 @@ def create_registration_engine(
         optimizer: optimiser over ``field.parameters()`` (Adam in the paper).
         reg_weight: weight ``lambda`` of the regulariser.
         padding_mode: ``grid_sample`` padding for the warped moving features (``"border"`` or ``"zeros"``).
-        similarity: ``(warped, fixed) -> scalar``; default :func:`monai_contreg.losses.ssd`.
+        similarity: ``(warped, fixed) -> scalar``; default: SSD (:class:`monai_contreg.losses.WarpedSSD`).
         regularizer: ``ddf -> scalar``; default :func:`monai_contreg.losses.diffusion`.
+        fused: for the default similarity: ``None`` = the compiled one-pass warp + SSD + gradient on CPU where
+            available, ``False`` = ``grid_sample`` + autograd (needed when a ``LOSS_COMPUTED`` handler puts a loss
+            on ``step_tensors["warped"]``, which the fused path returns without a gradient), ``True`` = require it.
 
     Returns:
         An ignite ``Engine`` with :class:`RegistrationEvents` registered and ``state.field``, ``state.optimizer``.
@@ -76,17 +85,21 @@ def create_registration_engine(
             f"{tuple(field.shape)}."
         )
     padding_mode = choose(where, "padding_mode", padding_mode, ("border", "zeros", "reflection"))
-    sim_fn = similarity if similarity is not None else ssd
     reg_fn = regularizer if regularizer is not None else diffusion
     fixed_features = fixed_features.detach()
     moving_features = moving_features.detach()
+    # the default similarity prepares its feature layout once per pair, not once per step
+    warped_ssd = WarpedSSD(moving_features, fixed_features, padding_mode, fused) if similarity is None else None
 
     def step(engine: Engine, _batch: object) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         ddf = field()
-        grid = ddf_to_sampling_grid(ddf)
-        warped = grid_sample_3d(moving_features, grid, "bilinear", padding_mode)
-        sim = sim_fn(warped, fixed_features)
+        if warped_ssd is not None:
+            # the warped features are only materialised when a LOSS_COMPUTED handler may look at them
+            sim, warped = warped_ssd(ddf, return_warped=_has_handlers(engine, RegistrationEvents.LOSS_COMPUTED))
+        else:
+            warped = grid_sample_3d(moving_features, ddf_to_sampling_grid(ddf), "bilinear", padding_mode)
+            sim = similarity(warped, fixed_features)
         reg = reg_fn(ddf) if reg_weight else ddf.new_zeros(())
         loss = sim + reg_weight * reg
         engine.state.step_tensors = {"ddf": ddf, "warped": warped, "similarity": sim, "regularization": reg}
@@ -104,6 +117,7 @@ def create_registration_engine(
     engine.register_events(*RegistrationEvents)
     engine.state.field = field
     engine.state.optimizer = optimizer
+    engine.state.fused = bool(warped_ssd is not None and warped_ssd.fused)
     engine.state.step_tensors = None
     engine.state.extra_loss = None
     return engine

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_tensor
+from ..kernels.ops import compiled_box_smooth, uses_compiled
 
 __all__ = ["box_filter", "downsample", "gaussian_filter", "pooled_shape"]
 
@@ -26,7 +27,8 @@ def box_filter(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch.
     """Mean filter over a ``kernel_size**3`` cube, applied ``passes`` times, with replication padding.
 
     Separable: each pass is three 1-D running means (one per spatial axis), so the cost is linear in
-    ``kernel_size``. Differentiable.
+    ``kernel_size``. Differentiable. On CPU it runs the compiled kernel of :mod:`monai_contreg.kernels` when
+    available (same values; backward by the filter's exact adjoint), else the PyTorch ops below.
 
     Args:
         x: ``(B, C, H, W, D)`` floating tensor.
@@ -43,6 +45,8 @@ def box_filter(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch.
         raise ValueError(f"box_filter: passes must be >= 0, got {passes}.")
     if kernel_size == 1 or passes == 0:
         return x
+    if uses_compiled(x):
+        return compiled_box_smooth(x, kernel_size, passes)
     r = kernel_size // 2
     for _ in range(passes):
         for dim in (2, 3, 4):

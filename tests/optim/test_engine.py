@@ -144,3 +144,44 @@ def test_checkpoints_written_and_loadable(tmp_path):
     state = torch.load(files[0], weights_only=True)
     assert torch.equal(state["field"]["displacement"], out.field.displacement.detach())
     assert "state" in state["optimizer"]
+
+
+def test_fused_step_equals_grid_sample_step():
+    """The compiled one-pass similarity (and fused Adam) follow the grid_sample + autograd path step for step.
+
+    float64 and a non-integer start (0.3 voxel): at exact voxel positions the interpolant's derivative jumps and
+    grid_sample picks a side by float rounding, which Adam would turn into a full step either way.
+    """
+    from monai_contreg.optim.engine import RegistrationEvents as Ev
+
+    img = smooth_volume((24, 20, 22), sigma=1.5).double()
+    moving = torch.roll(img, shifts=2, dims=3)
+    init = torch.full((1, 3, 24, 20, 22), 0.3, dtype=torch.float64)
+    fields, seen = {}, {}
+    for fused in (True, False):
+        cfg = _shift_config(steps=15)
+        cfg.engine.fused = fused
+        ff, mf = compute_features(img, moving, cfg)
+        shapes = []
+
+        class Look:
+            def attach(self, engine):
+                engine.add_event_handler(Ev.LOSS_COMPUTED, lambda e: shapes.append(tuple(e.state.step_tensors["warped"].shape)))
+
+        try:
+            out = instance_optimisation(ff, mf, cfg, init_ddf=init, handlers=[Look()])
+        except RuntimeError as exc:  # fused=True where the compiled kernels cannot be built
+            assert "fused=True needs" in str(exc)
+            pytest.skip(str(exc))
+        fields[fused] = out.field().detach()
+        seen[fused] = shapes[0]
+    assert seen[True] == seen[False] == (1, 12, 24, 20, 22)
+    assert (fields[True] - fields[False]).abs().max() < 1e-6
+    assert fields[True][0, 1].mean() > 1.0  # it moved towards the 2-voxel shift
+
+
+def test_fused_option_is_checked():
+    f = torch.rand(1, 12, 6, 6, 6)
+    with pytest.raises(RuntimeError, match="WarpedSSD: fused=True needs .* padding 'reflection'"):
+        create_registration_engine(DisplacementField((6, 6, 6)), f, f, torch.optim.SGD(DisplacementField((6, 6, 6)).parameters(), lr=1),
+                                   padding_mode="reflection", fused=True)

@@ -1,0 +1,89 @@
+"""Compiled CPU kernels of the optimisation step, with pure-PyTorch equivalents.
+
+The lowest layer of the package (imports torch only). :mod:`.ops` exposes two differentiable operations,
+each with a compiled CPU path and a PyTorch path that computes the same values and gradients:
+
+* :func:`~monai_contreg.kernels.ops.warp_ssd`: trilinear warp of feature maps by a DDF fused with the SSD
+  loss and its gradient (one pass over the grid instead of ``grid_sample`` forward + backward + loss);
+* :func:`~monai_contreg.kernels.ops.box_smooth`: repeated replicate-padded mean filters with an exact adjoint.
+
+The C++ source (``csrc/contreg_cpu.cpp``) is compiled on first use with
+:func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``; the build is cached under
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), as MONAI does for its own C++ extensions.
+It is compiled for the host CPU (``-march=native``); the build's name includes a hash of the source and of the
+CPU's instruction-set flags, so a cache shared by machines with different CPUs holds one build per CPU kind.
+Where it cannot be built the PyTorch path is used and :func:`extension_status` says why. Set
+``CONTREG_EXTENSIONS=0`` to disable the compiled path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["extension_status", "load_extension"]
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("csrc") / "contreg_cpu.cpp"
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {"tried": False, "module": None, "error": None}
+_DISABLED = ("0", "false", "no", "off")
+
+
+def _disabled() -> bool:
+    return os.environ.get("CONTREG_EXTENSIONS", "1").strip().lower() in _DISABLED
+
+
+def _cpu_flags() -> str:
+    """The host CPU's instruction-set flags (``/proc/cpuinfo``), or the machine name where that is unavailable."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def load_extension() -> ModuleType | None:
+    """The compiled CPU kernels, built on first call (``None`` if disabled or the build failed)."""
+    if _disabled():
+        return None
+    with _LOCK:
+        if not _STATE["tried"]:
+            _STATE["tried"] = True
+            try:
+                from torch.utils.cpp_extension import load
+
+                flags = ["-O3", "-fopenmp", "-march=native"]
+                digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:12]
+                _STATE["module"] = load(
+                    name=f"contreg_cpu_{digest}",
+                    sources=[str(_SOURCE)],
+                    extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+            except Exception as exc:  # no compiler, no ninja, read-only cache ...: fall back to PyTorch
+                _STATE["error"] = f"{type(exc).__name__}: {exc}".strip()
+                logger.warning(
+                    "monai_contreg: compiled CPU kernels unavailable (%s); using the PyTorch path (slower).",
+                    str(_STATE["error"]).splitlines()[0],
+                )
+    return _STATE["module"]  # type: ignore[return-value]
+
+
+def extension_status() -> str:
+    """One line: whether the compiled kernels are in use, and why not if they are not."""
+    if _disabled():
+        return "disabled (CONTREG_EXTENSIONS=0)"
+    mod = load_extension()
+    return f"compiled ({mod.__name__})" if mod is not None else f"unavailable: {_STATE['error']}"

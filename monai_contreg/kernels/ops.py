@@ -1,0 +1,98 @@
+"""Autograd wrappers of the compiled CPU kernels (callers check arguments and choose the path).
+
+* :func:`compiled_warp_ssd`: the SSD of fixed features and moving features sampled trilinearly at ``x + u(x)``
+  (positions in voxels of the features' grid, i.e. the ``align_corners=False`` frame of
+  :mod:`monai_contreg.spatial.conventions`, where ``grid_sample``'s unnormalised coordinate is the voxel index),
+  ``loss = mean_x sum_c (moving_c(x + u(x)) - fixed_c(x))^2``, with the gradient of the trilinear interpolant.
+  Equal to ``grid_sample`` + :func:`monai_contreg.losses.ssd` (see :func:`monai_contreg.optim.step.warped_ssd`).
+* :func:`compiled_box_smooth`: :func:`monai_contreg.spatial.filters.box_filter`'s operator, backward by its
+  exact adjoint (no intermediate tensors kept for autograd).
+* :func:`compiled_diffusion`: :func:`monai_contreg.losses.diffusion` and its gradient in one pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import load_extension
+
+__all__ = ["channels_last", "compiled_box_smooth", "compiled_diffusion", "compiled_warp_ssd", "uses_compiled"]
+
+
+def uses_compiled(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels can run on these tensors (CPU, one float32/float64 dtype, built)."""
+    return (
+        all(t.device.type == "cpu" for t in tensors)
+        and len({t.dtype for t in tensors}) == 1
+        and tensors[0].dtype in (torch.float32, torch.float64)
+        and load_extension() is not None
+    )
+
+
+def channels_last(features: torch.Tensor) -> torch.Tensor:
+    """``(1, C, h, w, d)`` -> contiguous ``(h, w, d, C)``: the layout :func:`compiled_warp_ssd` samples from."""
+    return features.detach()[0].permute(1, 2, 3, 0).contiguous()
+
+
+class _WarpSSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ddf, moving_cl, fixed_cl, zeros, want_warped):  # type: ignore[override]
+        total, grad, warped = load_extension().warp_ssd(ddf.detach()[0].contiguous(), moving_cl, fixed_cl, zeros, want_warped)
+        ctx.save_for_backward(grad)
+        ctx.scale = 1.0 / (ddf.shape[2] * ddf.shape[3] * ddf.shape[4])
+        loss = (total * ctx.scale).to(ddf.dtype)
+        if not want_warped:
+            return loss, None
+        warped = warped.permute(3, 0, 1, 2).unsqueeze(0)  # (1, C, h, w, d) view of the channels-last result
+        ctx.mark_non_differentiable(warped)
+        return loss, warped
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_warped):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad_loss * ctx.scale) * grad.unsqueeze(0), None, None, None, None
+
+
+def compiled_warp_ssd(
+    ddf: torch.Tensor, moving_cl: torch.Tensor, fixed_cl: torch.Tensor, zeros: bool, want_warped: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(loss, warped)`` for a ``(1, 3, h, w, d)`` DDF and :func:`channels_last` features.
+
+    ``warped`` (``(1, C, h, w, d)``, or ``None`` when not wanted) carries no gradient; the loss does (to ``ddf``).
+    ``zeros`` selects zero padding instead of border (clipped positions, zero gradient where clipped).
+    """
+    return _WarpSSD.apply(ddf, moving_cl, fixed_cl, bool(zeros), bool(want_warped))
+
+
+class _BoxSmooth(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, passes):  # type: ignore[override]
+        ctx.kernel_size, ctx.passes = kernel_size, passes
+        return load_extension().box_smooth(x.detach().contiguous(), kernel_size, passes, False)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return load_extension().box_smooth(grad.contiguous(), ctx.kernel_size, ctx.passes, True), None, None
+
+
+def compiled_box_smooth(x: torch.Tensor, kernel_size: int, passes: int) -> torch.Tensor:
+    """``passes`` rounds of replicate-padded mean filters of width ``kernel_size`` along axes 2, 3, 4."""
+    return _BoxSmooth.apply(x, int(kernel_size), int(passes))
+
+
+class _Diffusion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, mean):  # type: ignore[override]
+        loss, grad = load_extension().diffusion(u.detach().contiguous(), bool(mean))
+        ctx.save_for_backward(grad)
+        return loss.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad_loss * grad, None
+
+
+def compiled_diffusion(u: torch.Tensor, mean: bool = True) -> torch.Tensor:
+    """Sum over axes of the mean (``mean=True``) or sum of squared forward differences of ``(B, C, H, W, D)``."""
+    return _Diffusion.apply(u, bool(mean))
