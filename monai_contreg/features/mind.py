@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._validation import check_finite, check_tensor
-from ..spatial.filters import box_filter
+from ..spatial.filters import box_filter, box_filter_
 
 __all__ = ["MINDSSC", "mind_ssc", "mind_ssc_pairs"]
 
@@ -64,15 +64,31 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, eps: float
         o = [d + d * k for k in offset]
         return padded[:, :, o[0] : o[0] + h, o[1] : o[1] + w, o[2] : o[2] + dd]
 
-    dist = torch.cat([(shifted(a) - shifted(b)).square() for a, b in mind_ssc_pairs()], dim=1)
-    dist = box_filter(dist, 2 * radius + 1, passes=1)
-    m = dist - dist.min(dim=1, keepdim=True).values
+    if image.requires_grad and torch.is_grad_enabled():  # differentiable (MINDSSCLoss): out-of-place ops
+        dist = torch.cat([(shifted(a) - shifted(b)).square() for a, b in mind_ssc_pairs()], dim=1)
+        dist = box_filter(dist, 2 * radius + 1, passes=1)
+        m = dist - dist.min(dim=1, keepdim=True).values
+        return torch.exp(-m / _variance(m, eps))
+    # features for registration: one 12-channel buffer, filtered and normalised in place (about a third of the
+    # memory of the out-of-place ops at NLST size; same values)
+    with torch.no_grad():
+        dist = image.new_empty((image.shape[0], 12, h, w, dd))
+        for c, (a, b) in enumerate(mind_ssc_pairs()):
+            torch.sub(shifted(a), shifted(b), out=dist[:, c : c + 1])
+        dist.square_()
+        box_filter_(dist, 2 * radius + 1, passes=1)
+        dist.sub_(dist.min(dim=1, keepdim=True).values)
+        v = _variance(dist, eps)
+        return dist.div_(v).neg_().exp_()
+
+
+def _variance(m: torch.Tensor, eps: float) -> torch.Tensor:
+    """MIND's per-voxel variance estimate: the channel mean of ``m``, clamped to [1e-3, 1e3] x its image mean."""
     v = m.mean(dim=1, keepdim=True)
     mean_v = v.mean(dim=(2, 3, 4), keepdim=True)
     lo = torch.clamp(mean_v * 1e-3, min=eps)
     hi = torch.clamp(mean_v * 1e3, min=eps)
-    v = torch.maximum(torch.minimum(v, hi), lo)
-    return torch.exp(-m / v)
+    return torch.maximum(torch.minimum(v, hi), lo)
 
 
 class MINDSSC(nn.Module):

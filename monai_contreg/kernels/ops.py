@@ -68,15 +68,23 @@ class _BoxSmooth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel_size, passes):  # type: ignore[override]
         ctx.kernel_size, ctx.passes = kernel_size, passes
-        return load_extension().box_smooth(x.detach().contiguous(), kernel_size, passes, False)
+        return load_extension().box_smooth(x.detach().contiguous(), kernel_size, passes, False, False)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        return load_extension().box_smooth(grad.contiguous(), ctx.kernel_size, ctx.passes, True), None, None
+        return load_extension().box_smooth(grad.contiguous(), ctx.kernel_size, ctx.passes, True, False), None, None
 
 
-def compiled_box_smooth(x: torch.Tensor, kernel_size: int, passes: int) -> torch.Tensor:
-    """``passes`` rounds of replicate-padded mean filters of width ``kernel_size`` along axes 2, 3, 4."""
+def compiled_box_smooth(x: torch.Tensor, kernel_size: int, passes: int, inplace: bool = False) -> torch.Tensor:
+    """``passes`` rounds of replicate-padded mean filters of width ``kernel_size`` along axes 2, 3, 4.
+
+    ``inplace=True`` overwrites the contiguous ``x`` (no autograd; one scratch tensor instead of two).
+    """
+    if inplace:
+        if not x.is_contiguous():
+            raise ValueError("compiled_box_smooth: inplace needs a contiguous tensor.")
+        with torch.no_grad():
+            return load_extension().box_smooth(x, int(kernel_size), int(passes), False, True)
     return _BoxSmooth.apply(x, int(kernel_size), int(passes))
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .._validation import check_tensor
 from ..kernels.ops import compiled_box_smooth, uses_compiled
 
-__all__ = ["box_filter", "downsample", "gaussian_filter", "pooled_shape"]
+__all__ = ["box_filter", "box_filter_", "downsample", "gaussian_filter", "pooled_shape"]
 
 
 def _pad_axis(x: torch.Tensor, dim: int, r: int) -> torch.Tensor:
@@ -57,6 +57,21 @@ def box_filter(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch.
                 acc = acc + xp.narrow(dim, k, n)
             x = acc / kernel_size
     return x
+
+
+def box_filter_(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch.Tensor:
+    """In-place :func:`box_filter` of a contiguous tensor that needs no gradient (saves a full-size buffer).
+
+    Returns ``x``, overwritten with its filtered values.
+    """
+    check_tensor("box_filter_", "x", x, 5)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("box_filter_: x requires grad; use box_filter (in-place filtering breaks autograd).")
+    if not x.is_contiguous():
+        raise ValueError("box_filter_: x must be contiguous.")
+    if uses_compiled(x) and kernel_size % 2 == 1 and kernel_size >= 1 and passes >= 0:
+        return compiled_box_smooth(x, kernel_size, passes, inplace=True)
+    return x.copy_(box_filter(x, kernel_size, passes))
 
 
 def gaussian_filter(x: torch.Tensor, sigma: float | Sequence[float], truncate: float = 3.0) -> torch.Tensor:

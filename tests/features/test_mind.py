@@ -52,3 +52,12 @@ def test_module_and_errors():
         img = torch.rand(1, 1, 6, 6, 6)
         img[0, 0, 1, 1, 1] = float("nan")
         mind_ssc(img)
+
+
+def test_in_place_feature_path_equals_differentiable_path():
+    """Registration computes MIND in place (no grad); the differentiable path (MINDSSCLoss) gives the same values."""
+    x = torch.rand(2, 1, 17, 15, 19, dtype=torch.float64)
+    fast = mind_ssc(x)
+    ref = mind_ssc(x.clone().requires_grad_()).detach()
+    assert torch.equal(fast, ref)
+    assert fast.shape == (2, 12, 17, 15, 19)

@@ -248,13 +248,14 @@ void box_axis(const T* in, T* out, int64_t outer, int64_t n, int64_t inner, int6
 // `passes` rounds of mean filters of width k along the three spatial axes of a contiguous (B, C, H, W, D)
 // tensor, or the transpose of that operator (adjoint). The per-axis filters commute, so the passes are grouped
 // by axis (H, W, D; reverse order for the adjoint).
-at::Tensor box_smooth(const at::Tensor& x, int64_t k, int64_t passes, bool adjoint) {
+at::Tensor box_smooth(const at::Tensor& x, int64_t k, int64_t passes, bool adjoint, bool inplace) {
   TORCH_CHECK(x.dim() == 5 && x.is_contiguous(), "box_smooth: x must be a contiguous (B, C, H, W, D) tensor");
   TORCH_CHECK(k >= 1 && k % 2 == 1 && passes >= 0, "box_smooth: k must be odd and positive, passes >= 0");
-  if (k == 1 || passes == 0) return x.clone();
+  if (k == 1 || passes == 0) return inplace ? x : x.clone();
   const int64_t r = k / 2;
   const int64_t BC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3), D = x.size(4);
-  at::Tensor a = at::empty_like(x), b = at::empty_like(x);
+  // x -> a -> b -> a; in place, b is x itself (one scratch tensor) and a is copied back into x at the end
+  at::Tensor a = at::empty_like(x), b = inplace ? x : at::empty_like(x);
   const int64_t views[3][3] = {{BC, H, W * D}, {BC * H, W, D}, {BC * H * W, D, 1}};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "box_smooth", [&] {
     const int order[3] = {adjoint ? 2 : 0, 1, adjoint ? 0 : 2};
@@ -265,7 +266,11 @@ at::Tensor box_smooth(const at::Tensor& x, int64_t k, int64_t passes, bool adjoi
       box_axis<scalar_t>(src[s], dst[s], v[0], v[1], v[2], r, passes, adjoint);
     }
   });
-  return a;  // x -> a -> b -> a
+  if (inplace) {
+    x.copy_(a);
+    return x;
+  }
+  return a;
 }
 
 template <typename T>
