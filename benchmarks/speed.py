@@ -80,6 +80,9 @@ def main() -> None:
         if ref_py and args.device == "cpu":
             runs.setdefault("reference", []).append(run_reference(pair, ref_py, args.threads))
     print(f"case {args.case}, {args.threads} thread(s), {args.repeats} repeat(s), device {args.device}")
+    for name, rs in runs.items():
+        if rs and "kernels" in rs[0]:
+            print(f"{name}: kernels {rs[0]['kernels']} (load {rs[0]['kernel_load_s']:.1f} s, not in the totals)")
     print(f"{'method':11s} {'features':>9s} {'discrete':>9s} {'per step':>9s} {'steps':>6s} {'total s':>8s} {'peak GiB':>9s} {'TRE mm':>7s}")
     medians = {}
     for name, rs in runs.items():

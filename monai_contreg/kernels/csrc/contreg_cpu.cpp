@@ -31,15 +31,15 @@ struct Axis {
   bool in0, in1;
 };
 
-template <typename T>
-inline Axis<T> locate(T p, int64_t n, bool zeros) {
+template <typename T, bool ZEROS>
+inline Axis<T> locate(T p, int64_t n) {
   Axis<T> a;
-  if (!zeros) {  // border: clip the position to [0, n - 1]; the gradient is zero where it was clipped and, as in
+  if (!ZEROS) {  // border: clip the position to [0, n - 1]; the gradient is zero where it was clipped and, as in
                  // grid_sample, on the borders themselves (positions exactly 0 or n - 1 count as clipped)
     const T hi = static_cast<T>(n - 1);
     a.dpos = (p <= T(0) || p >= hi) ? T(0) : T(1);
     p = std::min(std::max(p, T(0)), hi);
-    int64_t i0 = static_cast<int64_t>(std::floor(p));
+    int64_t i0 = static_cast<int64_t>(p);  // p >= 0: truncation is floor
     if (i0 > n - 2) i0 = std::max<int64_t>(n - 2, 0);
     a.i0 = i0;
     a.i1 = std::min(i0 + 1, n - 1);
@@ -59,9 +59,9 @@ inline Axis<T> locate(T p, int64_t n, bool zeros) {
 
 // CC > 0: the channel count known at compile time (the 12 MIND-SSC channels), so the channel loop unrolls and
 // vectorises; CC == 0: any channel count C.
-template <typename T, int CC>
+template <typename T, int CC, bool ZEROS>
 void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped, double* row_loss,
-                   int64_t H, int64_t W, int64_t D, int64_t C_, bool zeros) {
+                   int64_t H, int64_t W, int64_t D, int64_t C_) {
   const int64_t C = CC > 0 ? CC : C_;
   const int64_t N = H * W * D;
   const std::vector<T> zero(C, T(0));
@@ -71,17 +71,27 @@ void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped,
       double acc_row = 0.0;
       for (int64_t k = 0; k < D; ++k) {
         const int64_t idx = hw * D + k;
-        const Axis<T> ah = locate<T>(static_cast<T>(i) + ddf[idx], H, zeros);
-        const Axis<T> aw = locate<T>(static_cast<T>(j) + ddf[N + idx], W, zeros);
-        const Axis<T> ad = locate<T>(static_cast<T>(k) + ddf[2 * N + idx], D, zeros);
+        const Axis<T> ah = locate<T, ZEROS>(static_cast<T>(i) + ddf[idx], H);
+        const Axis<T> aw = locate<T, ZEROS>(static_cast<T>(j) + ddf[N + idx], W);
+        const Axis<T> ad = locate<T, ZEROS>(static_cast<T>(k) + ddf[2 * N + idx], D);
         const int64_t hs[2] = {ah.i0, ah.i1}, ws[2] = {aw.i0, aw.i1}, ds[2] = {ad.i0, ad.i1};
-        const bool hin[2] = {ah.in0, ah.in1}, win[2] = {aw.in0, aw.in1}, din[2] = {ad.in0, ad.in1};
         const T* p[8];
-        for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b)
-            for (int c = 0; c < 2; ++c)
-              p[a * 4 + b * 2 + c] = (hin[a] && win[b] && din[c]) ? mov + ((hs[a] * W + ws[b]) * D + ds[c]) * C
-                                                                   : zero.data();
+        if (ZEROS) {  // corners outside the grid read zeros
+          const bool hin[2] = {ah.in0, ah.in1}, win[2] = {aw.in0, aw.in1}, din[2] = {ad.in0, ad.in1};
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b)
+              for (int c = 0; c < 2; ++c)
+                p[a * 4 + b * 2 + c] = (hin[a] && win[b] && din[c]) ? mov + ((hs[a] * W + ws[b]) * D + ds[c]) * C
+                                                                     : zero.data();
+        } else {  // border: every corner is inside
+          const int64_t dd = (ad.i1 - ad.i0) * C;
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b) {
+              const T* q = mov + ((hs[a] * W + ws[b]) * D + ad.i0) * C;
+              p[a * 4 + b * 2] = q;
+              p[a * 4 + b * 2 + 1] = q + dd;
+            }
+        }
         const T *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3], *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
         const T fh = ah.f, fw = aw.f, fd = ad.f;
         const T* fx = fix + idx * C;
@@ -137,9 +147,10 @@ std::vector<at::Tensor> warp_ssd(const at::Tensor& ddf, const at::Tensor& moving
   at::Tensor warped = want_warped ? at::empty({H, W, D, C}, ddf.options()) : at::empty({0}, ddf.options());
   at::Tensor rows = at::empty({H * W}, ddf.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(ddf.scalar_type(), "warp_ssd", [&] {
-    auto run = C == 12 ? &warp_ssd_impl<scalar_t, 12> : &warp_ssd_impl<scalar_t, 0>;
+    auto run = C == 12 ? (zeros ? &warp_ssd_impl<scalar_t, 12, true> : &warp_ssd_impl<scalar_t, 12, false>)
+                       : (zeros ? &warp_ssd_impl<scalar_t, 0, true> : &warp_ssd_impl<scalar_t, 0, false>);
     run(ddf.data_ptr<scalar_t>(), moving.data_ptr<scalar_t>(), fixed.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        want_warped ? warped.data_ptr<scalar_t>() : nullptr, rows.data_ptr<double>(), H, W, D, C, zeros);
+        want_warped ? warped.data_ptr<scalar_t>() : nullptr, rows.data_ptr<double>(), H, W, D, C);
   });
   // ordered sum of the per-row partial sums: independent of the thread count
   const double* r = rows.data_ptr<double>();
