@@ -3,7 +3,8 @@
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
     contreg demo [--preset io] [--device cpu] [--out DIR]
-    contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite]   (Learn2Reg)
+    contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite] [--evaluate]
+                [--nproc-per-node N] [--backend gloo|nccl]   (Learn2Reg; also under torchrun ... -m monai_contreg.cli run)
     contreg submit OUT/ -o submission.zip --dataset DATASET [--split val] [--format nii.gz|npz]
     contreg evaluate DATASET OUT/|submission.zip [--split val] [--json F] [--csv F] [--report DIR]
     contreg download nlst DEST [--url URL] [--sha256 HEX] [--no-extract]
@@ -116,35 +117,73 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_pair(outcome, i: int, n: int) -> None:
+    """Log line of one pair of ``contreg run``; in a distributed run prefixed with the rank that ran it.
+
+    Module-level so that it pickles into spawned processes."""
+    from tqdm.auto import tqdm
+
+    import ignite.distributed as idist
+
+    rank = f"[rank {idist.get_rank()}] " if idist.get_world_size() > 1 else ""
+    head = f"{rank}[{i + 1}/{n}] {outcome.key}"
+    if outcome.status == "done":
+        loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.5g}"
+        line, stream = f"{head} done in {outcome.seconds:.1f}s, {outcome.steps} steps, final loss {loss} -> {outcome.path}", sys.stdout
+    elif outcome.status == "skipped":
+        line, stream = f"{head} skipped: {outcome.path} exists", sys.stdout
+    else:
+        line, stream = f"{head} FAILED after {outcome.seconds:.1f}s: {outcome.error}", sys.stderr
+    with tqdm.external_write_mode(file=stream):  # above a progress bar, if any
+        # one write per line: ranks share stdout and must not interleave within a line; flush for spawned ranks
+        stream.write(line + "\n")
+        stream.flush()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .distributed import check_launch, launched_by_torchrun, run_split_distributed
     from .workflow import run_split
 
+    distributed = args.backend is not None or args.nproc_per_node is not None or launched_by_torchrun()
+    if distributed:  # option errors before anything starts
+        args.backend = check_launch(args.backend, args.nproc_per_node, args.device, args.threads, cli=True)
+    elif args.master_port is not None:
+        raise ValueError("--master-port: only used with --nproc-per-node (spawned processes).")
     cfg = _config(args)
+    evaluate = (args.eval_json or True) if args.evaluate else False
+    if args.eval_json and not args.evaluate:
+        raise ValueError("--eval-json: give --evaluate too (it says where the evaluation is written).")
+    if distributed:
+        summary = run_split_distributed(
+            args.dataset, args.split, args.output, cfg, backend=args.backend, nproc_per_node=args.nproc_per_node,
+            master_port=args.master_port, device=args.device, threads=args.threads or None, fmt=args.format,
+            overwrite=args.overwrite, evaluate=evaluate, on_pair=_report_pair,
+        )
+    else:
+        if args.threads:  # the whole run, as each rank of a distributed run does
+            import torch
 
-    def report(outcome, i, n):
-        from tqdm.auto import tqdm
-
-        head = f"[{i + 1}/{n}] {outcome.key}"
-        if outcome.status == "done":
-            loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.5g}"
-            tqdm.write(f"{head} done in {outcome.seconds:.1f}s, {outcome.steps} steps, final loss {loss} -> {outcome.path}")
-        elif outcome.status == "skipped":
-            tqdm.write(f"{head} skipped: {outcome.path} exists")
-        else:
-            tqdm.write(f"{head} FAILED after {outcome.seconds:.1f}s: {outcome.error}", file=sys.stderr)
-
-    summary = run_split(
-        args.dataset, args.split, args.output, cfg, device=args.device, fmt=args.format, overwrite=args.overwrite,
-        progress=not args.no_bar, on_pair=report,
-    )
+            torch.set_num_threads(args.threads)
+        summary = run_split(
+            args.dataset, args.split, args.output, cfg, device=args.device, fmt=args.format, overwrite=args.overwrite,
+            progress=not args.no_bar, on_pair=_report_pair, evaluate=evaluate,
+        )
+    code = 1 if summary.failed else 0
+    if summary.rank != 0:  # torchrun's other ranks: their pairs' lines were printed; rank 0 sums up
+        return code
     print(
         f"registered {len(summary.done)}, skipped {len(summary.skipped)}, failed {len(summary.failed)} of "
         f"{len(summary.outcomes)} pairs; run log {summary.runtimes_path}"
     )
+    if summary.evaluation is not None:
+        from .evaluation.learn2reg import evaluation_summary
+
+        print(f"evaluation: {evaluation_summary(summary.evaluation)}; wrote {summary.evaluation_path}")
     if summary.failed:
         print(f"contreg run: error: failed pairs: {summary.failed} (see {summary.runtimes_path})", file=sys.stderr)
-        return 1
-    return 0
+        if args.evaluate:
+            print("contreg run: evaluation skipped: not every pair has a field", file=sys.stderr)
+    return code
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -230,7 +269,18 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder for disp_FFFF_MMMM fields and runtimes.json")
     p.add_argument("--format", default="nii.gz", help="field format: nii.gz (float32) or npz (float16)")
     p.add_argument("--overwrite", action="store_true", help="redo pairs whose field exists (default: skip them)")
-    p.add_argument("--no-bar", action="store_true", help="no progress bar over pairs")
+    p.add_argument("--no-bar", action="store_true", help="no progress bar over pairs (none in distributed runs)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="when all pairs are done, evaluate the folder once (as 'contreg evaluate') and print a summary")
+    p.add_argument("--eval-json", help="where --evaluate writes its results (default: OUT/evaluation.json)")
+    g = p.add_argument_group(
+        "distributed", "shard the pairs over processes with ignite.distributed (rank r registers pairs r::N); "
+        "under torchrun (torchrun --nproc_per_node N -m monai_contreg.cli run ...) leave --nproc-per-node out; "
+        "--threads is per process (default: CPUs // processes per node)")
+    g.add_argument("--nproc-per-node", type=int, help="spawn this many processes (ranks) on this machine")
+    g.add_argument("--backend", help="gloo (CPU processes, or GPUs) or nccl (one process per GPU, cuda:LOCAL_RANK); "
+                                     "default: nccl with --device cuda, else gloo")
+    g.add_argument("--master-port", type=int, help="rendezvous port of spawned processes (default: a free port)")
     _common(p)
     p.set_defaults(func=_cmd_run)
 
@@ -367,11 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # diverged runs and other runtime failures: message, no traceback
+        from .distributed import DistributedRunError
         from .optim.handlers import RegistrationDivergedError
 
         if isinstance(exc, RegistrationDivergedError):
             print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
             return 3
+        if isinstance(exc, DistributedRunError):
+            print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
+            return 1
         raise
 
 

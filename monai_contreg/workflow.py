@@ -5,13 +5,19 @@
   was killed is resumed by running it again (existing fields are skipped). A failing pair is recorded and the
   others still run. ``OUT/runtimes.json`` (written atomically after every pair) logs per-pair times,
   steps and final loss, and the failures.
+  With ``evaluate=True`` the folder is then evaluated once (:func:`evaluate_run`) into ``OUT/evaluation.json``.
+* :func:`monai_contreg.distributed.run_split_distributed` runs the same pair loop sharded across processes
+  (one rank per GPU or CPU process); each rank logs into ``OUT/runtimes.rank{r}.json``, which rank 0 merges
+  into ``OUT/runtimes.json`` (:func:`merge_rank_logs`), so both runs leave the same folder.
 * :func:`make_submission` checks every field of the split against the dataset's expected shape, then writes
   the official layout (``disp_FFFF_MMMM.nii.gz``, or ``.npz`` float16) into a zip, atomically.
 
 Example:
-    >>> summary = run_split("/data/NLST", "val", "out/", "io")
+    >>> summary = run_split("/data/NLST", "val", "out/", "io", evaluate=True)
     >>> summary.failed
     []
+    >>> summary.evaluation["aggregates"]["TRE_kp"]["mean"]   # also in out/evaluation.json
+    1.43
     >>> make_submission("out/", "/data/NLST", "submission.zip", split="val")
 """
 
@@ -21,10 +27,11 @@ import contextlib
 import datetime as _dt
 import json
 import logging
+import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +46,31 @@ from .io.fields import load_field, save_field
 from .methods.config import RegistrationConfig
 from .methods.presets import resolve_config
 
-__all__ = ["FIELD_FORMATS", "PairOutcome", "RunSummary", "make_submission", "outcome_dict", "run_split"]
+__all__ = [
+    "EVALUATION_FILE",
+    "FIELD_FORMATS",
+    "PairOutcome",
+    "RunSummary",
+    "evaluate_run",
+    "make_submission",
+    "merge_rank_logs",
+    "outcome_dict",
+    "rank_log_name",
+    "run_split",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Field formats of :func:`run_split` and :func:`make_submission`.
 FIELD_FORMATS = (".nii.gz", ".npz")
+#: Evaluation JSON written into the output folder by ``run_split(..., evaluate=True)``.
+EVALUATION_FILE = "evaluation.json"
+_RANK_LOG = re.compile(r"^runtimes\.rank(\d+)\.json$")
+
+
+def rank_log_name(rank: int) -> str:
+    """File name of rank ``rank``'s run log in a distributed run (merged into ``runtimes.json`` at the end)."""
+    return f"runtimes.rank{int(rank)}.json"
 
 
 @dataclass
@@ -76,10 +102,23 @@ class PairOutcome:
 
 @dataclass
 class RunSummary:
-    """The outcome of :func:`run_split`: one :class:`PairOutcome` per pair, in split order."""
+    """The outcome of :func:`run_split` (or of a distributed run): one :class:`PairOutcome` per pair, in split order.
+
+    Attributes:
+        outcomes: per-pair outcomes (all ranks' in a distributed run).
+        runtimes_path: the run log ``OUT/runtimes.json``.
+        evaluation: :func:`~monai_contreg.evaluation.learn2reg.evaluate_learn2reg` results when the run was asked
+            to evaluate and no pair failed (distributed: on rank 0 and in the spawning process only), else ``None``.
+        evaluation_path: where those results were written.
+        rank: rank of the process that returned this summary (0 in a single-process run and in the process
+            that spawned the ranks).
+    """
 
     outcomes: list[PairOutcome] = field(default_factory=list)
     runtimes_path: Path | None = None
+    evaluation: dict[str, Any] | None = None
+    evaluation_path: Path | None = None
+    rank: int = 0
 
     def _with(self, status: str) -> list[str]:
         return [o.key for o in self.outcomes if o.status == status]
@@ -127,10 +166,167 @@ def _write_log(path: Path, log: dict[str, Any]) -> None:
 
 
 def _clean_stale_temporaries(out: Path) -> None:
-    # temporaries of atomic writes interrupted by a kill (.disp_XXXX.nii.gz.abc.tmp.nii.gz)
-    for tmp in out.glob(".disp_*.tmp*"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    # temporaries of atomic writes interrupted by a kill (.disp_XXXX.nii.gz.abc.tmp.nii.gz, .runtimes.rank1.json.abc.tmp.json)
+    for pattern in (".disp_*.tmp*", ".runtimes*.json.*.tmp*"):
+        for tmp in out.glob(pattern):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _rank_logs(out: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in out.glob("runtimes.rank*.json") if (m := _RANK_LOG.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _in_order(entries: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    first = [k for k in order if k in entries]
+    return {**{k: entries[k] for k in first}, **{k: v for k, v in entries.items() if k not in first}}
+
+
+def merge_rank_logs(out_dir: str | Path, header: dict[str, Any] | None = None, order: Sequence[str] = ()) -> Path | None:
+    """Merge the per-rank run logs ``OUT/runtimes.rank{r}.json`` of a distributed run into ``OUT/runtimes.json``.
+
+    Each rank log holds the pairs its rank registered or failed in one run; they update ``runtimes.json`` as
+    the single-process run does pair by pair (a registered pair replaces its entry and clears its failure, a
+    failed pair is listed under ``failures``). The merged log is written atomically, then the rank logs are
+    deleted. Rank logs left by a killed run are merged the same way at the start of the next run (single- or
+    multi-process), so no pair's record is lost.
+
+    Args:
+        out_dir: the output folder.
+        header: top-level entries to set (``name``, ``dataset``, ``split``) when anything is merged.
+        order: case keys in split order: ``cases`` and ``failures`` are listed in this order (others after).
+
+    Returns:
+        ``OUT/runtimes.json`` when rank logs were merged, else ``None`` (nothing written).
+    """
+    out = Path(out_dir)
+    parts = _rank_logs(out)
+    if not parts:
+        return None
+    log_path = out / RUNTIMES_FILE
+    log = _read_log(log_path)
+    log.update(header or {})
+    log.setdefault("cases", {})
+    log.setdefault("failures", {})
+    for part_path in parts:
+        part = _read_log(part_path)
+        for key, case in (part.get("cases") or {}).items():
+            log["cases"][key] = case
+            log["failures"].pop(key, None)
+        log["failures"].update(part.get("failures") or {})
+        if part.get("config") is not None:
+            log["config"] = part["config"]
+        for k in ("name", "dataset", "split"):
+            if header is None and k in part:
+                log.setdefault(k, part[k])
+    log["cases"] = _in_order(log["cases"], order)
+    log["failures"] = _in_order(log["failures"], order)
+    _write_log(log_path, log)
+    for part_path in parts:
+        with contextlib.suppress(FileNotFoundError):
+            part_path.unlink()
+    return log_path
+
+
+def _log_header(ds: Learn2RegDataset, split_key: str) -> dict[str, Any]:
+    return {"name": ds.name, "dataset": str(ds.json_path), "split": split_key}
+
+
+def _prepare_run(where: str, dataset, split: str, config, fmt: str):
+    """Check everything a run needs before any pair runs: ``(dataset, split key, pairs, config, format)``."""
+    fmt = _format(where, fmt)
+    cfg = resolve_config(where, config)
+    ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
+    pairs = ds.pairs(split)
+    key = ds.resolve_split(split)
+    if not pairs:
+        raise ValueError(f"{where}: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
+                         f"{[s for s in ds.splits if ds.description.get(s)]}.")
+    return ds, key, pairs, cfg, fmt
+
+
+def _prepare_output(out: Path, ds: Learn2RegDataset, split_key: str, pairs: Sequence[Learn2RegPair]) -> None:
+    """Create the output folder, delete temporaries of killed writes, merge rank logs of a killed distributed run."""
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temporaries(out)
+    merge_rank_logs(out, _log_header(ds, split_key), [p.key for p in pairs])
+
+
+def _run_pairs(
+    todo: Iterable[tuple[int, Learn2RegPair]],
+    total: int,
+    out: Path,
+    *,
+    fmt: str,
+    overwrite: bool,
+    cfg: RegistrationConfig,
+    device,
+    fn: Callable[..., Any],
+    log_path: Path,
+    log: dict[str, Any],
+    outcomes: list[PairOutcome],
+    on_pair: Callable[[PairOutcome, int, int], None] | None = None,
+    bar=None,
+    case_extra: dict[str, Any] | None = None,
+) -> list[PairOutcome]:
+    """The pair loop of a run (all pairs, or one rank's shard): register ``todo`` (``(index in split, pair)``),
+    appending to ``outcomes`` and rewriting ``log`` into ``log_path`` (atomically) after every pair that ran."""
+    for i, pair in todo:
+        outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn)
+        outcomes.append(outcome)
+        if outcome.status == "done":
+            log["cases"][pair.key] = {
+                "seconds": outcome.seconds,
+                "wall_seconds": outcome.wall_seconds,
+                "steps": outcome.steps,
+                "final_loss": outcome.final_loss,
+                "field": outcome.path.name if outcome.path else None,
+                "device": str(device or "default"),
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "timings": outcome.timings,
+                **(case_extra or {}),
+            }
+            log["failures"].pop(pair.key, None)
+            log["config"] = cfg.to_dict()
+        elif outcome.status == "failed":
+            log["failures"][pair.key] = outcome.error
+        if outcome.status != "skipped":
+            _write_log(log_path, log)
+        if bar is not None:
+            bar.update(1)
+        if on_pair is not None:
+            on_pair(outcome, i, total)
+    return outcomes
+
+
+def evaluate_run(
+    dataset: str | Path | Learn2RegDataset, split: str, out_dir: str | Path, json_path: str | Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate the fields of a finished run once, as ``contreg evaluate DATASET OUT --json JSON`` does
+    (runtimes from ``OUT/runtimes.json``), and write the results JSON atomically.
+
+    Args:
+        dataset: the dataset (folder, description file or :class:`Learn2RegDataset`).
+        split: split name or alias.
+        out_dir: the run's output folder.
+        json_path: where to write the results (default ``OUT/evaluation.json``).
+
+    Returns:
+        ``(results, path of the JSON)``.
+    """
+    from .evaluation.learn2reg import evaluate_learn2reg, write_evaluation_json
+
+    res = evaluate_learn2reg(dataset, out_dir, split, runtimes="auto")
+    path = write_evaluation_json(res, Path(out_dir) / EVALUATION_FILE if json_path is None else json_path)
+    return res, path
+
+
+def _evaluation_target(evaluate: bool | str | Path | None) -> str | Path | None | bool:
+    """``False`` (no evaluation), ``None`` (the default file) or a path."""
+    if evaluate is None or evaluate is False:
+        return False
+    return None if evaluate is True else evaluate
 
 
 def run_split(
@@ -145,8 +341,11 @@ def run_split(
     progress: bool = False,
     on_pair: Callable[[PairOutcome, int, int], None] | None = None,
     register_fn: Callable[..., Any] | None = None,
+    evaluate: bool | str | Path = False,
 ) -> RunSummary:
     """Register every pair of a Learn2Reg split and write its field into ``out_dir``.
+
+    The multi-process version is :func:`monai_contreg.distributed.run_split_distributed` (same folder, same log).
 
     Args:
         dataset: a :class:`Learn2RegDataset`, its folder or its description file.
@@ -159,6 +358,8 @@ def run_split(
         progress: show a tqdm progress bar over pairs (stderr).
         on_pair: called as ``on_pair(outcome, index, total)`` after each pair (CLI log lines).
         register_fn: replaces :func:`~monai_contreg.api.register` (tests).
+        evaluate: after the last pair, evaluate the folder (:func:`evaluate_run`) and write the results JSON:
+            ``True`` into ``OUT/evaluation.json``, a path there. Skipped (with a warning) when a pair failed.
 
     Returns:
         A :class:`RunSummary`; failures are recorded there and in ``runtimes.json``, not raised.
@@ -168,23 +369,15 @@ def run_split(
     """
     from .api import register
 
-    fmt = _format("run_split", fmt)
-    cfg = resolve_config("run_split", config)
-    ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
-    pairs = ds.pairs(split)
-    key = ds.resolve_split(split)
-    if not pairs:
-        raise ValueError(f"run_split: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
-                         f"{[s for s in ds.splits if ds.description.get(s)]}.")
+    ds, key, pairs, cfg, fmt = _prepare_run("run_split", dataset, split, config, fmt)
+    target = _evaluation_target(evaluate)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temporaries(out)
+    _prepare_output(out, ds, key, pairs)
     log_path = out / RUNTIMES_FILE
     log = _read_log(log_path)
-    log.update({"name": ds.name, "dataset": str(ds.json_path), "split": key})
+    log.update(_log_header(ds, key))
     log.setdefault("cases", {})
     log.setdefault("failures", {})
-    fn = register_fn or register
     summary = RunSummary(runtimes_path=log_path)
     bar = None
     if progress:
@@ -192,33 +385,18 @@ def run_split(
 
         bar = tqdm(total=len(pairs), desc=f"{ds.name} {key}", unit="pair")
     try:
-        for i, pair in enumerate(pairs):
-            outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn)
-            summary.outcomes.append(outcome)
-            if outcome.status == "done":
-                log["cases"][pair.key] = {
-                    "seconds": outcome.seconds,
-                    "wall_seconds": outcome.wall_seconds,
-                    "steps": outcome.steps,
-                    "final_loss": outcome.final_loss,
-                    "field": outcome.path.name if outcome.path else None,
-                    "device": str(device or "default"),
-                    "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "timings": outcome.timings,
-                }
-                log["failures"].pop(pair.key, None)
-                log["config"] = cfg.to_dict()
-            elif outcome.status == "failed":
-                log["failures"][pair.key] = outcome.error
-            if outcome.status != "skipped":
-                _write_log(log_path, log)
-            if bar is not None:
-                bar.update(1)
-            if on_pair is not None:
-                on_pair(outcome, i, len(pairs))
+        _run_pairs(
+            enumerate(pairs), len(pairs), out, fmt=fmt, overwrite=overwrite, cfg=cfg, device=device,
+            fn=register_fn or register, log_path=log_path, log=log, outcomes=summary.outcomes, on_pair=on_pair, bar=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
+    if target is not False:
+        if summary.failed:
+            logger.warning("run_split: evaluation skipped: %d pair(s) failed", len(summary.failed))
+        else:
+            summary.evaluation, summary.evaluation_path = evaluate_run(ds, key, out, target)
     return summary
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "aggregate",
     "evaluate_field",
     "evaluate_learn2reg",
+    "evaluation_summary",
     "evaluation_table",
     "fields_folder",
     "keypoint_tre_official",
@@ -363,6 +364,35 @@ def evaluation_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]
     for stat in ("mean", "std", "30"):
         rows.append([stat, *(results["aggregates"][m][stat] for m in metrics)])
     return header, rows
+
+
+#: Metrics of :func:`evaluation_summary`: (key, label, format, unit).
+_SUMMARY_METRICS = (
+    ("TRE_kp", "TRE_kp", ".3f", " mm"),
+    ("LogJacDetStd", "LogJacDetStd", ".4f", ""),
+    ("SDlogJ", "SDlogJ", ".4f", ""),
+    ("folding_percent", "folding", ".4f", "%"),
+    ("Dice", "Dice", ".4f", ""),
+    ("HD95", "HD95", ".3f", " mm"),
+    ("runtime", "runtime", ".1f", " s"),
+)
+
+
+def evaluation_summary(results: dict[str, Any]) -> str:
+    """One line of :func:`evaluate_learn2reg` results: the number of pairs and the mean over pairs of the
+    main metrics present (``TRE_kp`` with its initial value, ``LogJacDetStd``, ``SDlogJ``, folding, ``Dice``,
+    ``HD95``, ``runtime``)."""
+    agg = results["aggregates"]
+    parts = []
+    for key, label, fmt, unit in _SUMMARY_METRICS:
+        if key not in agg or not agg[key]["n"]:
+            continue
+        text = f"{label} {agg[key]['mean']:{fmt}}{unit}"
+        if key == "TRE_kp" and agg.get("TRE_kp_initial", {}).get("n"):
+            text += f" (initial {agg['TRE_kp_initial']['mean']:{fmt}}{unit})"
+        parts.append(text)
+    head = f"{results['name']} {results['split']}: {len(results['cases'])} pairs"
+    return f"{head}, mean {', '.join(parts)}" if parts else head
 
 
 def write_evaluation_csv(results: dict[str, Any], path: str | Path) -> Path:
