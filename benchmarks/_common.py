@@ -103,7 +103,20 @@ def run_reference(pair: dict, python: str, threads: int) -> dict:
         if "error" in res:
             return res
         res.update(field_metrics(learn2reg_to_ddf(np.load(path)).double(), pair))
+    res.setdefault("register_peak_gib", res["peak_gib"])  # its process only registers (scored here, in ours)
     return res
+
+
+def _vm_hwm_gib() -> float:
+    """This process's peak resident set size so far (``VmHWM``, Linux), GiB; NaN where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
 
 
 def register_worker(pair: dict, preset: str, overrides: list[str], threads: int) -> dict:
@@ -123,7 +136,10 @@ def register_worker(pair: dict, preset: str, overrides: list[str], threads: int)
     t_ext = time.perf_counter() - t_ext
     t0 = time.perf_counter()
     res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
-    out = {"seconds": time.perf_counter() - t0, "timings": res.timings, "steps": res.steps, "kernels": kernels,
-           "kernel_load_s": t_ext}
+    seconds = time.perf_counter() - t0
+    # the process's high-water mark now: registration only (scoring the field below allocates full-size
+    # Jacobians of its own, which the child's whole-process peak ``peak_gib`` includes)
+    out = {"seconds": seconds, "timings": res.timings, "steps": res.steps, "kernels": kernels,
+           "kernel_load_s": t_ext, "register_peak_gib": _vm_hwm_gib()}
     out.update(field_metrics(res.ddf.as_tensor(), pair))
     return out
