@@ -63,6 +63,14 @@ def reference_python(arg: str | None) -> str | None:
     return None
 
 
+def worker_cmd(script: str, pair: dict, preset: str, threads: int, overrides: list[str] = (), *extra: str) -> list[str]:
+    """The command line that re-runs ``script`` as a worker for one pair and preset (``--worker`` mode)."""
+    cmd = [sys.executable, script, "--worker", json.dumps(pair), "--preset", preset, "--threads", str(threads), *extra]
+    for s in overrides:
+        cmd += ["--set", s]
+    return cmd
+
+
 def run_child(cmd: list[str], threads: int) -> dict:
     """Run a worker ``cmd``; return its last stdout JSON line plus ``peak_gib`` and ``process_seconds``.
 

@@ -2,7 +2,7 @@
 and the reference ConvexAdam, on the same pairs in the same run.
 
     python benchmarks/ablation.py [--pairs 0101 0102] [--presets convex convexadam io convex+io io-lr1 io-lr15]
-        [--threads 2] [--reference-python /work/venvs/ref/bin/python | --no-reference] [--json out.json]
+        [--threads 2] [--reference-python REF/bin/python | --no-reference] [--json out.json]
 
 Each (pair, method) runs in its own process; peak memory is that child's maximum resident set size, read from
 the kernel's resource usage of the finished child (``os.wait4``, the per-child value that
@@ -10,7 +10,9 @@ the kernel's resource usage of the finished child (``os.wait4``, the per-child v
 reference (PyPI ``convexadam`` 0.2.0: MIND, ic=True, 80 Adam steps, no masks, CPU, float32) runs through
 ``reference_convexadam_worker.py`` in its own venv; its (H, W, D, 3) voxel field is scored with the same
 metric code (:mod:`monai_contreg.evaluation.metrics`) as ours. Prints per pair and mean: TRE (mm), true SDlogJ,
-folding %, wall time (s, the registration call; process time with start-up in brackets) and peak RSS (GiB).
+folding %, wall time (s, the registration call; process time with start-up in brackets), peak RSS (GiB) of the
+whole worker (registration, then scoring) and at the end of the registration ("(reg.)"; for the reference, whose
+worker only registers, the whole worker).
 This is a script that prints figures, not a test.
 """
 
@@ -18,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics as st
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, nlst_pairs, register_worker, run_child, run_reference  # noqa: E402
+from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
 PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15")
-DEFAULT_REFERENCE_PYTHON = "/work/venvs/ref/bin/python"
 REFERENCE = "reference"
 
 
@@ -42,11 +42,11 @@ def _fmt(r: dict) -> str:
         return f"ERROR {r['error']}"
     return (
         f"{r['tre']:7.3f} {r['tre_initial']:7.2f} {r['sdlogj']:8.4f} {r['folding_percent']:8.4f} "
-        f"{r['seconds']:8.1f} ({r['process_seconds']:6.1f}) {r['peak_gib']:7.2f}"
+        f"{r['seconds']:8.1f} ({r['process_seconds']:6.1f}) {r['peak_gib']:7.2f} {r.get('register_peak_gib', float('nan')):7.2f}"
     )
 
 
-HEADER = f"{'case':6s} {'method':11s} {'TRE mm':>7s} {'initial':>7s} {'SDlogJ':>8s} {'fold %':>8s} {'time s':>8s} {'(proc)':>8s} {'peak GiB':>8s}"
+HEADER = f"{'case':6s} {'method':11s} {'TRE mm':>7s} {'initial':>7s} {'SDlogJ':>8s} {'fold %':>8s} {'time s':>8s} {'(proc)':>8s} {'peak GiB':>8s} {'(reg.)':>7s}"
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="*", help="case ids to run, e.g. 0101 0102 (default: all registration_val pairs)")
     ap.add_argument("--presets", nargs="*", default=list(PRESETS), help=f"presets to run (default: {' '.join(PRESETS)})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of every run, ours and the reference")
-    ap.add_argument("--reference-python", default=None, help=f"python of a venv with convexadam (default: {DEFAULT_REFERENCE_PYTHON} or $CONTREG_REFERENCE_PYTHON)")
+    ap.add_argument("--reference-python", default=None, help="python of a venv with convexadam (default: $CONTREG_REFERENCE_PYTHON)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference ConvexAdam")
     ap.add_argument("--json", type=Path, help="also write all figures here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -75,10 +75,10 @@ def main() -> None:
         raise SystemExit(f"ablation: --pairs {args.pairs} not all found in {args.data}")
     ref_py = None
     if not args.no_reference:
-        ref_py = args.reference_python or os.environ.get("CONTREG_REFERENCE_PYTHON") or DEFAULT_REFERENCE_PYTHON
-        if not Path(ref_py).is_file():
-            print(f"reference ConvexAdam: interpreter {ref_py!r} not found; skipped (use --reference-python)")
-            ref_py = None
+        ref_py = reference_python(args.reference_python)
+        if ref_py is None:
+            print("reference ConvexAdam: no interpreter given or found; skipped (use --reference-python or "
+                  "$CONTREG_REFERENCE_PYTHON)")
     methods = [*args.presets, *([REFERENCE] if ref_py else [])]
 
     print(f"{len(pairs)} pair(s), methods {methods}, {args.threads} thread(s)", flush=True)
@@ -89,8 +89,7 @@ def main() -> None:
             if method == REFERENCE:
                 r = run_reference(pair, ref_py, args.threads)
             else:
-                cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", method, "--threads", str(args.threads)]
-                r = run_child(cmd, args.threads)
+                r = run_child(worker_cmd(__file__, pair, method, args.threads), args.threads)
             results[method][pair["case"]] = r
             print(f"{pair['case']:6s} {method:11s} {_fmt(r)}", flush=True)
 
@@ -103,7 +102,9 @@ def main() -> None:
             continue
         mean = {k: st.mean(r[k] for r in ok) for k in ("tre", "tre_initial", "sdlogj", "folding_percent", "seconds", "process_seconds")}
         mean["peak_gib"] = max(r["peak_gib"] for r in ok)
-        print(f"{len(ok):<6d} {method:11s} {_fmt(mean)}   (peak = max over pairs)")
+        mean["register_peak_gib"] = max(r.get("register_peak_gib", float("nan")) for r in ok)
+        mean["median_seconds"] = st.median(r["seconds"] for r in ok)
+        print(f"{len(ok):<6d} {method:11s} {_fmt(mean)}   (peaks = max over pairs; median time {mean['median_seconds']:.1f} s)")
     print("\nper-pair TRE (mm)")
     print(f"{'method':11s} " + " ".join(f"{p['case']:>7s}" for p in pairs))
     for method in methods:

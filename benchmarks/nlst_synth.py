@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference  # noqa: E402
+from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +41,7 @@ def main() -> None:
         print("reference ConvexAdam: no interpreter given (--reference-python / $CONTREG_REFERENCE_PYTHON); skipped")
     rows = []
     for pair in pairs:
-        cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", args.preset, "--threads", str(args.threads)]
-        for s in args.set:
-            cmd += ["--set", s]
-        ours = run_child(cmd, args.threads)
+        ours = run_child(worker_cmd(__file__, pair, args.preset, args.threads, args.set), args.threads)
         row = {"case": pair["case"], "ours": ours}
         if ref_py:
             row["reference"] = run_reference(pair, ref_py, args.threads)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference  # noqa: E402
+from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -75,9 +75,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for _ in range(args.repeats):
         for preset in args.presets:
-            cmd = [sys.executable, __file__, "--worker", json.dumps(pair), "--preset", preset, "--threads", str(args.threads), "--device", args.device]
-            for s in args.set:
-                cmd += ["--set", s]
+            cmd = worker_cmd(__file__, pair, preset, args.threads, args.set, "--device", args.device)
             runs.setdefault(preset, []).append(run_child(cmd, args.threads))
         if ref_py and args.device == "cpu":
             runs.setdefault("reference", []).append(run_reference(pair, ref_py, args.threads))

@@ -114,3 +114,15 @@ def check_positive(where: str, name: str, value: float, *, allow_zero: bool = Fa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}.")
     return value
+
+
+def check_suffix(where: str, name: str, path, formats) -> str:
+    """The entry of ``formats`` (extensions such as ``".nii.gz"``) that ``path`` ends with (case-insensitive).
+
+    Raises ``ValueError`` naming ``where``, the argument ``name`` and the accepted extensions otherwise.
+    """
+    low = str(path).lower()
+    for ext in formats:
+        if low.endswith(ext):
+            return ext
+    raise ValueError(f"{where}: {name} {str(path)!r} must end with one of {list(formats)}.")

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .._validation import check_ddf, check_finite, choose
+from .._validation import check_ddf, check_finite, check_suffix, choose
 from ..spatial.conventions import ddf_to_learn2reg, learn2reg_to_ddf
 from .atomic import atomic_path
 
@@ -23,11 +23,7 @@ _FORMATS = (".nii.gz", ".nii", ".npz")
 
 def field_format(path: str | Path) -> str:
     """The field format of ``path`` from its extension (``.nii.gz``, ``.nii`` or ``.npz``)."""
-    name = str(path).lower()
-    for ext in _FORMATS:
-        if name.endswith(ext):
-            return ext
-    raise ValueError(f"field_format: output path {str(path)!r} must end with one of {list(_FORMATS)}.")
+    return check_suffix("field_format", "output path", path, _FORMATS)
 
 
 def save_field(

@@ -20,7 +20,7 @@ import torch
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 
-from .._validation import choose
+from .._validation import check_suffix, choose
 from ..spatial.conventions import affine_to_itk_geometry
 from .atomic import atomic_path
 
@@ -76,11 +76,7 @@ def load_image(path: str | Path, reader: str = "auto", dtype: torch.dtype | None
 
 
 def _format(path: str | Path) -> str:
-    name = str(path).lower()
-    for ext in IMAGE_WRITE_FORMATS:
-        if name.endswith(ext):
-            return ext
-    raise ValueError(f"save_image: output path {str(path)!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
+    return check_suffix("save_image", "output path", path, IMAGE_WRITE_FORMATS)
 
 
 def save_image(

@@ -53,6 +53,20 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
+def _ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; a venv used without activation lacks it there, so add the
+    ``ninja`` package's own binary folder."""
+    import shutil
+
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except (ImportError, AttributeError):
+            pass
+
+
 def load_extension() -> ModuleType | None:
     """The compiled CPU kernels, built on first call (``None`` if disabled or the build failed)."""
     if _disabled():
@@ -62,6 +76,8 @@ def load_extension() -> ModuleType | None:
             _STATE["tried"] = True
             try:
                 from torch.utils.cpp_extension import load
+
+                _ninja_on_path()
 
                 flags = ["-O3", "-fopenmp", "-march=native"]
                 digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:12]

@@ -111,7 +111,7 @@ def instance_optimisation(
     optimizer = torch.optim.Adam(fld.parameters(), lr=sched.lr_at(0), betas=tuple(ocfg.betas), fused=ecfg.fused is not False)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=ocfg.reg_weight, padding_mode=ocfg.padding_mode,
-        fused=ecfg.fused,
+        fused=ecfg.fused, feature_storage=config.features.storage,
     )
     PiecewiseLRScheduler(optimizer, sched).attach(engine)
     HistoryRecorder(optimizer).attach(engine)

@@ -52,6 +52,7 @@ def create_registration_engine(
     similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     fused: bool | None = None,
+    feature_storage: str = "float32",
 ) -> Engine:
     """Build the engine whose iterations are Adam steps of ``field`` on one feature pair.
 
@@ -67,6 +68,7 @@ def create_registration_engine(
         fused: for the default similarity: ``None`` = the compiled one-pass warp + SSD + gradient on CPU where
             available, ``False`` = ``grid_sample`` + autograd (needed when a ``LOSS_COMPUTED`` handler puts a loss
             on ``step_tensors["warped"]``, which the fused path returns without a gradient), ``True`` = require it.
+        feature_storage: ``"float32"`` or ``"bfloat16"`` storage of the features the default similarity samples.
 
     Returns:
         An ignite ``Engine`` with :class:`RegistrationEvents` registered and ``state.field``, ``state.optimizer``.
@@ -89,7 +91,9 @@ def create_registration_engine(
     fixed_features = fixed_features.detach()
     moving_features = moving_features.detach()
     # the default similarity prepares its feature layout once per pair, not once per step
-    warped_ssd = WarpedSSD(moving_features, fixed_features, padding_mode, fused) if similarity is None else None
+    warped_ssd = (
+        WarpedSSD(moving_features, fixed_features, padding_mode, fused, feature_storage) if similarity is None else None
+    )
 
     def step(engine: Engine, _batch: object) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)

@@ -170,3 +170,23 @@ def test_diffusion_of_linear_field_is_exact():
     u[0, 0] = torch.arange(5.0).view(5, 1, 1)
     # mean over the 3 channels' differences along axis 0: one channel of three is 1
     assert float(diffusion(u)) == pytest.approx(1 / 3)
+
+
+@needs_ext
+def test_warp_ssd_bfloat16_storage_matches_pytorch_path_and_stays_close():
+    """bfloat16 feature storage: both paths see the same rounded features; the loss moves by the rounding only."""
+    g = torch.Generator().manual_seed(3)
+    m, f = torch.rand((1, 12, 10, 9, 8), generator=g), torch.rand((1, 12, 10, 9, 8), generator=g)
+    u = torch.randn((1, 3, 10, 9, 8), generator=g)
+    out = {}
+    for fused in (True, False):
+        ur = u.clone().requires_grad_()
+        loss, warped = WarpedSSD(m, f, fused=fused, storage="bfloat16")(ur)
+        loss.backward()
+        out[fused] = (loss.detach(), warped.detach(), ur.grad)
+    for a, b in zip(out[True], out[False]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    full, _ = WarpedSSD(m, f)(u)
+    assert abs(float(full) - float(out[True][0])) < 1e-2 * float(full)
+    with pytest.raises(ValueError, match="WarpedSSD: unknown storage 'float8'"):
+        WarpedSSD(m, f, storage="float8")

@@ -59,12 +59,13 @@ inline Axis<T> locate(T p, int64_t n) {
 
 // CC > 0: the channel count known at compile time (the 12 MIND-SSC channels), so the channel loop unrolls and
 // vectorises; CC == 0: any channel count C.
-template <typename T, int CC, bool ZEROS>
-void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped, double* row_loss,
+// F: the features' storage type (T, or bfloat16 with arithmetic in T = float).
+template <typename T, typename F, int CC, bool ZEROS>
+void warp_ssd_impl(const T* ddf, const F* mov, const F* fix, T* grad, T* warped, double* row_loss,
                    int64_t H, int64_t W, int64_t D, int64_t C_) {
   const int64_t C = CC > 0 ? CC : C_;
   const int64_t N = H * W * D;
-  const std::vector<T> zero(C, T(0));
+  const std::vector<F> zero(C, F(0));
   at::parallel_for(0, H * W, 8, [&](int64_t begin, int64_t end) {
     for (int64_t hw = begin; hw < end; ++hw) {
       const int64_t i = hw / W, j = hw % W;
@@ -75,7 +76,7 @@ void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped,
         const Axis<T> aw = locate<T, ZEROS>(static_cast<T>(j) + ddf[N + idx], W);
         const Axis<T> ad = locate<T, ZEROS>(static_cast<T>(k) + ddf[2 * N + idx], D);
         const int64_t hs[2] = {ah.i0, ah.i1}, ws[2] = {aw.i0, aw.i1}, ds[2] = {ad.i0, ad.i1};
-        const T* p[8];
+        const F* p[8];
         if (ZEROS) {  // corners outside the grid read zeros
           const bool hin[2] = {ah.in0, ah.in1}, win[2] = {aw.in0, aw.in1}, din[2] = {ad.in0, ad.in1};
           for (int a = 0; a < 2; ++a)
@@ -87,27 +88,29 @@ void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped,
           const int64_t dd = (ad.i1 - ad.i0) * C;
           for (int a = 0; a < 2; ++a)
             for (int b = 0; b < 2; ++b) {
-              const T* q = mov + ((hs[a] * W + ws[b]) * D + ad.i0) * C;
+              const F* q = mov + ((hs[a] * W + ws[b]) * D + ad.i0) * C;
               p[a * 4 + b * 2] = q;
               p[a * 4 + b * 2 + 1] = q + dd;
             }
         }
-        const T *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3], *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
+        const F *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3], *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
         const T fh = ah.f, fw = aw.f, fd = ad.f;
-        const T* fx = fix + idx * C;
+        const F* fx = fix + idx * C;
         T* out = warped != nullptr ? warped + idx * C : nullptr;
         T sh = 0, sw = 0, sd = 0, sl = 0;
 #pragma omp simd reduction(+ : sh, sw, sd, sl)
         for (int64_t ch = 0; ch < C; ++ch) {
-          const T d00 = p1[ch] - p0[ch], d01 = p3[ch] - p2[ch];
-          const T d10 = p5[ch] - p4[ch], d11 = p7[ch] - p6[ch];
-          const T e00 = p0[ch] + fd * d00, e01 = p2[ch] + fd * d01;
-          const T e10 = p4[ch] + fd * d10, e11 = p6[ch] + fd * d11;
+          const T m0 = static_cast<T>(p0[ch]), m1 = static_cast<T>(p1[ch]), m2 = static_cast<T>(p2[ch]);
+          const T m3 = static_cast<T>(p3[ch]), m4 = static_cast<T>(p4[ch]), m5 = static_cast<T>(p5[ch]);
+          const T m6 = static_cast<T>(p6[ch]), m7 = static_cast<T>(p7[ch]);
+          const T d00 = m1 - m0, d01 = m3 - m2, d10 = m5 - m4, d11 = m7 - m6;
+          const T e00 = m0 + fd * d00, e01 = m2 + fd * d01;
+          const T e10 = m4 + fd * d10, e11 = m6 + fd * d11;
           const T w0 = e01 - e00, w1 = e11 - e10;
           const T g0 = e00 + fw * w0, g1 = e10 + fw * w1;
           const T q0 = d00 + fw * (d01 - d00), q1 = d10 + fw * (d11 - d10);
           const T v = g0 + fh * (g1 - g0);
-          const T r = v - fx[ch];
+          const T r = v - static_cast<T>(fx[ch]);
           sh += r * (g1 - g0);
           sw += r * (w0 + fh * (w1 - w0));
           sd += r * (q0 + fh * (q1 - q0));
@@ -116,8 +119,11 @@ void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped,
         if (out != nullptr) {
 #pragma omp simd
           for (int64_t ch = 0; ch < C; ++ch) {
-            const T e00 = p0[ch] + fd * (p1[ch] - p0[ch]), e01 = p2[ch] + fd * (p3[ch] - p2[ch]);
-            const T e10 = p4[ch] + fd * (p5[ch] - p4[ch]), e11 = p6[ch] + fd * (p7[ch] - p6[ch]);
+            const T m0 = static_cast<T>(p0[ch]), m1 = static_cast<T>(p1[ch]), m2 = static_cast<T>(p2[ch]);
+            const T m3 = static_cast<T>(p3[ch]), m4 = static_cast<T>(p4[ch]), m5 = static_cast<T>(p5[ch]);
+            const T m6 = static_cast<T>(p6[ch]), m7 = static_cast<T>(p7[ch]);
+            const T e00 = m0 + fd * (m1 - m0), e01 = m2 + fd * (m3 - m2);
+            const T e10 = m4 + fd * (m5 - m4), e11 = m6 + fd * (m7 - m6);
             const T g0 = e00 + fw * (e01 - e00), g1 = e10 + fw * (e11 - e10);
             out[ch] = g0 + fh * (g1 - g0);
           }
@@ -132,7 +138,18 @@ void warp_ssd_impl(const T* ddf, const T* mov, const T* fix, T* grad, T* warped,
   });
 }
 
-// ddf (3, H, W, D), moving and fixed (H, W, D, C), all contiguous and of one floating dtype.
+template <typename T, typename F>
+void warp_ssd_dispatch(const at::Tensor& ddf, const at::Tensor& moving, const at::Tensor& fixed, at::Tensor& grad,
+                       at::Tensor& warped, at::Tensor& rows, bool zeros, bool want_warped) {
+  const int64_t H = ddf.size(1), W = ddf.size(2), D = ddf.size(3), C = moving.size(3);
+  auto run = C == 12 ? (zeros ? &warp_ssd_impl<T, F, 12, true> : &warp_ssd_impl<T, F, 12, false>)
+                     : (zeros ? &warp_ssd_impl<T, F, 0, true> : &warp_ssd_impl<T, F, 0, false>);
+  run(ddf.data_ptr<T>(), moving.data_ptr<F>(), fixed.data_ptr<F>(), grad.data_ptr<T>(),
+      want_warped ? warped.data_ptr<T>() : nullptr, rows.data_ptr<double>(), H, W, D, C);
+}
+
+// ddf (3, H, W, D), moving and fixed (H, W, D, C), all contiguous; features of the ddf's dtype, or bfloat16
+// features with a float32 ddf (storage only: arithmetic in float32).
 // Returns (sum of squared residuals as a float64 scalar, d sum / d ddf (3, H, W, D), warped (H, W, D, C) or empty).
 std::vector<at::Tensor> warp_ssd(const at::Tensor& ddf, const at::Tensor& moving, const at::Tensor& fixed,
                                  bool zeros, bool want_warped) {
@@ -141,17 +158,21 @@ std::vector<at::Tensor> warp_ssd(const at::Tensor& ddf, const at::Tensor& moving
   TORCH_CHECK(moving.size(0) == ddf.size(1) && moving.size(1) == ddf.size(2) && moving.size(2) == ddf.size(3),
               "warp_ssd: features and ddf grids differ");
   TORCH_CHECK(ddf.is_contiguous() && moving.is_contiguous() && fixed.is_contiguous(), "warp_ssd: inputs must be contiguous");
-  TORCH_CHECK(ddf.scalar_type() == moving.scalar_type() && ddf.scalar_type() == fixed.scalar_type(), "warp_ssd: dtypes differ");
+  TORCH_CHECK(moving.scalar_type() == fixed.scalar_type(), "warp_ssd: moving and fixed dtypes differ");
+  const bool bf16 = moving.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 ? ddf.scalar_type() == at::kFloat : ddf.scalar_type() == moving.scalar_type(),
+              "warp_ssd: features must have the ddf's dtype, or be bfloat16 with a float32 ddf");
   const int64_t H = ddf.size(1), W = ddf.size(2), D = ddf.size(3), C = moving.size(3);
   at::Tensor grad = at::empty_like(ddf);
   at::Tensor warped = want_warped ? at::empty({H, W, D, C}, ddf.options()) : at::empty({0}, ddf.options());
   at::Tensor rows = at::empty({H * W}, ddf.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(ddf.scalar_type(), "warp_ssd", [&] {
-    auto run = C == 12 ? (zeros ? &warp_ssd_impl<scalar_t, 12, true> : &warp_ssd_impl<scalar_t, 12, false>)
-                       : (zeros ? &warp_ssd_impl<scalar_t, 0, true> : &warp_ssd_impl<scalar_t, 0, false>);
-    run(ddf.data_ptr<scalar_t>(), moving.data_ptr<scalar_t>(), fixed.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        want_warped ? warped.data_ptr<scalar_t>() : nullptr, rows.data_ptr<double>(), H, W, D, C);
-  });
+  if (bf16) {
+    warp_ssd_dispatch<float, at::BFloat16>(ddf, moving, fixed, grad, warped, rows, zeros, want_warped);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(ddf.scalar_type(), "warp_ssd", [&] {
+      warp_ssd_dispatch<scalar_t, scalar_t>(ddf, moving, fixed, grad, warped, rows, zeros, want_warped);
+    });
+  }
   // ordered sum of the per-row partial sums: independent of the thread count
   const double* r = rows.data_ptr<double>();
   double total = 0.0;
