@@ -63,6 +63,18 @@ def reference_python(arg: str | None) -> str | None:
     return None
 
 
+def add_run_args(ap, with_json: bool = False) -> None:
+    """The options every comparison script shares: the reference's interpreter, and the hidden worker mode."""
+    import argparse
+
+    ap.add_argument("--reference-python", default=None, help="python of a venv with convexadam (default: $CONTREG_REFERENCE_PYTHON)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference ConvexAdam")
+    if with_json:
+        ap.add_argument("--json", type=Path, help="also write all figures here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+
+
 def worker_cmd(script: str, pair: dict, preset: str, threads: int, overrides: list[str] = (), *extra: str) -> list[str]:
     """The command line that re-runs ``script`` as a worker for one pair and preset (``--worker`` mode)."""
     cmd = [sys.executable, script, "--worker", json.dumps(pair), "--preset", preset, "--threads", str(threads), *extra]

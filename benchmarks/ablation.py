@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
+from _common import DEFAULT_DATA, add_run_args, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
 PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15")
 REFERENCE = "reference"
@@ -55,11 +55,7 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="*", help="case ids to run, e.g. 0101 0102 (default: all registration_val pairs)")
     ap.add_argument("--presets", nargs="*", default=list(PRESETS), help=f"presets to run (default: {' '.join(PRESETS)})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of every run, ours and the reference")
-    ap.add_argument("--reference-python", default=None, help="python of a venv with convexadam (default: $CONTREG_REFERENCE_PYTHON)")
-    ap.add_argument("--no-reference", action="store_true", help="skip the reference ConvexAdam")
-    ap.add_argument("--json", type=Path, help="also write all figures here")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    add_run_args(ap, with_json=True)
     args = ap.parse_args()
     if args.worker:
         _worker(args)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
+from _common import DEFAULT_DATA, add_run_args, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -60,10 +60,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--reference-python")
-    ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    add_run_args(ap)
     args = ap.parse_args()
     if args.worker:
         _worker(args)
