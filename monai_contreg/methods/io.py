@@ -108,7 +108,7 @@ def instance_optimisation(
     sched = ocfg.schedule
     # torch's fused Adam (one kernel over the field instead of a chain of element-wise ops; same update to float
     # rounding) unless the step is asked to stay on plain PyTorch ops (engine.fused=False)
-    optimizer = torch.optim.Adam(fld.parameters(), lr=sched.lr_at(0), betas=tuple(ocfg.betas), fused=ecfg.fused is not False)
+    optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=ocfg.reg_weight, padding_mode=ocfg.padding_mode,
         fused=ecfg.fused, feature_storage=config.features.storage,
@@ -148,6 +148,16 @@ def instance_optimisation(
         steps=int(engine.state.iteration),
         stopped_early=bool(getattr(engine.state, "stopped_early", False)),
     )
+
+
+def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool) -> torch.optim.Adam:
+    """Adam over the field; torch's fused implementation where this torch and device support it."""
+    if fused:
+        try:
+            return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # older torch (CPU fused Adam since 2.4) or another device
+            pass
+    return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas)
 
 
 def _attach_checkpoints(engine: Engine, fld: DisplacementField, optimizer, directory: str, every: int, name: str) -> None:
