@@ -37,8 +37,10 @@ class RegistrationEvents(EventEnum):
 
 
 def _has_handlers(engine: Engine, event: RegistrationEvents) -> bool:
-    # ignite has no public "any handler for this event?" query; its handler table is a dict of lists
-    return bool(getattr(engine, "_event_handlers", {}).get(event, True))
+    # ignite has no public "any handler for this event?" query; its handler table is a dict of lists (without
+    # the table, e.g. after an ignite change, assume there may be handlers)
+    table = getattr(engine, "_event_handlers", None)
+    return True if table is None else bool(table.get(event))
 
 
 def create_registration_engine(
@@ -121,7 +123,6 @@ def create_registration_engine(
     engine.register_events(*RegistrationEvents)
     engine.state.field = field
     engine.state.optimizer = optimizer
-    engine.state.fused = bool(warped_ssd is not None and warped_ssd.fused)
     engine.state.step_tensors = None
     engine.state.extra_loss = None
     return engine

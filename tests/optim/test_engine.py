@@ -185,3 +185,14 @@ def test_fused_option_is_checked():
     with pytest.raises(RuntimeError, match="WarpedSSD: fused=True needs .* padding 'reflection'"):
         create_registration_engine(DisplacementField((6, 6, 6)), f, f, torch.optim.SGD(DisplacementField((6, 6, 6)).parameters(), lr=1),
                                    padding_mode="reflection", fused=True)
+
+
+def test_warped_features_only_materialised_for_loss_computed_handlers():
+    from monai_contreg.optim.engine import _has_handlers
+
+    f = torch.rand(1, 12, 6, 6, 6)
+    fld = DisplacementField((6, 6, 6))
+    engine = create_registration_engine(fld, f, f, torch.optim.SGD(fld.parameters(), lr=1.0))
+    assert not _has_handlers(engine, RegistrationEvents.LOSS_COMPUTED)
+    engine.add_event_handler(RegistrationEvents.LOSS_COMPUTED, lambda e: None)
+    assert _has_handlers(engine, RegistrationEvents.LOSS_COMPUTED)
