@@ -160,6 +160,15 @@ def _read_log(path: Path) -> dict[str, Any]:
     return log if isinstance(log, dict) else {}
 
 
+def _open_log(path: Path, header: dict[str, Any] | None) -> dict[str, Any]:
+    """The run log at ``path`` (or a new one) with ``header`` set and ``cases``/``failures`` present."""
+    log = _read_log(path)
+    log.update(header or {})
+    log.setdefault("cases", {})
+    log.setdefault("failures", {})
+    return log
+
+
 def _write_log(path: Path, log: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(log, indent=2))
@@ -205,10 +214,7 @@ def merge_rank_logs(out_dir: str | Path, header: dict[str, Any] | None = None, o
     if not parts:
         return None
     log_path = out / RUNTIMES_FILE
-    log = _read_log(log_path)
-    log.update(header or {})
-    log.setdefault("cases", {})
-    log.setdefault("failures", {})
+    log = _open_log(log_path, header)
     for part_path in parts:
         part = _read_log(part_path)
         for key, case in (part.get("cases") or {}).items():
@@ -374,10 +380,7 @@ def run_split(
     out = Path(out_dir)
     _prepare_output(out, ds, key, pairs)
     log_path = out / RUNTIMES_FILE
-    log = _read_log(log_path)
-    log.update(_log_header(ds, key))
-    log.setdefault("cases", {})
-    log.setdefault("failures", {})
+    log = _open_log(log_path, _log_header(ds, key))
     summary = RunSummary(runtimes_path=log_path)
     bar = None
     if progress:

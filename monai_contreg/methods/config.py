@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from .._validation import suggest
+from ..losses.similarity import FEATURE_STORAGE
 from ..optim.schedule import PiecewiseSchedule
 
 __all__ = [
@@ -292,7 +293,7 @@ class RegistrationConfig:
             raise ValueError(f"RegistrationConfig: field.smoothing_passes must be >= 0, got {self.field.smoothing_passes}.")
         if self.field.smoothing_kernel < 1 or self.field.smoothing_kernel % 2 == 0:
             raise ValueError(f"RegistrationConfig: field.smoothing_kernel must be a positive odd integer, got {self.field.smoothing_kernel}.")
-        choose("RegistrationConfig", "features.storage", self.features.storage, ("float32", "bfloat16"))
+        choose("RegistrationConfig", "features.storage", self.features.storage, FEATURE_STORAGE)
         if self.features.mind_radius < 0 or self.features.mind_dilation < 1:
             raise ValueError("RegistrationConfig: features.mind_radius must be >= 0 and features.mind_dilation >= 1.")
         if self.optim.reg_weight < 0:
