@@ -10,6 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from .._validation import check_points
+from ..errors import RegistrationDivergedError
 
 __all__ = [
     "HistoryRecorder",
@@ -21,10 +22,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class RegistrationDivergedError(RuntimeError):
-    """The optimisation produced a NaN or infinite loss."""
 
 
 class HistoryRecorder:
