@@ -44,7 +44,7 @@ def test_same_grid_equals_register(pair):
     f = MetaTensor(torch.as_tensor(pair.fixed), affine=torch.as_tensor(pair.affine))
     m = MetaTensor(torch.as_tensor(pair.moving), affine=torch.as_tensor(pair.affine))
     res = register_native(f, m, config=_cfg())
-    ref = register(pair.fixed, pair.moving, config=_cfg())
+    ref = register(pair.fixed, pair.moving, spacing=pair.spacing, config=_cfg())
     assert res.working_shape == (32, 32, 32)
     assert torch.equal(res.ddf.as_tensor(), ref.ddf.as_tensor())
 
@@ -96,10 +96,10 @@ def test_different_grids_and_files_end_to_end(pair, tmp_path):
     )
     assert res.working_shape == (32, 32, 32) and res.ddf.shape == (1, 3, 32, 32, 32)
     assert np.allclose(res.moving_affine, m_aff, atol=1e-5) and res.moving_shape == m_shape
-    tre = res.tre(fk, mk)
+    tre = res.tre(fk, mk, space="world")
     assert tre.shape == (20,) and bool(torch.isfinite(tre).all())
     assert torch.equal(res.displacement, res.ddf.as_tensor())
-    warped = res.warp(moving, m_aff)
+    warped = res.warp(moving, moving_affine=m_aff)
     assert warped.shape == (32, 32, 32)
     back, aff = load_itk_transform(res.save_itk(tmp_path / "tx.h5"))
     assert np.allclose(aff, pair.affine) and torch.allclose(back, res.ddf.as_tensor(), atol=1e-4)
@@ -108,10 +108,10 @@ def test_different_grids_and_files_end_to_end(pair, tmp_path):
 
 def test_errors_name_function_and_argument(pair, tmp_path):
     with pytest.raises(ValueError, match=r"register_native: unknown output 'vox'.*Did you mean 'voxel'"):
-        register_native(pair.fixed, pair.moving, output="vox")
-    with pytest.raises(FileNotFoundError, match=r"register_native: fixed '.*none.nii.gz' does not exist"):
-        register_native(tmp_path / "none.nii.gz", pair.moving)
+        register_native(pair.fixed, pair.moving, output="vox", spacing=pair.spacing)
+    with pytest.raises(FileNotFoundError, match=r"register_native: fixed file '.*none.nii.gz' does not exist"):
+        register_native(tmp_path / "none.nii.gz", pair.moving, spacing=pair.spacing)
     with pytest.raises(ValueError, match=r"register_native: moving must be a 3-D volume .* got shape \(2, 32, 32, 32\)"):
-        register_native(pair.fixed, np.zeros((2, 32, 32, 32)))
-    with pytest.raises(TypeError, match=r"register_native: fixed_mask must be a file path, MetaTensor"):
-        register_native(pair.fixed, pair.moving, fixed_mask=[1, 2])
+        register_native(pair.fixed, np.zeros((2, 32, 32, 32)), spacing=pair.spacing)
+    with pytest.raises(TypeError, match=r"register_native: fixed_mask must be a file path"):
+        register_native(pair.fixed, pair.moving, fixed_mask=[1, 2], spacing=pair.spacing)
