@@ -35,7 +35,7 @@ def load(args) -> tuple:
         kps = [load_keypoints(args.nlst / "keypointsTr" / f"{stem}_{i}.csv") for i in ("0000", "0001")]
         return (*files, *masks, *kps)
     pair = make_demo_pair(**(args.demo_kwargs or {}))
-    return (pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask,
+    return (*(pair.image(k) for k in ("fixed", "moving", "fixed_mask", "moving_mask")),
             torch.as_tensor(pair.fixed_keypoints), torch.as_tensor(pair.moving_keypoints))
 
 

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         pair = make_demo_pair()
         fk, mk = torch.as_tensor(pair.fixed_keypoints), torch.as_tensor(pair.moving_keypoints)
-        res = register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=cfg)
+        res = register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, spacing=pair.spacing,
+                       config=cfg)
     before = keypoint_tre(torch.zeros_like(res.ddf.as_tensor()), fk, mk, res.spacing).mean().item()
     after = res.tre(fk, mk).mean().item()
     stats = res.jacobian_statistics()

@@ -29,6 +29,7 @@ from .data.keypoints import load_keypoints, save_keypoints
 from .io.fields import load_field
 from .io.images import load_image, save_image
 from .io.itk_transforms import load_itk_transform
+from .modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
 from .spatial.conventions import points_voxel_to_world, points_world_to_voxel, ras_lps_flip
 from .spatial.resample import map_points_world, warp_between_grids
 
@@ -88,7 +89,7 @@ def load_displacement(
 
 
 def warp_image_file(
-    src: str | Path, dst: str | Path, ddf: torch.Tensor, affine, labels: bool = False, padding_mode: str = "border"
+    src: str | Path, dst: str | Path, ddf: torch.Tensor, affine, labels: bool = False, padding_mode: str = IMAGE_PADDING
 ) -> Path:
     """Warp a moving image file into the fixed grid and write it (atomically) with the fixed affine.
 
@@ -98,13 +99,15 @@ def warp_image_file(
         ddf: DDF ``(1, 3, H, W, D)`` on the fixed grid (fixed voxels, fixed -> moving).
         affine: the fixed grid's 4x4 RAS affine.
         labels: nearest-neighbour interpolation, output stored as integers (else trilinear, float32).
-        padding_mode: outside the moving image: ``"border"`` (images default) or ``"zeros"`` (labels always).
+        padding_mode: outside the moving image, for images: ``"border"`` (default) or ``"zeros"``; label maps are
+            always padded with zeros (:data:`~monai_contreg.modes.LABEL_PADDING`).
     """
     img = load_image(src, dtype=None)
     arr = img.as_tensor()[None]
     m_aff = np.asarray(img.affine, dtype=np.float64)
     if labels:
-        out = warp_between_grids(arr.to(torch.float64), m_aff, ddf.to(torch.float64), affine, mode="nearest", padding_mode="zeros")
+        out = warp_between_grids(arr.to(torch.float64), m_aff, ddf.to(torch.float64), affine, mode=InterpolationMode.NEAREST,
+                                  padding_mode=LABEL_PADDING)
         vals = out[0, 0].round().numpy()
         dtype = np.int16 if vals.size == 0 or (vals.min() >= -32768 and vals.max() <= 32767) else np.int32
         return save_image(dst, vals.astype(dtype), affine)

@@ -84,7 +84,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{len(pair.fixed_keypoints)} keypoints (built in {time.perf_counter() - t0:.1f}s)"
     )
     res = register(
-        pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=cfg, device=args.device
+        pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, spacing=pair.spacing,
+        config=cfg, device=args.device,
     )
     import torch
 

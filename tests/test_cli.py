@@ -13,6 +13,9 @@ def test_demo_command_prints_tre(capsys, tmp_path):
     assert rc == 0
     assert "TRE before:" in out and "TRE after:" in out
     assert (tmp_path / "disp_demo.nii.gz").is_file() and (tmp_path / "demo_summary.json").is_file()
+    assert "TRE before: 3.364 mm" in out
+    # the field carries the demo's real geometry (2 mm voxels), not a 1 mm identity
+    assert np.allclose(nib.load(str(tmp_path / "disp_demo.nii.gz")).affine, np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
 def test_register_command_writes_field(tmp_path, capsys):

@@ -39,6 +39,14 @@ class DemoPair:
         """Voxel-to-world matrix (diagonal spacing, origin 0)."""
         return np.diag([*self.spacing, 1.0])
 
+    def image(self, key: str):
+        """``fixed``, ``moving``, ``fixed_mask`` or ``moving_mask`` as a ``(H, W, D)`` MetaTensor carrying :attr:`affine`."""
+        from monai.data import MetaTensor
+
+        if key not in ("fixed", "moving", "fixed_mask", "moving_mask"):
+            raise ValueError(f"DemoPair.image: unknown key {key!r}; expected fixed, moving, fixed_mask or moving_mask.")
+        return MetaTensor(torch.as_tensor(getattr(self, key)), affine=torch.as_tensor(self.affine))
+
 
 def make_demo_pair(
     shape: Sequence[int] = (96, 80, 96),

@@ -7,6 +7,7 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from .._validation import check_same_spatial, check_tensor, choose
+from ..modes import FeatureStorage, PaddingMode
 from ..kernels import extension_status
 from ..kernels.ops import channels_last, compiled_warp_ssd, uses_compiled
 from ..spatial.conventions import ddf_to_sampling_grid
@@ -15,7 +16,7 @@ from ..spatial.warp import grid_sample_3d
 __all__ = ["FEATURE_STORAGE", "SSDLoss", "WarpedSSD", "ssd"]
 
 #: Storage precisions of the features sampled by :class:`WarpedSSD`.
-FEATURE_STORAGE = ("float32", "bfloat16")
+FEATURE_STORAGE = tuple(m.value for m in FeatureStorage)
 
 
 def ssd(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -94,7 +95,7 @@ class WarpedSSD:
             raise ValueError(
                 f"WarpedSSD: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must be equal (1, C, h, w, d) shapes."
             )
-        self.padding_mode = choose("WarpedSSD", "padding_mode", padding_mode, ("border", "zeros", "reflection"))
+        self.padding_mode = choose("WarpedSSD", "padding_mode", padding_mode, PaddingMode).value
         self.storage = choose("WarpedSSD", "storage", storage, FEATURE_STORAGE)
         self.moving, self.fixed = moving.detach(), fixed.detach()
         if self.storage == "bfloat16":  # the same rounded values on both paths

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from .._validation import suggest
-from ..losses.similarity import FEATURE_STORAGE
+from ..modes import FeatureStorage, PaddingMode
 from ..optim.schedule import PiecewiseSchedule
 
 __all__ = [
@@ -192,7 +192,7 @@ class ConvexConfig:
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and w < float("inf")) for w in weights):
             raise ValueError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
         self.coupling_weights = tuple(float(w) for w in weights)
-        choose("ConvexConfig", "convex.padding_mode", self.padding_mode, ("border", "zeros"))
+        choose("ConvexConfig", "convex.padding_mode", self.padding_mode, (PaddingMode.BORDER.value, PaddingMode.ZEROS.value))
 
 
 @dataclass
@@ -283,7 +283,7 @@ class RegistrationConfig:
         choose("RegistrationConfig", "method", self.method, METHOD_NAMES)
         choose("RegistrationConfig", "init", self.init, INIT_NAMES)
         choose("RegistrationConfig", "preprocess.intensity", self.preprocess.intensity, ("window", "minmax", "none"))
-        choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, ("border", "zeros", "reflection"))
+        choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, PaddingMode)
         lo, hi = self.preprocess.window
         if not lo < hi:
             raise ValueError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
@@ -293,7 +293,7 @@ class RegistrationConfig:
             raise ValueError(f"RegistrationConfig: field.smoothing_passes must be >= 0, got {self.field.smoothing_passes}.")
         if self.field.smoothing_kernel < 1 or self.field.smoothing_kernel % 2 == 0:
             raise ValueError(f"RegistrationConfig: field.smoothing_kernel must be a positive odd integer, got {self.field.smoothing_kernel}.")
-        choose("RegistrationConfig", "features.storage", self.features.storage, FEATURE_STORAGE)
+        choose("RegistrationConfig", "features.storage", self.features.storage, FeatureStorage)
         if self.features.mind_radius < 0 or self.features.mind_dilation < 1:
             raise ValueError("RegistrationConfig: features.mind_radius must be >= 0 and features.mind_dilation >= 1.")
         if self.optim.reg_weight < 0:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from ignite.engine import Engine, EventEnum
 
+from ..modes import PaddingMode
 from .._validation import check_tensor, choose
 from ..losses.regularization import diffusion
 from ..losses.similarity import WarpedSSD
@@ -88,7 +89,7 @@ def create_registration_engine(
             f"{where}: the features' grid {tuple(fixed_features.shape[2:])} must equal the field's working grid "
             f"{tuple(field.shape)}."
         )
-    padding_mode = choose(where, "padding_mode", padding_mode, ("border", "zeros", "reflection"))
+    padding_mode = choose(where, "padding_mode", padding_mode, PaddingMode).value
     reg_fn = regularizer if regularizer is not None else diffusion
     fixed_features = fixed_features.detach()
     moving_features = moving_features.detach()

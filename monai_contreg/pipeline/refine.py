@@ -23,14 +23,20 @@ def refine(
     moving_mask: Any = None,
     config: RegistrationConfig | str = "refine",
     device: str | torch.device | None = None,
+    spacing: Any = None,
+    affine: Any = None,
+    assume_unit_spacing: bool = False,
 ) -> RegistrationResult:
     """Instance-optimise starting from ``ddf`` (a network's prediction, MONAI DDF ``(1, 3, ...)`` in voxels).
 
     The default ``refine`` preset runs a short constant low-learning-rate Adam schedule so the prediction is
-    improved, not replaced; any preset or config can be given.
+    improved, not replaced; any preset or config can be given. ``fixed`` and ``moving`` lie on one grid (the
+    prediction's); plain arrays need ``spacing``/``affine`` (or ``assume_unit_spacing=True``) as in
+    :func:`~monai_contreg.api.register`.
     """
     check_ddf("refine", "ddf", ddf)
-    return register(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, config=config, device=device, init_ddf=ddf)
+    return register(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, config=config, device=device, init_ddf=ddf,
+                    spacing=spacing, affine=affine, assume_unit_spacing=assume_unit_spacing)
 
 
 class RefineHandler:
@@ -38,6 +44,7 @@ class RefineHandler:
 
     Reads ``engine.state.output[ddf_key]`` ``(B, 3, H, W, D)`` and ``engine.state.batch[fixed_key / moving_key]``
     ``(B, 1, H, W, D)``, refines each batch item and writes the refined DDFs under ``output[refined_key]``.
+    Batch items that are plain tensors (not MetaTensors with an affine) take ``spacing`` (mm), which is then required.
     """
 
     def __init__(
@@ -47,8 +54,10 @@ class RefineHandler:
         fixed_key: str = "fixed",
         moving_key: str = "moving",
         refined_key: str = "ddf_refined",
+        spacing: Any = None,
     ) -> None:
         self.config, self.ddf_key, self.fixed_key, self.moving_key, self.refined_key = config, ddf_key, fixed_key, moving_key, refined_key
+        self.spacing = spacing
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -61,6 +70,7 @@ class RefineHandler:
         ddf = out[self.ddf_key].detach()
         refined = []
         for i in range(ddf.shape[0]):
-            res = refine(batch[self.fixed_key][i, 0], batch[self.moving_key][i, 0], ddf[i : i + 1], config=self.config, device=ddf.device)
+            res = refine(batch[self.fixed_key][i, 0], batch[self.moving_key][i, 0], ddf[i : i + 1], config=self.config,
+                         device=ddf.device, spacing=self.spacing)
             refined.append(res.ddf.as_tensor())
         out[self.refined_key] = torch.cat(refined, 0)

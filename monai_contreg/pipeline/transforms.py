@@ -97,7 +97,8 @@ class ApplyDDFd(MapTransform):
     Args:
         keys: image/label keys to warp.
         ddf_key: key of the DDF ``(3, H, W, D)`` (or ``(1, 3, H, W, D)``).
-        mode: ``"bilinear"`` or ``"nearest"``, one for all keys or one per key.
+        mode: ``"bilinear"`` (images, border padding) or ``"nearest"`` (label maps, zeros outside the moving
+            image), one for all keys or one per key.
         keypoint_keys: keys of fixed keypoints to map.
         allow_missing_keys: skip absent keys.
     """
@@ -119,11 +120,12 @@ class ApplyDDFd(MapTransform):
         d = dict(data)
         if self.ddf_key not in d:
             raise KeyError(f"ApplyDDFd: ddf key {self.ddf_key!r} is missing from the data dict.")
-        ddf = torch.as_tensor(d[self.ddf_key])
+        ddf = _plain(d[self.ddf_key])
         ddf = ddf.unsqueeze(0) if ddf.ndim == 4 else ddf
         affine = _affine_of(d[self.ddf_key])
         for key, mode in self.key_iterator(d, self.mode):
-            img = torch.as_tensor(d[key]).unsqueeze(0)
+            # plain tensors: a MetaTensor input would carry its own affine into the output's constructor
+            img = _plain(d[key]).unsqueeze(0)
             out = warp_labels(img, ddf.to(img.device)) if mode == "nearest" else warp_image(img.to(ddf.dtype), ddf)
             d[key] = MetaTensor(out[0], affine=affine) if affine is not None else out[0]
         for key in self.keypoint_keys:
@@ -131,10 +133,15 @@ class ApplyDDFd(MapTransform):
                 if self.allow_missing_keys:
                     continue
                 raise KeyError(f"ApplyDDFd: keypoint key {key!r} is missing from the data dict.")
-            pts = torch.as_tensor(d[key])
+            pts = _plain(d[key])
             moved = warp_points(pts.to(ddf.dtype), ddf).to(pts.dtype)
             d[key] = MetaTensor(moved, affine=_affine_of(d[key])) if isinstance(d[key], MetaTensor) else moved
         return d
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain tensor (a MetaTensor's data without its metadata)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 RegisterPairD = RegisterPairDict = RegisterPaird

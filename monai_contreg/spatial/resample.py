@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_ddf, check_points, check_tensor, choose
+from ..modes import IMAGE_PADDING, InterpolationMode, PaddingMode
 from .conventions import (
     ALIGN_CORNERS,
     _affine,
@@ -46,8 +47,8 @@ __all__ = [
     "working_grid",
 ]
 
-_MODES = ("bilinear", "nearest")
-_PADDING = ("border", "zeros", "reflection")
+_MODES = InterpolationMode
+_PADDING = PaddingMode
 
 
 def working_grid(
@@ -133,8 +134,8 @@ def resample_image(
     src_affine,
     dst_affine,
     dst_shape: Sequence[int],
-    mode: str = "bilinear",
-    padding_mode: str = "border",
+    mode: str = InterpolationMode.BILINEAR,
+    padding_mode: str = IMAGE_PADDING,
 ) -> torch.Tensor:
     """Resample ``image`` from its grid onto another grid over the same world: ``out(v) = image(A_src^-1 A_dst v)``.
 
@@ -153,8 +154,8 @@ def resample_image(
     ``out[..., i, :, :] == image[..., i + 2, :, :]`` (exactly, inside the source).
     """
     check_tensor("resample_image", "image", image, 5)
-    mode = choose("resample_image", "mode", mode, _MODES)
-    padding_mode = choose("resample_image", "padding_mode", padding_mode, _PADDING)
+    mode = choose("resample_image", "mode", mode, _MODES).value
+    padding_mode = choose("resample_image", "padding_mode", padding_mode, _PADDING).value
     shape = check_shape3("resample_image", "dst_shape", dst_shape)
     if same_grid(src_affine, image.shape[2:], dst_affine, shape):
         return image
@@ -204,8 +205,8 @@ def warp_between_grids(
     moving_affine,
     ddf: torch.Tensor,
     fixed_affine,
-    mode: str = "bilinear",
-    padding_mode: str = "border",
+    mode: str = InterpolationMode.BILINEAR,
+    padding_mode: str = IMAGE_PADDING,
 ) -> torch.Tensor:
     """Warp a moving image on its own grid into the fixed grid: ``out(x) = moving(A_m^-1 A_f (x + u(x)))``.
 
@@ -223,8 +224,8 @@ def warp_between_grids(
     """
     check_tensor("warp_between_grids", "moving", moving, 5)
     check_ddf("warp_between_grids", "ddf", ddf)
-    mode = choose("warp_between_grids", "mode", mode, _MODES)
-    padding_mode = choose("warp_between_grids", "padding_mode", padding_mode, _PADDING)
+    mode = choose("warp_between_grids", "mode", mode, _MODES).value
+    padding_mode = choose("warp_between_grids", "padding_mode", padding_mode, _PADDING).value
     if ddf.shape[0] not in (1, moving.shape[0]):
         raise ValueError(f"warp_between_grids: ddf batch size {ddf.shape[0]} must be 1 or the moving batch {moving.shape[0]}.")
     m = voxel_map(fixed_affine, moving_affine).to(device=ddf.device, dtype=ddf.dtype)

@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_ddf, check_points, check_tensor, choose
+from ..modes import IMAGE_PADDING, LABEL_PADDING, PaddingMode
 from .conventions import ALIGN_CORNERS, ddf_to_sampling_grid, voxel_to_normalized
 
 __all__ = ["grid_sample_3d", "sample_at_points", "warp_image", "warp_labels", "warp_points"]
-
-_PADDING = ("border", "zeros", "reflection")
-
 
 def grid_sample_3d(
     image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border", chunks: int | None = None
@@ -56,19 +54,20 @@ def _check_pair(where: str, image: torch.Tensor, ddf: torch.Tensor) -> None:
         raise ValueError(f"{where}: ddf batch size {ddf.shape[0]} must be 1 or the image's {image.shape[0]}.")
 
 
-def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = IMAGE_PADDING) -> torch.Tensor:
     """Resample the moving ``image`` into the fixed frame: ``out(x) = image(x + u(x))``, trilinear.
 
     Args:
         image: moving image ``(B, C, H, W, D)``.
         ddf: MONAI DDF ``(B or 1, 3, H, W, D)`` in voxels on the same grid.
-        padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
+        padding_mode: a :class:`~monai_contreg.modes.PaddingMode`: ``"border"`` (default), ``"zeros"`` or
+            ``"reflection"``.
 
     Returns:
         ``(B, C, H, W, D)``, same dtype as ``image`` (computed in the DDF's floating dtype).
     """
     _check_pair("warp_image", image, ddf)
-    padding_mode = choose("warp_image", "padding_mode", padding_mode, _PADDING)
+    padding_mode = choose("warp_image", "padding_mode", padding_mode, PaddingMode).value
     grid = ddf_to_sampling_grid(ddf).to(image.dtype if image.is_floating_point() else ddf.dtype)
     if grid.shape[0] != image.shape[0]:
         grid = grid.expand(image.shape[0], *grid.shape[1:])
@@ -79,12 +78,15 @@ def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "bord
 
 
 def warp_labels(labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
-    """Resample a moving label map with nearest-neighbour interpolation (labels stay labels, dtype kept)."""
+    """Resample a moving label map with nearest-neighbour interpolation (labels stay labels, dtype kept).
+
+    Outside the moving image the result is 0 (background; :data:`~monai_contreg.modes.LABEL_PADDING`).
+    """
     _check_pair("warp_labels", labels, ddf)
     grid = ddf_to_sampling_grid(ddf.float())
     if grid.shape[0] != labels.shape[0]:
         grid = grid.expand(labels.shape[0], *grid.shape[1:])
-    out = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode="border", align_corners=ALIGN_CORNERS)
+    out = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode=LABEL_PADDING.value, align_corners=ALIGN_CORNERS)
     return out.to(labels.dtype)
 
 

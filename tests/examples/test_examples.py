@@ -39,4 +39,6 @@ def test_register_pair_example(capsys):
     out = _load("register_pair").main(["--set", "optim.schedule.total_steps=20", "--set", "optim.schedule.constant_steps=20",
                                        "--set", "optim.schedule.cosine_end=20", "--set", "optim.schedule.peak_lr=1"])
     assert out["after"] < out["before"]
-    assert "TRE" in capsys.readouterr().out
+    # the demo pair is on a 2 mm grid: the initial TRE in mm is twice the voxel distance (1.682 voxels)
+    assert out["before"] == pytest.approx(3.364, abs=5e-4)
+    assert "TRE 3.364 ->" in capsys.readouterr().out

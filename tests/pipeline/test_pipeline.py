@@ -66,11 +66,11 @@ def test_compose_register_then_warp_keypoints(pair, tmp_path):
 def test_refine_improves_a_weak_prediction(pair):
     # a "weak network": half of a good field
     good = refine(pair.fixed, pair.moving, torch.zeros(1, 3, 40, 36, 40), fixed_mask=pair.fixed_mask,
-                  moving_mask=pair.moving_mask, config=_quick(60)).ddf.as_tensor()
+                  moving_mask=pair.moving_mask, config=_quick(60), spacing=pair.spacing).ddf.as_tensor()
     weak = 0.5 * good
     fk, mk = torch.as_tensor(pair.fixed_keypoints), torch.as_tensor(pair.moving_keypoints)
     before = keypoint_tre(weak, fk, mk, pair.spacing).mean()
-    after = refine(pair.fixed, pair.moving, weak, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=_quick(20)).tre(
+    after = refine(pair.fixed, pair.moving, weak, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=_quick(20), spacing=pair.spacing).tre(
         fk, mk, pair.spacing).mean()
     assert after < before
 
@@ -79,7 +79,7 @@ def test_refine_handler_in_an_inference_engine(pair):
     weak = torch.zeros(1, 3, 40, 36, 40)
     batch = {"fixed": torch.as_tensor(pair.fixed)[None, None], "moving": torch.as_tensor(pair.moving)[None, None]}
     eng = Engine(lambda e, b: {"ddf": weak})
-    RefineHandler(config=_quick(5)).attach(eng)
+    RefineHandler(config=_quick(5), spacing=pair.spacing).attach(eng)
     state = eng.run([batch], max_epochs=1)
     assert state.output["ddf_refined"].shape == (1, 3, 40, 36, 40)
     assert state.output["ddf_refined"].abs().max() > 0
