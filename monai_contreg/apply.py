@@ -56,16 +56,7 @@ def load_displacement(
     if (field is None) == (transform is None):
         raise ValueError(f"{where}: give exactly one of field (Learn2Reg file) or transform (ITK file), got field={field!r}, transform={transform!r}.")
     if field is not None:
-        if str(field).lower().endswith((".nii", ".nii.gz")) and Path(field).is_file():
-            import nibabel as nib
-
-            shape = nib.load(str(field)).shape
-            if len(shape) == 5 and shape[3] == 1:
-                raise ValueError(
-                    f"{where}: field {str(field)!r} has shape {shape}, the layout of an ITK displacement image "
-                    "(LPS mm), not a Learn2Reg field (H, W, D, 3) in voxels; pass it as transform (--transform)."
-                )
-        ddf, affine = load_field(field)
+        ddf, affine = load_field(field)  # refuses an ITK/ANTs displacement image, naming --transform
         geometry_in_file = not str(field).lower().endswith(".npz")
     else:
         ddf, affine = load_itk_transform(transform)

@@ -104,7 +104,7 @@ def test_npz_field_needs_a_reference(tmp_path, setup):
 
 def test_itk_displacement_image_given_as_field_is_refused(tmp_path, setup):
     save_itk_transform(tmp_path / "tx.nii.gz", setup["ddf"], setup["f_aff"])
-    with pytest.raises(ValueError, match=r"load_displacement: field '.*tx.nii.gz' has shape \(12, 10, 9, 1, 3\), the layout of an ITK"):
+    with pytest.raises(ValueError, match=r"load_field: '.*tx.nii.gz' has shape \(12, 10, 9, 1, 3\), the layout of an ITK"):
         load_displacement(field=tmp_path / "tx.nii.gz")
     ddf, aff = load_displacement(transform=tmp_path / "tx.nii.gz")
     assert np.allclose(aff, setup["f_aff"], atol=1e-5) and torch.allclose(ddf, setup["ddf"], atol=1e-4)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .._validation import check_ddf, check_finite, check_suffix, choose
+from ..errors import UserInputError
 from ..spatial.conventions import ddf_to_learn2reg, learn2reg_to_ddf
 from .atomic import atomic_path
 
@@ -61,6 +62,13 @@ def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     """Read a Learn2Reg field file -> (MONAI DDF ``(1, 3, H, W, D)`` float32, 4x4 affine).
 
     ``.npz`` files have no geometry: the affine returned is the identity.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UserInputError: not an ``(H, W, D, 3)`` array; or an ITK/ANTs displacement field image (NIfTI
+            ``(X, Y, Z, 1, 3)``, LPS millimetres, as :func:`~monai_contreg.io.itk_transforms.save_itk_transform`,
+            ITK and ANTs write them): that is not a Learn2Reg voxel field, read it with
+            :func:`~monai_contreg.io.itk_transforms.load_itk_transform` (``contreg warp --transform``).
     """
     p = Path(path)
     if not p.is_file():
@@ -79,7 +87,12 @@ def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
             affine = img.affine
     except Exception as exc:
         raise ValueError(f"load_field: cannot read field file {str(p)!r}: {exc}") from exc
-    arr = np.squeeze(arr, axis=3) if arr.ndim == 5 and arr.shape[3] == 1 else arr
+    if arr.ndim == 5 and arr.shape[3] == 1 and arr.shape[4] == 3:
+        raise UserInputError(
+            f"load_field: {str(p)!r} has shape {arr.shape}, the layout of an ITK/ANTs displacement field image "
+            "(LPS millimetres, NIfTI intent vector), not a Learn2Reg field (H, W, D, 3) in voxels; read it with "
+            "monai_contreg.io.itk_transforms.load_itk_transform (contreg warp --transform)."
+        )
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"load_field: field file {str(p)!r} must hold an (H, W, D, 3) array, got shape {arr.shape}.")
+        raise UserInputError(f"load_field: field file {str(p)!r} must hold an (H, W, D, 3) array, got shape {arr.shape}.")
     return learn2reg_to_ddf(arr.astype(np.float32)), np.asarray(affine, dtype=np.float64)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserInputError
 from .._validation import check_ddf, check_finite
 from ..spatial.conventions import (
     affine_to_itk_geometry,
@@ -183,6 +184,19 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     if not p.is_file():
         raise FileNotFoundError(f"load_itk_transform: transform file {str(p)!r} does not exist.")
     fmt = _format("load_itk_transform", p)
+    if fmt in (".nii", ".nii.gz"):
+        import nibabel as nib
+
+        try:
+            shape = nib.load(str(p)).shape
+        except Exception as exc:
+            raise UserInputError(f"load_itk_transform: cannot read displacement field image {str(p)!r}: {exc}") from exc
+        if len(shape) == 4 and shape[3] == 3:
+            raise UserInputError(
+                f"load_itk_transform: {str(p)!r} has shape {shape}, the layout of a Learn2Reg field (H, W, D, 3) in "
+                "voxels of the fixed grid, not an ITK displacement field image (X, Y, Z, 1, 3) in LPS millimetres; "
+                "read it with monai_contreg.io.fields.load_field (contreg warp --field)."
+            )
     try:
         if fmt in _TRANSFORM_FILES:
             transforms = itk.transformread(str(p))
