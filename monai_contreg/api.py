@@ -14,12 +14,14 @@ from monai.data import MetaTensor
 
 from ._validation import check_finite
 from .data.transforms import MASK_KEYS, loading_transforms, normalisation_transforms
+from .errors import MissingFileError, UserInputError, describe_read_error
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
+from .preflight import check_informative
 from .spatial.conventions import ddf_to_learn2reg, spacing_from_affine
 from .spatial.warp import warp_image, warp_labels
 
@@ -97,7 +99,7 @@ def _kind(where: str, name: str, value: Any) -> str:
     if isinstance(value, (str, Path)):
         p = Path(value)
         if not p.exists():
-            raise FileNotFoundError(f"{where}: {name} file {str(p)!r} does not exist.")
+            raise MissingFileError(f"{where}: {name} file {str(p)!r} does not exist.")
         return "file"
     if isinstance(value, (np.ndarray, torch.Tensor)):
         arr_shape = tuple(value.shape)
@@ -106,7 +108,7 @@ def _kind(where: str, name: str, value: Any) -> str:
             return "array"
         if nd in (4, 5) and all(s == 1 for s in arr_shape[: nd - 3]):
             return "array_squeeze"
-        raise ValueError(f"{where}: {name} must be a 3-D volume (H, W, D) (optionally with leading 1-sized dims), got shape {arr_shape}.")
+        raise UserInputError(f"{where}: {name} must be a 3-D volume (H, W, D) (optionally with leading 1-sized dims), got shape {arr_shape}.")
     raise TypeError(f"{where}: {name} must be a file path, numpy array, torch tensor or MetaTensor, got {type(value).__name__}.")
 
 
@@ -125,7 +127,9 @@ def prepare_pair(
 
     Raises:
         FileNotFoundError, ValueError, TypeError naming the argument: missing/corrupt files, non-3-D arrays,
-        mismatched shapes, NaN/inf intensities, empty masks.
+        mismatched shapes, NaN/inf intensities, empty masks; UserInputError for an image with no structure
+        (constant, or constant inside its mask when masks are used): it is refused, not registered to an
+        arbitrary field.
     """
     where = "register"
     cfg = config or get_preset("io")
@@ -147,17 +151,25 @@ def prepare_pair(
             loaded[k] = loading_transforms(**keys)({k: v})[k]
         except Exception as exc:
             what = f"file {v!r}" if kinds[k] == "file" else "array"
-            raise ValueError(f"{where}: cannot read {k} {what}: {exc}") from exc
+            reason = describe_read_error(exc, v if kinds[k] == "file" else None)
+            raise UserInputError(f"{where}: cannot read {k} {what}: {reason}") from exc
         if loaded[k].ndim != 4 or loaded[k].shape[0] != 1:
-            raise ValueError(f"{where}: {k} must hold one 3-D volume, got shape {tuple(loaded[k].shape)}.")
+            raise UserInputError(f"{where}: {k} must hold one 3-D volume, got shape {tuple(loaded[k].shape)}.")
         check_finite(where, k, loaded[k].as_tensor())
     shapes = {k: tuple(t.shape[-3:]) for k, t in loaded.items()}
     if len(set(shapes.values())) != 1:
-        raise ValueError(f"{where}: all inputs must share one grid; got shapes {shapes}.")
+        raise UserInputError(f"{where}: all inputs must share one grid; got shapes {shapes}.")
     for k in MASK_KEYS:
         if k in loaded and not bool((loaded[k] > 0).any()):
-            raise ValueError(f"{where}: {k} is empty (no voxel > 0); pass a non-empty mask or none.")
-    return normalisation_transforms(cfg.preprocess)(loaded)
+            raise UserInputError(f"{where}: {k} is empty (no voxel > 0); pass a non-empty mask or none.")
+    for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
+        check_informative(where, k, loaded[k].as_tensor())
+    out = normalisation_transforms(cfg.preprocess)(loaded)
+    for k in ("fixed", "moving"):
+        mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
+        check_informative(where, k, out[k].as_tensor(), None if mask is None else mask.as_tensor(),
+                          after=" after preprocessing (intensity window, masking)")
+    return out
 
 
 def register(
@@ -211,7 +223,7 @@ def register(
     if keypoints is not None:
         fk, mk = (torch.as_tensor(np.asarray(p, dtype=np.float64)) for p in keypoints)
         if fk.shape != mk.shape or fk.ndim != 2 or fk.shape[-1] != 3:
-            raise ValueError(
+            raise UserInputError(
                 f"register: keypoints must be two (N, 3) arrays of equal shape, got {tuple(fk.shape)} and {tuple(mk.shape)}."
             )
         kp = (fk, mk)
@@ -237,7 +249,7 @@ def _dtype(dtype, fixed) -> torch.dtype:
         src = getattr(fixed, "dtype", None)
         return torch.float64 if src in (torch.float64, np.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"register: dtype must be torch.float32 or torch.float64, got {dtype}.")
+        raise UserInputError(f"register: dtype must be torch.float32 or torch.float64, got {dtype}.")
     return dtype
 
 
@@ -245,7 +257,7 @@ def _device(device, *inputs) -> torch.device:
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"register: device {str(device)!r} requested but CUDA is not available.")
+            raise UserInputError(f"register: device {str(device)!r} requested but CUDA is not available.")
         return dev
     for x in inputs:
         if isinstance(x, torch.Tensor):

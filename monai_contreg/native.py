@@ -33,6 +33,7 @@ from monai.data import MetaTensor
 
 from ._validation import choose
 from .api import RegistrationResult, register
+from .errors import MissingFileError, UserInputError
 from .evaluation.metrics import jacobian_statistics
 from .io.fields import save_field
 from .io.images import load_image
@@ -64,14 +65,14 @@ def as_native_image(where: str, name: str, value: NativeImage, reader: str = "au
     if isinstance(value, (str, Path)):
         p = Path(value)
         if not p.exists():
-            raise FileNotFoundError(f"{where}: {name} {str(p)!r} does not exist.")
+            raise MissingFileError(f"{where}: {name} {str(p)!r} does not exist.")
         return load_image(p, reader=reader)
     if isinstance(value, (np.ndarray, torch.Tensor)):
         affine = value.affine if isinstance(value, MetaTensor) else torch.eye(4, dtype=torch.float64)
         t = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
         shape = tuple(t.shape)
         if not (t.ndim == 3 or (t.ndim in (4, 5) and all(s == 1 for s in shape[: t.ndim - 3]))):
-            raise ValueError(f"{where}: {name} must be a 3-D volume (H, W, D) or (1, H, W, D), got shape {shape}.")
+            raise UserInputError(f"{where}: {name} must be a 3-D volume (H, W, D) or (1, H, W, D), got shape {shape}.")
         out = MetaTensor(t.reshape(1, *shape[-3:]).to(torch.float32))
         out.affine = torch.as_tensor(affine).detach().cpu().to(torch.float64).reshape(4, 4)
         return out
@@ -141,7 +142,7 @@ class NativeRegistrationResult:
         mp = torch.as_tensor(np.asarray(moving_points_mm, dtype=np.float64))
         moved = self.map_points(fixed_points_mm)
         if moved.shape != mp.shape:
-            raise ValueError(
+            raise UserInputError(
                 f"NativeRegistrationResult.tre: fixed and moving points must have equal shapes (N, 3), "
                 f"got {tuple(moved.shape)} and {tuple(mp.shape)}."
             )

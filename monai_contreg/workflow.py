@@ -40,6 +40,7 @@ import torch
 
 from ._validation import choose
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
+from .errors import UserInputError
 from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path
 from .io.fields import load_field, save_field
@@ -247,7 +248,7 @@ def _prepare_run(where: str, dataset, split: str, config, fmt: str):
     pairs = ds.pairs(split)
     key = ds.resolve_split(split)
     if not pairs:
-        raise ValueError(f"{where}: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
+        raise UserInputError(f"{where}: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
                          f"{[s for s in ds.splits if ds.description.get(s)]}.")
     return ds, key, pairs, cfg, fmt
 
@@ -467,13 +468,13 @@ def make_submission(
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
     if not pairs:
-        raise ValueError(f"make_submission: split {ds.resolve_split(split)!r} of {ds.json_path.name} lists no pairs.")
+        raise UserInputError(f"make_submission: split {ds.resolve_split(split)!r} of {ds.json_path.name} lists no pairs.")
     if ds.expected_shape is None:
         logger.warning("make_submission: %s declares no tensorImageShape; field shapes not checked", ds.json_path.name)
     found = locate_fields(pairs, fields_dir, ds.expected_shape)
     out = Path(output)
     if not out.name.endswith(".zip"):
-        raise ValueError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
+        raise UserInputError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
     with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="contreg_submit_") as tmp_dir:
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:  # fields are compressed already
             for pair in pairs:
