@@ -73,8 +73,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     # pre-flight: every input readable with a sane geometry, the output writable with room, before any work
-    headers = check_pair("register", _inputs(args), same_grid=True)
     fmt = field_format(args.output)
+    headers = check_pair("register", _inputs(args), same_grid=True)
     check_output_file("register", "-o/--output", args.output, field_bytes(headers["fixed"].spatial_shape, fmt))
     res = register(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, config=cfg, device=args.device

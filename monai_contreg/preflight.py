@@ -119,7 +119,7 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
     Raises:
         MissingFileError / UserInputError naming ``where``, ``name`` and what is wrong with the file.
     """
-    p = check_input_file(where, name, path)
+    p = check_input_file(where, f"{name} file", path)
     if p.is_dir():
         return ImageHeader(p, (), None)
     try:
