@@ -13,6 +13,7 @@ from enum import Enum
 from typing import TypeVar
 
 import torch
+from .errors import UserInputError
 
 __all__ = [
     "check_ddf",
@@ -50,7 +51,7 @@ def choose(where: str, name: str, value: str | E, choices: type[E] | Sequence[st
         names = list(choices)
         if value in names:
             return value
-    raise ValueError(
+    raise UserInputError(
         f"{where}: unknown {name} {value!r}; expected one of {names}.{suggest(str(value), names)}"
     )
 
@@ -62,7 +63,7 @@ def check_tensor(where: str, name: str, x: object, ndim: int | Sequence[int] | N
     if ndim is not None:
         dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in dims:
-            raise ValueError(
+            raise UserInputError(
                 f"{where}: {name} must have {' or '.join(map(str, dims))} dimensions, "
                 f"got shape {tuple(x.shape)}."
             )
@@ -73,7 +74,7 @@ def check_ddf(where: str, name: str, ddf: object) -> torch.Tensor:
     """Check a MONAI dense displacement field: shape ``(B, 3, H, W, D)``."""
     ddf = check_tensor(where, name, ddf, 5)
     if ddf.shape[1] != 3:
-        raise ValueError(
+        raise UserInputError(
             f"{where}: {name} must be a MONAI DDF of shape (B, 3, H, W, D) in voxel units, "
             f"got shape {tuple(ddf.shape)}."
         )
@@ -86,7 +87,7 @@ def check_points(where: str, name: str, points: object) -> torch.Tensor:
     """Check a point set: shape ``(N, 3)`` or ``(B, N, 3)``."""
     points = check_tensor(where, name, points, (2, 3))
     if points.shape[-1] != 3:
-        raise ValueError(f"{where}: {name} must have shape (N, 3) or (B, N, 3), got {tuple(points.shape)}.")
+        raise UserInputError(f"{where}: {name} must have shape (N, 3) or (B, N, 3), got {tuple(points.shape)}.")
     return points
 
 
@@ -95,7 +96,7 @@ def check_same_spatial(where: str, names: Sequence[str], *tensors: torch.Tensor,
     shapes = [tuple(t.shape[-spatial_dims:]) for t in tensors]
     if any(s != shapes[0] for s in shapes[1:]):
         desc = ", ".join(f"{n}={s}" for n, s in zip(names, shapes))
-        raise ValueError(f"{where}: spatial shapes must match, got {desc}.")
+        raise UserInputError(f"{where}: spatial shapes must match, got {desc}.")
 
 
 def check_finite(where: str, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ def check_finite(where: str, name: str, x: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point():
         bad = int((~torch.isfinite(x)).sum())
         if bad:
-            raise ValueError(f"{where}: {name} contains {bad} NaN or infinite value(s) out of {x.numel()}.")
+            raise UserInputError(f"{where}: {name} contains {bad} NaN or infinite value(s) out of {x.numel()}.")
     return x
 
 
@@ -112,7 +113,7 @@ def check_positive(where: str, name: str, value: float, *, allow_zero: bool = Fa
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}.")
+        raise UserInputError(f"{where}: {name} must be a finite number {bound}, got {value!r}.")
     return value
 
 
@@ -125,4 +126,4 @@ def check_suffix(where: str, name: str, path, formats) -> str:
     for ext in formats:
         if low.endswith(ext):
             return ext
-    raise ValueError(f"{where}: {name} {str(path)!r} must end with one of {list(formats)}.")
+    raise UserInputError(f"{where}: {name} {str(path)!r} must end with one of {list(formats)}.")

@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 
 from ._validation import check_finite, choose
 from .data.transforms import normalisation_transforms
-from .errors import UserInputError
+from .errors import MissingFileError, UserInputError, describe_read_error
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
 from .io.images import load_image
@@ -31,6 +31,7 @@ from .methods.config import RegistrationConfig
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
 from .modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
+from .preflight import check_informative
 from .spatial.conventions import (
     ddf_to_learn2reg,
     ddf_voxel_to_world,
@@ -240,11 +241,11 @@ def _as_image(where: str, name: str, value: Any, array_affine: np.ndarray | None
     if isinstance(value, (str, Path)):
         p = Path(value)
         if not p.exists():
-            raise FileNotFoundError(f"{where}: {name} file {str(p)!r} does not exist.")
+            raise MissingFileError(f"{where}: {name} file {str(p)!r} does not exist.")
         try:
             return load_image(p, reader=reader)
-        except ValueError as exc:
-            raise UserInputError(f"{where}: cannot read {name} {str(p)!r}: {exc}") from exc
+        except Exception as exc:  # the reader's own exception, unwrapped to say what is wrong with the file
+            raise UserInputError(f"{where}: cannot read {name} {str(p)!r}: {describe_read_error(exc, p)}") from exc
     if not isinstance(value, (np.ndarray, torch.Tensor)):
         raise TypeError(
             f"{where}: {name} must be a file path, numpy array, torch tensor or MetaTensor, got {type(value).__name__}."
@@ -307,7 +308,7 @@ def load_inputs(
     Raises:
         UserInputError: a plain array without geometry, a mask not on its image's grid (shape and affine within
             :data:`GRID_ATOL_MM`; masks are never resampled silently), an empty mask, non-finite values, an
-            unreadable file. FileNotFoundError: a missing file. TypeError: an input of another type.
+            unreadable file. MissingFileError (a FileNotFoundError): a missing file. TypeError: an input of another type.
     """
     arr_aff = _array_affine(where, spacing, affine, assume_unit_spacing)
     out: dict[str, MetaTensor] = {}
@@ -358,7 +359,19 @@ def prepare_pair(
     data = load_inputs(fixed, moving, fixed_mask, moving_mask, spacing=spacing, affine=affine,
                        assume_unit_spacing=assume_unit_spacing, where="prepare_pair")
     _check_one_grid("prepare_pair", data)
-    return normalisation_transforms(cfg.preprocess)(data)
+    return _normalise("prepare_pair", data, cfg)
+
+
+def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig) -> dict[str, MetaTensor]:
+    """``config.preprocess`` (MONAI transforms), refusing images with no structure before and after it."""
+    for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
+        check_informative(where, k, data[k].as_tensor())
+    out = normalisation_transforms(cfg.preprocess)(data)
+    for k in ("fixed", "moving"):
+        mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
+        check_informative(where, k, out[k].as_tensor(), None if mask is None else mask.as_tensor(),
+                          after=" after preprocessing (intensity window, masking)")
+    return out
 
 
 def _check_one_grid(where: str, data: dict[str, MetaTensor]) -> None:
@@ -490,7 +503,7 @@ def _register_one_grid(
         t_ext = time.perf_counter()
         load_extension()
         t0 += time.perf_counter() - t_ext
-    data = normalisation_transforms(cfg.preprocess)(data)
+    data = _normalise("register", data, cfg)
     fixed_t = data["fixed"]
     affine = torch.as_tensor(_affine_of(fixed_t))
     f = fixed_t.as_tensor().unsqueeze(0).to(device, dtype)
@@ -518,7 +531,7 @@ def _dtype(dtype, fixed) -> torch.dtype:
         src = getattr(fixed, "dtype", None)
         return torch.float64 if src in (torch.float64, np.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"register: dtype must be torch.float32 or torch.float64, got {dtype}.")
+        raise UserInputError(f"register: dtype must be torch.float32 or torch.float64, got {dtype}.")
     return dtype
 
 
@@ -526,7 +539,7 @@ def _device(device, *inputs) -> torch.device:
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"register: device {str(device)!r} requested but CUDA is not available.")
+            raise UserInputError(f"register: device {str(device)!r} requested but CUDA is not available.")
         return dev
     for x in inputs:
         if isinstance(x, torch.Tensor):

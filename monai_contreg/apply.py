@@ -26,6 +26,7 @@ import torch
 
 from ._validation import choose
 from .data.keypoints import load_keypoints, save_keypoints
+from .errors import UserInputError
 from .io.fields import load_field
 from .io.images import load_image, save_image
 from .io.itk_transforms import load_itk_transform
@@ -54,7 +55,7 @@ def load_displacement(
     """
     where = "load_displacement"
     if (field is None) == (transform is None):
-        raise ValueError(f"{where}: give exactly one of field (Learn2Reg file) or transform (ITK file), got field={field!r}, transform={transform!r}.")
+        raise UserInputError(f"{where}: give exactly one of field (Learn2Reg file) or transform (ITK file), got field={field!r}, transform={transform!r}.")
     if field is not None:
         ddf, affine = load_field(field)  # refuses an ITK/ANTs displacement image, naming --transform
         geometry_in_file = not str(field).lower().endswith(".npz")
@@ -65,17 +66,17 @@ def load_displacement(
         ref = load_image(reference)
         ref_aff = np.asarray(ref.affine, dtype=np.float64)
         if tuple(ref.shape[1:]) != tuple(ddf.shape[2:]):
-            raise ValueError(
+            raise UserInputError(
                 f"{where}: reference {str(reference)!r} has shape {tuple(ref.shape[1:])}, the field {tuple(ddf.shape[2:])}."
             )
         if geometry_in_file and not np.allclose(ref_aff, affine, atol=1e-3):
-            raise ValueError(
+            raise UserInputError(
                 f"{where}: reference {str(reference)!r} affine {np.round(ref_aff, 4).tolist()} differs from the field's "
                 f"{np.round(affine, 4).tolist()}."
             )
         affine = ref_aff
     elif not geometry_in_file:
-        raise ValueError(f"{where}: field {str(field)!r} (.npz) carries no geometry; pass reference (the fixed image).")
+        raise UserInputError(f"{where}: field {str(field)!r} (.npz) carries no geometry; pass reference (the fixed image).")
     return ddf, affine
 
 
@@ -153,7 +154,7 @@ def apply_to_files(
 ) -> list[Path]:
     """Read the transform once and apply it to every ``(input, output)`` pair; returns the written paths."""
     if not (images or labels or points):
-        raise ValueError("apply_to_files: nothing to warp; give at least one image, label map or point set.")
+        raise UserInputError("apply_to_files: nothing to warp; give at least one image, label map or point set.")
     choose("apply_to_files", "points_space", points_space, _SPACES)
     ddf, affine = load_displacement(field, transform, reference)
     written = [warp_image_file(s, d, ddf, affine) for s, d in images]

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserInputError, cli_error
+from .preflight import check_input_file, check_output_dir, check_output_file, check_pair, field_bytes, parse_spacing
+
 __all__ = ["main"]
 
 logger = logging.getLogger("monai_contreg.cli")
@@ -53,12 +56,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar over optimisation steps")
 
 
+def _inputs(args: argparse.Namespace) -> dict:
+    return {"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask, "moving_mask": args.moving_mask}
+
+
+def _spacing_option(text: str):
+    try:
+        return parse_spacing(text, "--working-spacing")
+    except UserInputError as exc:  # argparse prints it as "argument --working-spacing: ..." (exit 2)
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from exc
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     from .api import register
     from .io.fields import field_format
 
-    field_format(args.output)  # fail before any work on a bad output name
     cfg = _config(args)
+    # pre-flight: every input readable with a sane geometry, the output writable with room, before any work
+    fmt = field_format(args.output)
+    headers = check_pair("register", _inputs(args), same_grid=True)
+    check_output_file("register", "-o/--output", args.output, field_bytes(headers["fixed"].spatial_shape, fmt))
     res = register(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, config=cfg, device=args.device
     )
@@ -145,15 +162,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .distributed import check_launch, launched_by_torchrun, run_split_distributed
     from .workflow import run_split
 
+    from .preflight import check_run
+    from .workflow import FIELD_FORMATS
+
     distributed = args.backend is not None or args.nproc_per_node is not None or launched_by_torchrun()
     if distributed:  # option errors before anything starts
         args.backend = check_launch(args.backend, args.nproc_per_node, args.device, args.threads, cli=True)
     elif args.master_port is not None:
-        raise ValueError("--master-port: only used with --nproc-per-node (spawned processes).")
+        raise UserInputError("--master-port: only used with --nproc-per-node (spawned processes).")
     cfg = _config(args)
     evaluate = (args.eval_json or True) if args.evaluate else False
     if args.eval_json and not args.evaluate:
-        raise ValueError("--eval-json: give --evaluate too (it says where the evaluation is written).")
+        raise UserInputError("--eval-json: give --evaluate too (it says where the evaluation is written).")
+    fmt = args.format if args.format.startswith(".") else f".{args.format}"
+    if fmt not in FIELD_FORMATS:
+        raise UserInputError(f"--format: unknown field format {args.format!r}; expected one of {list(FIELD_FORMATS)}.")
+    # pre-flight: the dataset, every pair's input headers, the output folder (writable, room for the fields)
+    check_run("run", args.dataset, args.split, args.output, fmt, overwrite=args.overwrite)
+    if args.eval_json:
+        check_output_file("run", "--eval-json", args.eval_json)
     if distributed:
         summary = run_split_distributed(
             args.dataset, args.split, args.output, cfg, backend=args.backend, nproc_per_node=args.nproc_per_node,
@@ -190,6 +217,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from .workflow import make_submission
 
+    check_input_file("submit", "fields folder", args.fields)
+    check_input_file("submit", "--dataset", args.dataset)
+    if not str(args.output).endswith(".zip"):
+        raise UserInputError(f"-o/--output: the submission must be a .zip file, got {args.output!r}.")
+    size = sum(f.stat().st_size for f in Path(args.fields).glob("disp_*") if f.is_file()) if Path(args.fields).is_dir() else 0
+    check_output_file("submit", "-o/--output", args.output, size)
     out = make_submission(args.fields, args.dataset, args.output, split=args.split, fmt=args.format)
     import zipfile
 
@@ -206,6 +239,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.learn2reg import Learn2RegDataset
 
+    check_input_file("evaluate", "dataset", args.dataset)
+    check_input_file("evaluate", "fields", args.fields)
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            check_output_file("evaluate", option, path)
+    if args.report:
+        check_output_dir("evaluate", "--report", args.report)
     ds = Learn2RegDataset(args.dataset)
     with tqdm(total=len(ds.pairs(args.split)), desc="evaluate", unit="pair", leave=False) as bar:
         res = evaluate_learn2reg(
@@ -321,13 +361,17 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
     if args.output:
         field_format(args.output)  # fail before any work on a bad output name
     if args.itk and not str(args.itk).lower().endswith(ITK_TRANSFORM_FORMATS):
-        raise ValueError(f"--itk: path {args.itk!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
+        raise UserInputError(f"--itk: path {args.itk!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
     if not (args.output or args.itk):
-        raise ValueError("register-native: give -o/--output (Learn2Reg field) and/or --itk (ITK transform).")
-    spacing = None
-    if args.working_spacing:
-        vals = [float(v) for v in args.working_spacing.split(",")]
-        spacing = vals[0] if len(vals) == 1 else tuple(vals)
+        raise UserInputError("register-native: give -o/--output (Learn2Reg field) and/or --itk (ITK transform).")
+    # pre-flight: inputs readable with sane geometry (each mask on its image's grid), outputs writable with room
+    headers = check_pair("register-native", _inputs(args), same_grid=False)
+    size = field_bytes(headers["fixed"].spatial_shape) if headers["fixed"].linear is not None else 0
+    if args.output:
+        check_output_file("register-native", "-o/--output", args.output, size)
+    if args.itk:
+        check_output_file("register-native", "--itk", args.itk, 2 * size)  # ITK writes float64 vectors
+    spacing = args.working_spacing
     res = register_native(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, working_spacing=spacing,
         config=_config(args), device=args.device,
@@ -345,6 +389,15 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
 def _cmd_warp(args: argparse.Namespace) -> int:
     from .apply import apply_to_files
 
+    # pre-flight: every input exists and is readable, every output can be written (before any warping)
+    for option, path in (("--field", args.field), ("--transform", args.transform), ("--reference", args.reference),
+                         ("--moving-reference", args.moving_reference)):
+        if path:
+            check_input_file("warp", option, path)
+    for option, items in (("--image", args.image), ("--labels", args.labels), ("--points", args.points)):
+        for src, dst in items or []:
+            check_input_file("warp", f"{option} IN", src)
+            check_output_file("warp", f"{option} OUT", dst)
     written = apply_to_files(
         field=args.field, transform=args.transform, reference=args.reference, images=args.image or [],
         labels=args.labels or [], points=args.points or [], points_space=args.points_space,
@@ -363,7 +416,7 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("--itk", help="ITK displacement field transform (.h5) or displacement image (.nii.gz, .nrrd, .mha), LPS mm")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")
-    p.add_argument("--working-spacing", help="working grid spacing in mm, one value or three comma-separated (default: the fixed image's smallest)")
+    p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the fixed image's smallest)")
     _common(p)
     p.set_defaults(func=_cmd_register_native)
 
@@ -414,20 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ignite").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
-        print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # diverged runs and other runtime failures: message, no traceback
-        from .distributed import DistributedRunError
-        from .optim.handlers import RegistrationDivergedError
-
-        if isinstance(exc, RegistrationDivergedError):
-            print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
-            return 3
-        if isinstance(exc, DistributedRunError):
-            print(f"contreg {args.command}: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except BaseException as exc:  # the one handler of every command: user errors are one line (errors.cli_error)
+        code = cli_error(args.command, exc, args.verbose)
+        if code is None:  # a programming error: keep its traceback
+            raise
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,7 @@ import torch
 
 from ._validation import suggest
 from .data.learn2reg import Learn2RegDataset
+from .errors import ContregError, UserInputError
 from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path
 from .methods.config import RegistrationConfig
@@ -86,7 +87,7 @@ SYNC_TIMEOUT = timedelta(days=7)
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-class DistributedRunError(RuntimeError):
+class DistributedRunError(ContregError, RuntimeError):
     """A rank of a distributed run failed outside the per-pair registrations; the message names the rank(s)."""
 
 
@@ -417,7 +418,7 @@ def run_split_distributed(
     where = "run_split_distributed"
     backend = check_launch(backend, nproc_per_node, device, threads, where=where)
     if master_port is not None and (isinstance(master_port, bool) or not isinstance(master_port, int) or not 0 < master_port < 65536):
-        raise ValueError(f"{where}: master_port must be a TCP port number in 1..65535, got {master_port!r}.")
+        raise UserInputError(f"{where}: master_port must be a TCP port number in 1..65535, got {master_port!r}.")
     ds, key, _, cfg, fmt = _prepare_run(where, dataset, split, config, fmt)
     _quiet_launcher()
     target = _evaluation_target(evaluate)
@@ -431,7 +432,7 @@ def run_split_distributed(
         try:
             pickle.dumps(job)
         except Exception as exc:
-            raise ValueError(f"{where}: on_pair, register_fn and config are sent to the spawned processes and must "
+            raise UserInputError(f"{where}: on_pair, register_fn and config are sent to the spawned processes and must "
                              f"pickle (use module-level functions): {exc}") from None
         port = master_port or int(os.environ.get("MASTER_PORT") or 0) or _free_port()
         with tempfile.TemporaryDirectory(prefix="contreg_dist_") as tmp:

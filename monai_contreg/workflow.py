@@ -40,8 +40,9 @@ import torch
 
 from ._validation import choose
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
+from .errors import UserInputError
 from .evaluation.learn2reg import RUNTIMES_FILE
-from .io.atomic import atomic_path
+from .io.atomic import atomic_path, writer_alive
 from .io.fields import load_field, save_field
 from .methods.config import RegistrationConfig
 from .methods.presets import resolve_config
@@ -53,6 +54,7 @@ __all__ = [
     "RunSummary",
     "evaluate_run",
     "make_submission",
+    "locked_log",
     "merge_rank_logs",
     "outcome_dict",
     "rank_log_name",
@@ -174,10 +176,59 @@ def _write_log(path: Path, log: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(log, indent=2))
 
 
+@contextlib.contextmanager
+def locked_log(path: str | Path):
+    """Hold an exclusive lock for the run log ``path`` (``fcntl.flock`` on ``.NAME.lock`` beside it).
+
+    Every read-modify-write of a run log happens under this lock, so that processes writing into one folder (two
+    ``contreg run`` on the same OUT, the ranks of a distributed run and rank 0's merge) never lose each other's
+    records. Without ``fcntl`` (Windows) it does nothing.
+    """
+    p = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.with_name(f".{p.name}.lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _record(path: Path, log: dict[str, Any], key: str, case: dict[str, Any] | None, failure: str | None) -> None:
+    """Record one pair's outcome into ``log`` (in memory) and into the run log file ``path``: under
+    :func:`locked_log`, re-read the file, apply this pair's change (and ``log``'s top-level entries), write it back
+    atomically. Records written by other processes meanwhile are kept."""
+    for target in (log,):
+        if case is not None:
+            target["cases"][key] = case
+            target["failures"].pop(key, None)
+        elif failure is not None:
+            target["failures"][key] = failure
+    with locked_log(path):
+        current = _read_log(path)
+        current.update({k: v for k, v in log.items() if k not in ("cases", "failures")})
+        current.setdefault("cases", {})
+        current.setdefault("failures", {})
+        if case is not None:
+            current["cases"][key] = case
+            current["failures"].pop(key, None)
+        elif failure is not None:
+            current["failures"][key] = failure
+        _write_log(path, current)
+
+
 def _clean_stale_temporaries(out: Path) -> None:
-    # temporaries of atomic writes interrupted by a kill (.disp_XXXX.nii.gz.abc.tmp.nii.gz, .runtimes.rank1.json.abc.tmp.json)
+    # temporaries of atomic writes interrupted by a kill (.disp_XXXX.nii.gz.PID.abc.tmp.nii.gz,
+    # .runtimes.rank1.json.PID.abc.tmp.json); those of a live process (another run writing into this folder) stay
     for pattern in (".disp_*.tmp*", ".runtimes*.json.*.tmp*"):
         for tmp in out.glob(pattern):
+            if writer_alive(tmp):
+                continue
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
@@ -214,6 +265,11 @@ def merge_rank_logs(out_dir: str | Path, header: dict[str, Any] | None = None, o
     if not parts:
         return None
     log_path = out / RUNTIMES_FILE
+    with locked_log(log_path):  # another process may be writing runtimes.json: re-read and write under the lock
+        return _merge_parts(log_path, header, parts, order)
+
+
+def _merge_parts(log_path: Path, header: dict[str, Any] | None, parts: list[Path], order: Sequence[str]) -> Path:
     log = _open_log(log_path, header)
     for part_path in parts:
         part = _read_log(part_path)
@@ -247,7 +303,7 @@ def _prepare_run(where: str, dataset, split: str, config, fmt: str):
     pairs = ds.pairs(split)
     key = ds.resolve_split(split)
     if not pairs:
-        raise ValueError(f"{where}: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
+        raise UserInputError(f"{where}: split {key!r} of {ds.json_path.name} lists no pairs; it lists pairs in "
                          f"{[s for s in ds.splits if ds.description.get(s)]}.")
     return ds, key, pairs, cfg, fmt
 
@@ -277,12 +333,14 @@ def _run_pairs(
     case_extra: dict[str, Any] | None = None,
 ) -> list[PairOutcome]:
     """The pair loop of a run (all pairs, or one rank's shard): register ``todo`` (``(index in split, pair)``),
-    appending to ``outcomes`` and rewriting ``log`` into ``log_path`` (atomically) after every pair that ran."""
+    appending to ``outcomes`` and recording each pair that ran into ``log`` and into ``log_path`` (merged into the
+    file under its lock, atomically: :func:`_record`)."""
     for i, pair in todo:
         outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn)
         outcomes.append(outcome)
         if outcome.status == "done":
-            log["cases"][pair.key] = {
+            log["config"] = cfg.to_dict()
+            _record(log_path, log, pair.key, {
                 "seconds": outcome.seconds,
                 "wall_seconds": outcome.wall_seconds,
                 "steps": outcome.steps,
@@ -292,13 +350,9 @@ def _run_pairs(
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "timings": outcome.timings,
                 **(case_extra or {}),
-            }
-            log["failures"].pop(pair.key, None)
-            log["config"] = cfg.to_dict()
+            }, None)
         elif outcome.status == "failed":
-            log["failures"][pair.key] = outcome.error
-        if outcome.status != "skipped":
-            _write_log(log_path, log)
+            _record(log_path, log, pair.key, None, outcome.error)
         if bar is not None:
             bar.update(1)
         if on_pair is not None:
@@ -467,13 +521,13 @@ def make_submission(
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
     if not pairs:
-        raise ValueError(f"make_submission: split {ds.resolve_split(split)!r} of {ds.json_path.name} lists no pairs.")
+        raise UserInputError(f"make_submission: split {ds.resolve_split(split)!r} of {ds.json_path.name} lists no pairs.")
     if ds.expected_shape is None:
         logger.warning("make_submission: %s declares no tensorImageShape; field shapes not checked", ds.json_path.name)
     found = locate_fields(pairs, fields_dir, ds.expected_shape)
     out = Path(output)
     if not out.name.endswith(".zip"):
-        raise ValueError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
+        raise UserInputError(f"make_submission: output must be a .zip file, got {str(out)!r}.")
     with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="contreg_submit_") as tmp_dir:
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:  # fields are compressed already
             for pair in pairs:

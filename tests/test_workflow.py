@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import zipfile
 
@@ -39,7 +40,8 @@ def _calls():
 
 
 def test_run_writes_fields_and_runtime_log(run_out):
-    assert sorted(p.name for p in run_out.iterdir()) == ["disp_0001_0001.nii.gz", "disp_0002_0002.nii.gz", "runtimes.json"]
+    # besides the fields and the log only the log's lock file (hidden; see workflow.locked_log)
+    assert sorted(p.name for p in run_out.iterdir()) == [".runtimes.json.lock", "disp_0001_0001.nii.gz", "disp_0002_0002.nii.gz", "runtimes.json"]
     log = json.loads((run_out / "runtimes.json").read_text())
     assert log["name"] == "TINY" and log["split"] == "registration_val" and log["failures"] == {}
     case = log["cases"]["0001_0001"]
@@ -82,12 +84,23 @@ def test_a_failing_pair_does_not_stop_the_others(dataset, tmp_path):
 def test_cli_run_reports_failures_with_nonzero_exit(dataset, tmp_path, capsys):
     broken = tmp_path / "ds"
     shutil.copytree(dataset, broken)
-    (broken / "imagesTr" / "TINY_0001_0001.nii.gz").write_bytes(b"not a nifti")
+    moving = broken / "imagesTr" / "TINY_0001_0001.nii.gz"
+    data = moving.read_bytes()
+    moving.write_bytes(b"not a nifti")  # unreadable header: refused by the pre-flight, before any pair runs
     sets = [a for s in FAST for a in ("--set", s)]
     rc = main(["run", str(broken), "--split", "val", "-o", str(tmp_path / "out"), "--no-bar", *sets])
     cap = capsys.readouterr()
-    assert rc == 1
-    assert "[1/2] 0001_0001 FAILED" in cap.err and "cannot read moving" in cap.err
+    assert rc == 2 and not (tmp_path / "out").exists() and len(cap.err.strip().splitlines()) == 1
+    assert re.search(r"contreg run: error: run: 1 of 2 pairs have unusable inputs: pair 0001_0001: cannot read moving "
+                     r"'.*TINY_0001_0001.nii.gz': the name ends in .gz but the file is not gzip-compressed", cap.err)
+    moving.write_bytes(data[: len(data) // 2])  # header fine, voxels truncated: this pair fails, the other runs
+    rc = main(["run", str(broken), "--split", "val", "-o", str(tmp_path / "out"), "--no-bar", *sets])
+    cap = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in cap.err
+    assert re.search(r"\[1/2\] 0001_0001 FAILED after [0-9.]+s: UserInputError: register: cannot read moving file "
+                     r"'.*TINY_0001_0001.nii.gz': truncated gzip data", cap.err)
+    log = json.loads((tmp_path / "out" / "runtimes.json").read_text())
+    assert "truncated gzip data" in log["failures"]["0001_0001"] and list(log["cases"]) == ["0002_0002"]
     assert "[2/2] 0002_0002 done in" in cap.out and "final loss" in cap.out
     assert "registered 1, skipped 0, failed 1 of 2 pairs" in cap.out
     rc = main(["run", str(broken), "--split", "vall", "-o", str(tmp_path / "out")])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._validation import choose
+from ..errors import UserInputError
 
 __all__ = ["DATASETS", "DatasetSource", "download_file", "extract_archive", "fetch_dataset", "sha256sum"]
 
@@ -130,7 +131,7 @@ def download_file(
     got = sha256sum(part)
     if want is not None and got != want:
         part.unlink()
-        raise ValueError(f"download_file: checksum of {url} is {got}, expected {want}; the download was deleted.")
+        raise UserInputError(f"download_file: checksum of {url} is {got}, expected {want}; the download was deleted.")
     if want is None:
         logger.info("sha256 of %s: %s", target.name, got)
     os.replace(part, target)
@@ -147,14 +148,14 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     if (out / _MARKER).is_file():
         return out
     if not zipfile.is_zipfile(src):
-        raise ValueError(f"extract_archive: {str(src)!r} is not a zip archive.")
+        raise UserInputError(f"extract_archive: {str(src)!r} is not a zip archive.")
     out.mkdir(parents=True, exist_ok=True)
     root = out.resolve()
     with zipfile.ZipFile(src) as zf:
         for info in zf.infolist():
             target = (out / info.filename).resolve()
             if root != target and root not in target.parents:
-                raise ValueError(f"extract_archive: member {info.filename!r} of {src.name} would be written outside {str(out)!r}.")
+                raise UserInputError(f"extract_archive: member {info.filename!r} of {src.name} would be written outside {str(out)!r}.")
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue

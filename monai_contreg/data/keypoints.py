@@ -12,6 +12,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
+from ..errors import MissingFileError, UserInputError
 
 __all__ = ["LoadKeypointsD", "LoadKeypointsDict", "LoadKeypointsd", "load_keypoints", "save_keypoints"]
 
@@ -24,15 +25,15 @@ def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"load_keypoints: {name} file {str(p)!r} does not exist.")
+        raise MissingFileError(f"load_keypoints: {name} file {str(p)!r} does not exist.")
     try:
         arr = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as exc:
-        raise ValueError(f"load_keypoints: {name} file {str(p)!r} is not a CSV of numbers: {exc}") from exc
+        raise UserInputError(f"load_keypoints: {name} file {str(p)!r} is not a CSV of numbers: {exc}") from exc
     if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0:
-        raise ValueError(f"load_keypoints: {name} file {str(p)!r} must hold N >= 1 rows of 3 coordinates, got shape {arr.shape}.")
+        raise UserInputError(f"load_keypoints: {name} file {str(p)!r} must hold N >= 1 rows of 3 coordinates, got shape {arr.shape}.")
     if not np.isfinite(arr).all():
-        raise ValueError(f"load_keypoints: {name} file {str(p)!r} contains NaN or infinite coordinates.")
+        raise UserInputError(f"load_keypoints: {name} file {str(p)!r} contains NaN or infinite coordinates.")
     return torch.from_numpy(arr)
 
 
@@ -42,7 +43,7 @@ def save_keypoints(path: str | Path, points: torch.Tensor | np.ndarray) -> None:
 
     arr = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"save_keypoints: points must have shape (N, 3), got {arr.shape}.")
+        raise UserInputError(f"save_keypoints: points must have shape (N, 3), got {arr.shape}.")
     with atomic_path(path) as tmp:
         np.savetxt(tmp, arr, delimiter=",", fmt="%.6f")
 

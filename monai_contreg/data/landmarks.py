@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import MissingFileError, UserInputError
 from ..spatial.conventions import points_voxel_to_world, spacing_from_affine
 
 __all__ = [
@@ -53,7 +54,7 @@ def load_landmarks_voxel(
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"load_landmarks_voxel: landmark file {str(p)!r} does not exist.")
+        raise MissingFileError(f"load_landmarks_voxel: landmark file {str(p)!r} does not exist.")
     rows = []
     for lineno, line in enumerate(p.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
@@ -63,27 +64,27 @@ def load_landmarks_voxel(
         try:
             values = [float(v) for v in parts]
         except ValueError:
-            raise ValueError(
+            raise UserInputError(
                 f"load_landmarks_voxel: landmark file {str(p)!r} line {lineno}: expected 3 numbers, got {text!r}."
             ) from None
         if len(values) != 3:
-            raise ValueError(
+            raise UserInputError(
                 f"load_landmarks_voxel: landmark file {str(p)!r} line {lineno}: expected 3 numbers, got {len(values)}."
             )
         rows.append(values)
     if not rows:
-        raise ValueError(f"load_landmarks_voxel: landmark file {str(p)!r} holds no landmark.")
+        raise UserInputError(f"load_landmarks_voxel: landmark file {str(p)!r} holds no landmark.")
     arr = torch.as_tensor(np.asarray(rows, dtype=np.float64))
     if not bool(torch.isfinite(arr).all()):
-        raise ValueError(f"load_landmarks_voxel: landmark file {str(p)!r} contains NaN or infinite coordinates.")
+        raise UserInputError(f"load_landmarks_voxel: landmark file {str(p)!r} contains NaN or infinite coordinates.")
     if one_based:
         arr = arr - 1.0
     if flip_axes:
         if shape is None or len(shape) != 3:
-            raise ValueError(f"load_landmarks_voxel: flip_axes={list(flip_axes)} needs the image shape (3 ints), got {shape!r}.")
+            raise UserInputError(f"load_landmarks_voxel: flip_axes={list(flip_axes)} needs the image shape (3 ints), got {shape!r}.")
         for ax in flip_axes:
             if ax not in (0, 1, 2):
-                raise ValueError(f"load_landmarks_voxel: flip_axes entries must be 0, 1 or 2, got {ax!r}.")
+                raise UserInputError(f"load_landmarks_voxel: flip_axes entries must be 0, 1 or 2, got {ax!r}.")
             arr[:, ax] = float(shape[ax]) - 1.0 - arr[:, ax]
     return arr
 
@@ -101,17 +102,17 @@ def landmarks_to_world(
     """
     v = torch.as_tensor(voxels, dtype=torch.float64)
     if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"landmarks_to_world: voxels must have shape (N, 3), got {tuple(v.shape)}.")
+        raise UserInputError(f"landmarks_to_world: voxels must have shape (N, 3), got {tuple(v.shape)}.")
     if spacing is None and affine is None:
-        raise ValueError("landmarks_to_world: give the image's spacing (DIR-Lab frame) or its affine (RAS frame).")
+        raise UserInputError("landmarks_to_world: give the image's spacing (DIR-Lab frame) or its affine (RAS frame).")
     if spacing is not None:
         sp = [float(s) for s in spacing]
         if len(sp) != 3 or min(sp) <= 0:
-            raise ValueError(f"landmarks_to_world: spacing must be three positive numbers (mm), got {list(spacing)}.")
+            raise UserInputError(f"landmarks_to_world: spacing must be three positive numbers (mm), got {list(spacing)}.")
         if affine is not None:
             a_sp = spacing_from_affine(affine)
             if max(abs(a - b) for a, b in zip(a_sp, sp)) > 1e-3:
-                raise ValueError(
+                raise UserInputError(
                     f"landmarks_to_world: spacing {sp} disagrees with the affine's spacing {[round(s, 4) for s in a_sp]}."
                 )
         else:
@@ -148,7 +149,7 @@ def save_landmarks_voxel(path: str | Path, voxels, one_based: bool = True, decim
 
     arr = np.asarray(torch.as_tensor(voxels, dtype=torch.float64))
     if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"save_landmarks_voxel: voxels must have shape (N, 3), got {arr.shape}.")
+        raise UserInputError(f"save_landmarks_voxel: voxels must have shape (N, 3), got {arr.shape}.")
     arr = arr + (1.0 if one_based else 0.0)
     with atomic_path(path) as tmp:
         np.savetxt(tmp, arr, delimiter="\t", fmt=f"%.{int(decimals)}f")
@@ -160,5 +161,5 @@ def landmark_tre(moved_mm, target_mm) -> torch.Tensor:
     a = torch.as_tensor(moved_mm, dtype=torch.float64)
     b = torch.as_tensor(target_mm, dtype=torch.float64)
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3:
-        raise ValueError(f"landmark_tre: moved_mm and target_mm must both be (N, 3), got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise UserInputError(f"landmark_tre: moved_mm and target_mm must both be (N, 3), got {tuple(a.shape)} and {tuple(b.shape)}.")
     return (a - b).norm(dim=-1)

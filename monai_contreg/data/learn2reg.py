@@ -36,6 +36,7 @@ import torch
 from monai.transforms import Compose, EnsureTyped, LoadImaged, Transform
 
 from .._validation import suggest
+from ..errors import MissingFileError, UserInputError
 
 __all__ = [
     "IMAGE_KEYS",
@@ -91,7 +92,7 @@ def case_id(path: str | Path) -> tuple[str, str]:
     """
     m = _NAME.match(_stem(path))
     if not m:
-        raise ValueError(
+        raise UserInputError(
             f"case_id: image name {Path(path).name!r} must follow the Learn2Reg pattern PREFIX_CASE_MODALITY.nii.gz "
             "(e.g. NLST_0101_0000.nii.gz)."
         )
@@ -140,7 +141,7 @@ class Learn2RegPair:
         """The field's file name in a submission: ``disp_{key}{fmt}`` (``fmt``: ``.nii.gz``, ``.nii`` or ``.npz``)."""
         fmt = fmt if fmt.startswith(".") else f".{fmt}"
         if fmt not in (".nii.gz", ".nii", ".npz"):
-            raise ValueError(f"Learn2RegPair.field_name: fmt must be '.nii.gz', '.nii' or '.npz', got {fmt!r}.")
+            raise UserInputError(f"Learn2RegPair.field_name: fmt must be '.nii.gz', '.nii' or '.npz', got {fmt!r}.")
         return f"disp_{self.key}{fmt}"
 
     @property
@@ -193,14 +194,14 @@ def find_dataset_json(path: str | Path) -> Path:
     if p.is_file():
         return p
     if not p.is_dir():
-        raise FileNotFoundError(f"find_dataset_json: dataset path {str(p)!r} does not exist.")
+        raise MissingFileError(f"find_dataset_json: dataset path {str(p)!r} does not exist.")
     found = sorted(p.glob("*_dataset.json")) or sorted(p.glob("dataset.json"))
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"find_dataset_json: no Learn2Reg description (*_dataset.json, e.g. NLST_dataset.json) in {str(p)!r}."
         )
     if len(found) > 1:
-        raise ValueError(
+        raise UserInputError(
             f"find_dataset_json: several descriptions in {str(p)!r}: {[f.name for f in found]}; pass the json file itself."
         )
     return found[0]
@@ -229,9 +230,9 @@ class Learn2RegDataset:
         try:
             desc = json.loads(self.json_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Learn2RegDataset: cannot read dataset description {str(self.json_path)!r}: {exc}") from exc
+            raise UserInputError(f"Learn2RegDataset: cannot read dataset description {str(self.json_path)!r}: {exc}") from exc
         if not isinstance(desc, dict):
-            raise ValueError(
+            raise UserInputError(
                 f"Learn2RegDataset: dataset description {str(self.json_path)!r} must hold a JSON object, got {type(desc).__name__}."
             )
         self.description: dict[str, Any] = desc
@@ -264,13 +265,13 @@ class Learn2RegDataset:
         key = SPLIT_ALIASES.get(split, split)
         if key in SPLITS:
             if key not in self.description:
-                raise ValueError(
+                raise UserInputError(
                     f"Learn2RegDataset.pairs: split {split!r} ({key}) is not in {self.json_path.name}; "
                     f"it lists {self.splits}."
                 )
             return key
         names = [*SPLITS, *SPLIT_ALIASES]
-        raise ValueError(
+        raise UserInputError(
             f"Learn2RegDataset.pairs: unknown split {split!r}; expected one of {names}.{suggest(split, names)}"
         )
 
@@ -318,7 +319,7 @@ class Learn2RegDataset:
         out = []
         for i, e in enumerate(entries):
             if not isinstance(e, dict) or "fixed" not in e or "moving" not in e:
-                raise ValueError(
+                raise UserInputError(
                     f"Learn2RegDataset.pairs: entry {i} of {key!r} in {self.json_path.name} must have 'fixed' and "
                     f"'moving' paths, got {e!r}."
                 )
@@ -326,7 +327,7 @@ class Learn2RegDataset:
             if check_files:
                 for role, p in (("fixed", fixed), ("moving", moving)):
                     if not p.is_file():
-                        raise FileNotFoundError(
+                        raise MissingFileError(
                             f"Learn2RegDataset.pairs: {role} image {str(p)!r} of {key!r} entry {i} "
                             f"(listed in {self.json_path.name}) does not exist."
                         )
@@ -366,13 +367,13 @@ class Learn2RegDataset:
             unknown = [k for k in keys if k not in (*IMAGE_KEYS, *MASK_KEYS, *LABEL_KEYS, *KEYPOINT_KEYS)]
             if unknown:
                 names = [*IMAGE_KEYS, *MASK_KEYS, *LABEL_KEYS, *KEYPOINT_KEYS]
-                raise ValueError(
+                raise UserInputError(
                     f"Learn2RegDataset.load_pair: unknown keys {unknown}; expected some of {names}."
                     f"{suggest(unknown[0], names)}"
                 )
             missing = [k for k in keys if k not in d]
             if missing:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"Learn2RegDataset.load_pair: pair {pair.key} has no file for {missing} "
                     f"(looked beside {str(pair.fixed.parent)!r} in the Learn2Reg layout)."
                 )
@@ -389,7 +390,7 @@ def image_affine(path: str | Path) -> np.ndarray:
     """The 4x4 voxel-to-world matrix of an image file, read from its header only (NIfTI) or via ``LoadImage``."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"image_affine: image file {str(p)!r} does not exist.")
+        raise MissingFileError(f"image_affine: image file {str(p)!r} does not exist.")
     if p.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -424,13 +425,13 @@ def field_file_shape(path: str | Path) -> tuple[int, ...]:
         if p.name.endswith(".npz"):
             with np.load(p) as z:
                 if len(z.files) != 1:
-                    raise ValueError(f"expected one array, found {z.files}")
+                    raise UserInputError(f"expected one array, found {z.files}")
                 return tuple(int(s) for s in z[z.files[0]].shape)
         import nibabel as nib
 
         return tuple(int(s) for s in nib.load(str(p)).shape)
     except Exception as exc:
-        raise ValueError(f"field_file_shape: cannot read field file {str(p)!r}: {exc}") from exc
+        raise UserInputError(f"field_file_shape: cannot read field file {str(p)!r}: {exc}") from exc
 
 
 def locate_fields(
@@ -458,7 +459,7 @@ def locate_fields(
         else:
             found[pair.key] = p
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"locate_fields: {len(missing)} of {len(pairs)} field(s) missing in {str(folder)!r}: {missing}."
         )
     if expected_shape is not None:
@@ -469,7 +470,7 @@ def locate_fields(
             if shape != want:
                 bad[p.name] = shape
         if bad:
-            raise ValueError(
+            raise UserInputError(
                 f"locate_fields: field shape must be {want} (the dataset's tensorImageShape + 3 channels); "
                 f"wrong: {bad}."
             )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..data.learn2reg import Learn2RegDataset, Learn2RegPair, image_affine, locate_fields
+from ..errors import MissingFileError, UserInputError
 from ..io.atomic import atomic_path
 from ..io.fields import load_field
 from ..spatial.conventions import spacing_from_affine
@@ -123,7 +124,7 @@ def evaluate_field(
     shape = tuple(ddf.shape[2:])
     for k in ("fixed_mask", "moving_mask", "fixed_label", "moving_label"):
         if k in data and tuple(data[k].shape[-3:]) != shape:
-            raise ValueError(f"evaluate_field: {k} shape {tuple(data[k].shape[-3:])} must equal the field's {shape}.")
+            raise UserInputError(f"evaluate_field: {k} shape {tuple(data[k].shape[-3:])} must equal the field's {shape}.")
     if "fixed_keypoints" in data and "moving_keypoints" in data:
         fk = torch.as_tensor(data["fixed_keypoints"]).as_subclass(torch.Tensor).double()
         mk = torch.as_tensor(data["moving_keypoints"]).as_subclass(torch.Tensor).double()
@@ -213,7 +214,7 @@ def load_runtimes(path: str | Path | None) -> dict[str, float]:
     try:
         log = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"load_runtimes: cannot read run log {str(p)!r}: {exc}") from exc
+        raise UserInputError(f"load_runtimes: cannot read run log {str(p)!r}: {exc}") from exc
     cases = log.get("cases", {}) if isinstance(log, dict) else {}
     return {k: float(v["seconds"]) for k, v in cases.items() if isinstance(v, dict) and v.get("seconds") is not None}
 
@@ -230,9 +231,9 @@ def fields_folder(path: str | Path) -> Iterator[Path]:
         yield p
         return
     if not p.is_file():
-        raise FileNotFoundError(f"fields_folder: fields folder or zip {str(p)!r} does not exist.")
+        raise MissingFileError(f"fields_folder: fields folder or zip {str(p)!r} does not exist.")
     if not zipfile.is_zipfile(p):
-        raise ValueError(f"fields_folder: {str(p)!r} is neither a folder nor a zip archive.")
+        raise UserInputError(f"fields_folder: {str(p)!r} is neither a folder nor a zip archive.")
     with tempfile.TemporaryDirectory(prefix="contreg_eval_") as tmp:
         with zipfile.ZipFile(p) as zf:
             for info in zf.infolist():
@@ -279,7 +280,7 @@ def evaluate_learn2reg(
     pairs = ds.pairs(split)
     key = ds.resolve_split(split)
     if not pairs:
-        raise ValueError(f"evaluate_learn2reg: split {key!r} of {ds.json_path.name} lists no pairs.")
+        raise UserInputError(f"evaluate_learn2reg: split {key!r} of {ds.json_path.name} lists no pairs.")
     cases: dict[str, dict[str, Any]] = {}
     with fields_folder(fields) as folder:
         found = locate_fields(pairs, folder, ds.expected_shape if check_shape else None)
@@ -316,7 +317,7 @@ def _evaluate_pair(ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, maske
     data = ds.load_pair(pair, keys=want) if want else {}
     fixed_shape = _image_shape(pair.fixed)
     if tuple(ddf.shape[2:]) != fixed_shape:
-        raise ValueError(
+        raise UserInputError(
             f"evaluate_learn2reg: field {field.name} has grid {tuple(ddf.shape[2:])}, the fixed image {pair.fixed.name} "
             f"has {fixed_shape}."
         )

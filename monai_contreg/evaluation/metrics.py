@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .._validation import check_ddf, check_points
+from ..errors import UserInputError
 from ..spatial.jacobian import jacobian_determinant
 from ..spatial.warp import warp_points
 
@@ -31,13 +32,13 @@ def keypoint_tre(
     check_points("keypoint_tre", "fixed_points", fixed_points)
     check_points("keypoint_tre", "moving_points", moving_points)
     if fixed_points.shape != moving_points.shape or fixed_points.ndim != 2:
-        raise ValueError(
+        raise UserInputError(
             f"keypoint_tre: fixed_points {tuple(fixed_points.shape)} and moving_points {tuple(moving_points.shape)} "
             "must both have shape (N, 3) with the same N (row k of each is one correspondence)."
         )
     sp = torch.as_tensor([float(s) for s in spacing], dtype=torch.float64)
     if sp.numel() != 3:
-        raise ValueError(f"keypoint_tre: spacing must have 3 entries, got {list(spacing)}.")
+        raise UserInputError(f"keypoint_tre: spacing must have 3 entries, got {list(spacing)}.")
     moved = warp_points(fixed_points.to(torch.float64), ddf.detach().to(torch.float64)).cpu()
     return ((moved - moving_points.to(torch.float64).cpu()) * sp).norm(dim=-1)
 
@@ -69,20 +70,22 @@ def determinant_statistics(
     """
     det = torch.as_tensor(det)
     if det.ndim != 3:
-        raise ValueError(f"{where}: det must have shape (H, W, D), got {tuple(det.shape)}.")
+        raise UserInputError(f"{where}: det must have shape (H, W, D), got {tuple(det.shape)}.")
     b = int(border)
     full = tuple(det.shape)
     if b:
+        if min(full) <= 2 * b:
+            raise UserInputError(f"{where}: grid {full} is too small for the {b}-voxel border: every axis needs >= {2 * b + 1} voxels.")
         det = det[b:-b, b:-b, b:-b]
     sel = None
     if mask is not None:
         m = torch.as_tensor(mask)
         if m.numel() != full[0] * full[1] * full[2]:
-            raise ValueError(f"{where}: mask must have the field's spatial shape {full}, got {tuple(m.shape)}.")
+            raise UserInputError(f"{where}: mask must have the field's spatial shape {full}, got {tuple(m.shape)}.")
         m = m.reshape(full)
         m = (m[b:-b, b:-b, b:-b] if b else m) > 0
         if not bool(m.any()):
-            raise ValueError(f"{where}: mask is empty inside the cropped border.")
+            raise UserInputError(f"{where}: mask is empty inside the cropped border.")
         sel = m.to(det.device)
     vals = det[sel] if sel is not None else det.reshape(-1)
     log_true = torch.log(vals.clamp(1e-9, 1e9))
@@ -101,7 +104,7 @@ def dice(a: torch.Tensor, b: torch.Tensor, labels: Sequence[int] | None = None) 
     a = torch.as_tensor(a)
     b = torch.as_tensor(b)
     if a.shape != b.shape:
-        raise ValueError(f"dice: label maps must have equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise UserInputError(f"dice: label maps must have equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}.")
     if labels is None:
         labels = [int(v) for v in torch.unique(a) if int(v) != 0]
     out = {}
@@ -140,12 +143,12 @@ def hd95(
     x = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a) > 0
     y = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b) > 0
     if x.shape != y.shape or x.ndim != 3:
-        raise ValueError(f"hd95: masks must be 3-D with equal shapes, got {x.shape} and {y.shape}.")
+        raise UserInputError(f"hd95: masks must be 3-D with equal shapes, got {x.shape} and {y.shape}.")
     if not 0 <= float(percentile) <= 100:
-        raise ValueError(f"hd95: percentile must be in [0, 100], got {percentile}.")
+        raise UserInputError(f"hd95: percentile must be in [0, 100], got {percentile}.")
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3:
-        raise ValueError(f"hd95: spacing must have 3 entries, got {list(spacing)}.")
+        raise UserInputError(f"hd95: spacing must have 3 entries, got {list(spacing)}.")
     if not x.any() or not y.any():
         return float("nan")
     # crop to both masks' bounding box + 1 voxel: the same surfaces and nearest distances, far less work

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.learn2reg import Learn2RegDataset, Learn2RegPair, locate_fields
+from ..errors import UserInputError
 from ..io.atomic import atomic_path
 from ..io.fields import load_field
 from ..spatial.conventions import spacing_from_affine
@@ -91,11 +92,11 @@ def pair_figure(
     moving = np.asarray(moving, dtype=np.float32)
     shape = fixed.shape
     if moving.shape != shape or tuple(ddf.shape[2:]) != shape:
-        raise ValueError(
+        raise UserInputError(
             f"pair_figure: fixed {shape}, moving {moving.shape} and ddf {tuple(ddf.shape[2:])} must share one grid."
         )
     if axis not in (0, 1, 2):
-        raise ValueError(f"pair_figure: axis must be 0, 1 or 2, got {axis}.")
+        raise UserInputError(f"pair_figure: axis must be 0, 1 or 2, got {axis}.")
     ddf = ddf.detach().cpu().float()
     warped = warp_image(torch.from_numpy(moving)[None, None], ddf)[0, 0].numpy()
     det = jacobian_determinant(ddf.double())[0, 0].float().numpy()

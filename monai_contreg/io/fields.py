@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._validation import check_ddf, check_finite, check_suffix, choose
-from ..errors import UserInputError
+from ..errors import MissingFileError, UserInputError
 from ..spatial.conventions import ddf_to_learn2reg, learn2reg_to_ddf
 from .atomic import atomic_path
 
@@ -72,13 +72,13 @@ def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"load_field: field file {str(p)!r} does not exist.")
+        raise MissingFileError(f"load_field: field file {str(p)!r} does not exist.")
     fmt = field_format(p)
     try:
         if fmt == ".npz":
             with np.load(p) as z:
                 if len(z.files) != 1:
-                    raise ValueError(f"expected one array, found {z.files}")
+                    raise UserInputError(f"expected one array, found {z.files}")
                 arr = z[z.files[0]]
             affine = np.eye(4)
         else:
@@ -86,7 +86,7 @@ def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
             arr = np.asarray(img.dataobj)
             affine = img.affine
     except Exception as exc:
-        raise ValueError(f"load_field: cannot read field file {str(p)!r}: {exc}") from exc
+        raise UserInputError(f"load_field: cannot read field file {str(p)!r}: {exc}") from exc
     if arr.ndim == 5 and arr.shape[3] == 1 and arr.shape[4] == 3:
         raise UserInputError(
             f"load_field: {str(p)!r} has shape {arr.shape}, the layout of an ITK/ANTs displacement field image "

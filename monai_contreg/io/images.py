@@ -21,6 +21,7 @@ from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 
 from .._validation import check_suffix, choose
+from ..errors import MissingFileError, UserInputError, describe_read_error
 from ..spatial.conventions import affine_to_itk_geometry
 from .atomic import atomic_path
 
@@ -60,15 +61,17 @@ def load_image(path: str | Path, reader: str = "auto", dtype: torch.dtype | None
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"load_image: image {str(p)!r} does not exist.")
+        raise MissingFileError(f"load_image: image {str(p)!r} does not exist.")
     which = image_reader_name(p, reader)
     backend = NibabelReader() if which == "nibabel" else ITKReader()
     try:
         img = LoadImage(reader=backend, image_only=True, ensure_channel_first=True)(str(p))
     except Exception as exc:
-        raise ValueError(f"load_image: cannot read image {str(p)!r} with the {which} reader: {exc}") from exc
+        raise UserInputError(
+            f"load_image: cannot read image {str(p)!r} with the {which} reader: {describe_read_error(exc, p)}"
+        ) from exc
     if img.ndim != 4 or img.shape[0] != 1:
-        raise ValueError(f"load_image: image {str(p)!r} must hold one 3-D volume, got shape {tuple(img.shape)} (channel first).")
+        raise UserInputError(f"load_image: image {str(p)!r} must hold one 3-D volume, got shape {tuple(img.shape)} (channel first).")
     if dtype is not None:
         img = img.to(dtype)
     img.affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
@@ -100,7 +103,7 @@ def save_image(
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 3:
-        raise ValueError(f"save_image: image must have shape (H, W, D) or (1, H, W, D), got {arr.shape}.")
+        raise UserInputError(f"save_image: image must have shape (H, W, D) or (1, H, W, D), got {arr.shape}.")
     if dtype is not None:
         arr = arr.astype(dtype)
     aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))

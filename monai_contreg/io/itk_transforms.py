@@ -28,6 +28,7 @@ import torch
 
 from ..errors import UserInputError
 from .._validation import check_ddf, check_finite
+from ..errors import MissingFileError, UserInputError
 from ..spatial.conventions import (
     affine_to_itk_geometry,
     ddf_voxel_to_world,
@@ -58,7 +59,7 @@ def _format(where: str, path: str | Path) -> str:
     for ext in ITK_TRANSFORM_FORMATS:
         if name.endswith(ext):
             return ext
-    raise ValueError(f"{where}: path {str(path)!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
+    raise UserInputError(f"{where}: path {str(path)!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
 
 
 def is_itk_transform_path(path: str | Path) -> bool:
@@ -97,10 +98,10 @@ def ddf_to_itk_displacement(ddf: torch.Tensor, affine, precision: str = "float")
 
     check_ddf("ddf_to_itk_displacement", "ddf", ddf)
     if ddf.shape[0] != 1:
-        raise ValueError(f"ddf_to_itk_displacement: ddf must hold one field (batch 1), got shape {tuple(ddf.shape)}.")
+        raise UserInputError(f"ddf_to_itk_displacement: ddf must hold one field (batch 1), got shape {tuple(ddf.shape)}.")
     check_finite("ddf_to_itk_displacement", "ddf", ddf)
     if precision not in ("float", "double"):
-        raise ValueError(f"ddf_to_itk_displacement: precision must be 'float' or 'double', got {precision!r}.")
+        raise UserInputError(f"ddf_to_itk_displacement: precision must be 'float' or 'double', got {precision!r}.")
     arr = _lps_mm_array(ddf, affine)
     ctype = itk.F if precision == "float" else itk.D
     img_type = itk.Image[itk.Vector[ctype, 3], 3]
@@ -158,7 +159,7 @@ def itk_displacement_to_ddf(field) -> tuple[torch.Tensor, np.ndarray]:
 
     arr = np.asarray(itk.array_view_from_image(field), dtype=np.float64)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"itk_displacement_to_ddf: expected a 3-D image of 3-vectors, got an array of shape {arr.shape}.")
+        raise UserInputError(f"itk_displacement_to_ddf: expected a 3-D image of 3-vectors, got an array of shape {arr.shape}.")
     affine = itk_geometry_to_affine(
         np.asarray(field.GetOrigin()), np.asarray(field.GetSpacing()), itk.array_from_matrix(field.GetDirection())
     )
@@ -182,7 +183,7 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"load_itk_transform: transform file {str(p)!r} does not exist.")
+        raise MissingFileError(f"load_itk_transform: transform file {str(p)!r} does not exist.")
     fmt = _format("load_itk_transform", p)
     if fmt in (".nii", ".nii.gz"):
         import nibabel as nib
@@ -202,10 +203,10 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
             transforms = itk.transformread(str(p))
             names = [t.GetNameOfClass() for t in transforms]
             if len(transforms) != 1 or names[0] != "DisplacementFieldTransform":
-                raise ValueError(f"expected one DisplacementFieldTransform, found {names}")
+                raise UserInputError(f"expected one DisplacementFieldTransform, found {names}")
             field = transforms[0].GetDisplacementField()
         else:
             field = itk.imread(str(p), pixel_type=itk.Vector[itk.F, 3])
     except Exception as exc:
-        raise ValueError(f"load_itk_transform: cannot read displacement field transform {str(p)!r}: {exc}") from exc
+        raise UserInputError(f"load_itk_transform: cannot read displacement field transform {str(p)!r}: {exc}") from exc
     return itk_displacement_to_ddf(field)

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 
 from .._validation import suggest
 from ..modes import FeatureStorage, PaddingMode
+from ..errors import MissingFileError, UserInputError, describe_parse_error
 from ..optim.schedule import PiecewiseSchedule
 
 __all__ = [
@@ -181,16 +182,16 @@ class ConvexConfig:
                           ("cost_smoothing_passes", 0), ("field_smoothing_passes", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"ConvexConfig: convex.{name} must be an integer >= {low}, got {v!r}.")
+                raise UserInputError(f"ConvexConfig: convex.{name} must be an integer >= {low}, got {v!r}.")
         for name in ("cost_smoothing_kernel", "field_smoothing_kernel"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
-                raise ValueError(f"ConvexConfig: convex.{name} must be a positive odd integer, got {v!r}.")
+                raise UserInputError(f"ConvexConfig: convex.{name} must be a positive odd integer, got {v!r}.")
         if not isinstance(self.ic, bool):
-            raise ValueError(f"ConvexConfig: convex.ic must be true or false, got {self.ic!r}.")
+            raise UserInputError(f"ConvexConfig: convex.ic must be true or false, got {self.ic!r}.")
         weights = tuple(self.coupling_weights)
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and w < float("inf")) for w in weights):
-            raise ValueError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
+            raise UserInputError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
         self.coupling_weights = tuple(float(w) for w in weights)
         choose("ConvexConfig", "convex.padding_mode", self.padding_mode, (PaddingMode.BORDER.value, PaddingMode.ZEROS.value))
 
@@ -234,9 +235,9 @@ class RegistrationConfig:
         """Load a YAML or JSON file holding a (partial) config dict."""
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"RegistrationConfig.from_file: config file {str(p)!r} does not exist.")
-        text = p.read_text()
+            raise MissingFileError(f"RegistrationConfig.from_file: config file {str(p)!r} does not exist.")
         try:
+            text = p.read_text()
             if p.suffix.lower() == ".json":
                 data = json.loads(text)
             else:
@@ -244,11 +245,11 @@ class RegistrationConfig:
 
                 data = yaml.safe_load(text)
         except Exception as exc:
-            raise ValueError(f"RegistrationConfig.from_file: cannot parse {str(p)!r}: {exc}") from exc
+            raise UserInputError(f"RegistrationConfig.from_file: cannot parse {str(p)!r}: {describe_parse_error(exc)}") from exc
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ValueError(f"RegistrationConfig.from_file: {str(p)!r} must hold a mapping, got {type(data).__name__}.")
+            raise UserInputError(f"RegistrationConfig.from_file: {str(p)!r} must hold a mapping, got {type(data).__name__}.")
         return cls.from_dict(data, base)
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> RegistrationConfig:
@@ -263,7 +264,7 @@ class RegistrationConfig:
             parsed = []
             for item in overrides:
                 if "=" not in item:
-                    raise ValueError(f"RegistrationConfig.with_overrides: override {item!r} must look like 'key.sub=value'.")
+                    raise UserInputError(f"RegistrationConfig.with_overrides: override {item!r} must look like 'key.sub=value'.")
                 k, v = item.split("=", 1)
                 parsed.append((k.strip(), yaml.safe_load(v)))
             items = parsed
@@ -286,26 +287,26 @@ class RegistrationConfig:
         choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, PaddingMode)
         lo, hi = self.preprocess.window
         if not lo < hi:
-            raise ValueError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
+            raise UserInputError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
         if self.field.grid_factor < 1:
-            raise ValueError(f"RegistrationConfig: field.grid_factor must be >= 1, got {self.field.grid_factor}.")
+            raise UserInputError(f"RegistrationConfig: field.grid_factor must be >= 1, got {self.field.grid_factor}.")
         if self.field.smoothing_passes < 0:
-            raise ValueError(f"RegistrationConfig: field.smoothing_passes must be >= 0, got {self.field.smoothing_passes}.")
+            raise UserInputError(f"RegistrationConfig: field.smoothing_passes must be >= 0, got {self.field.smoothing_passes}.")
         if self.field.smoothing_kernel < 1 or self.field.smoothing_kernel % 2 == 0:
-            raise ValueError(f"RegistrationConfig: field.smoothing_kernel must be a positive odd integer, got {self.field.smoothing_kernel}.")
+            raise UserInputError(f"RegistrationConfig: field.smoothing_kernel must be a positive odd integer, got {self.field.smoothing_kernel}.")
         choose("RegistrationConfig", "features.storage", self.features.storage, FeatureStorage)
         if self.features.mind_radius < 0 or self.features.mind_dilation < 1:
-            raise ValueError("RegistrationConfig: features.mind_radius must be >= 0 and features.mind_dilation >= 1.")
+            raise UserInputError("RegistrationConfig: features.mind_radius must be >= 0 and features.mind_dilation >= 1.")
         if self.optim.reg_weight < 0:
-            raise ValueError(f"RegistrationConfig: optim.reg_weight must be >= 0, got {self.optim.reg_weight}.")
+            raise UserInputError(f"RegistrationConfig: optim.reg_weight must be >= 0, got {self.optim.reg_weight}.")
         b1, b2 = self.optim.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"RegistrationConfig: optim.betas must lie in [0, 1), got {self.optim.betas}.")
+            raise UserInputError(f"RegistrationConfig: optim.betas must lie in [0, 1), got {self.optim.betas}.")
         for name in ("log_every", "early_stop_patience", "tre_every", "num_threads"):
             if getattr(self.engine, name) < 0:
-                raise ValueError(f"RegistrationConfig: engine.{name} must be >= 0, got {getattr(self.engine, name)}.")
+                raise UserInputError(f"RegistrationConfig: engine.{name} must be >= 0, got {getattr(self.engine, name)}.")
         if self.engine.checkpoint_every < 1:
-            raise ValueError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
+            raise UserInputError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
         self.optim.schedule.validate()
         self.convex.validate()
 
@@ -313,12 +314,12 @@ class RegistrationConfig:
 def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
     """Merge a nested dict into a dataclass instance, checking key names and coercing simple types."""
     if not isinstance(data, dict):
-        raise ValueError(f"RegistrationConfig: {where} must be a mapping, got {type(data).__name__} ({data!r}).")
+        raise UserInputError(f"RegistrationConfig: {where} must be a mapping, got {type(data).__name__} ({data!r}).")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     hints = get_type_hints(type(obj))
     for key, value in data.items():
         if key not in fields:
-            raise ValueError(
+            raise UserInputError(
                 f"RegistrationConfig: unknown option {where}.{key}; valid options of {where}: "
                 f"{sorted(fields)}.{suggest(key, fields)}"
             )
@@ -337,7 +338,7 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
     if value is None:
         if "None" in text:
             return None
-        raise ValueError(f"RegistrationConfig: {name} must not be null.")
+        raise UserInputError(f"RegistrationConfig: {name} must not be null.")
     try:
         if text.startswith("tuple") or isinstance(current, tuple):
             variable = "..." in text  # tuple[float, ...]: any length
@@ -359,7 +360,7 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
         if hint is str or text.startswith("str"):
             return str(value)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise UserInputError(
             f"RegistrationConfig: {name} expects {text.replace('typing.', '')}, got {value!r}."
         ) from None
     return value

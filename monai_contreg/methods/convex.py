@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_finite, check_tensor, choose
+from ..errors import UserInputError
 from ..spatial.conventions import check_shape3, resize_ddf
 from ..spatial.filters import box_filter
 from ..spatial.warp import warp_image
@@ -56,7 +57,7 @@ def displacement_candidates(disp_hw: int, device=None, dtype=torch.float32) -> t
     (the last axis varies fastest). Example: ``disp_hw = 1`` -> row 0 is ``(-1, -1, -1)``, row 13 ``(0, 0, 0)``.
     """
     if isinstance(disp_hw, bool) or not isinstance(disp_hw, int) or disp_hw < 0:
-        raise ValueError(f"displacement_candidates: disp_hw must be an integer >= 0, got {disp_hw!r}.")
+        raise UserInputError(f"displacement_candidates: disp_hw must be an integer >= 0, got {disp_hw!r}.")
     r = torch.arange(-disp_hw, disp_hw + 1, device=device, dtype=dtype)
     return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(-1, 3)
 
@@ -65,7 +66,7 @@ def _check_features(where: str, fixed: torch.Tensor, moving: torch.Tensor) -> No
     check_tensor(where, "fixed_features", fixed, 5)
     check_tensor(where, "moving_features", moving, 5)
     if fixed.shape[0] != 1 or fixed.shape != moving.shape:
-        raise ValueError(
+        raise UserInputError(
             f"{where}: fixed_features and moving_features must both have shape (1, C, h, w, d), "
             f"got {tuple(fixed.shape)} and {tuple(moving.shape)}."
         )
@@ -102,9 +103,9 @@ def ssd_cost_volume(
     _check_features(where, fixed_features, moving_features)
     padding_mode = choose(where, "padding_mode", padding_mode, ("border", "zeros"))
     if chunk_size < 1:
-        raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
+        raise UserInputError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
     if isinstance(disp_hw, bool) or not isinstance(disp_hw, int) or disp_hw < 0:
-        raise ValueError(f"{where}: disp_hw must be an integer >= 0, got {disp_hw!r}.")
+        raise UserInputError(f"{where}: disp_hw must be an integer >= 0, got {disp_hw!r}.")
     r = disp_hw
     n = 2 * r + 1
     h, w, d = fixed_features.shape[2:]
@@ -166,12 +167,12 @@ def coupled_convex_field(
     check_tensor(where, "cost", cost, 4)
     shifts = displacement_candidates(disp_hw, cost.device, cost.dtype)
     if cost.shape[0] != shifts.shape[0]:
-        raise ValueError(
+        raise UserInputError(
             f"{where}: cost must have (2 * disp_hw + 1)^3 = {shifts.shape[0]} shifts for disp_hw={disp_hw}, "
             f"got {cost.shape[0]} (shape {tuple(cost.shape)})."
         )
     if chunk_size < 1:
-        raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
+        raise UserInputError(f"{where}: chunk_size must be >= 1, got {chunk_size}.")
     spatial = tuple(cost.shape[1:])
     flat = cost.reshape(cost.shape[0], -1)
     with torch.no_grad():
@@ -217,11 +218,11 @@ def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, iteration
     check_ddf("inverse_consistency", "forward", forward)
     check_ddf("inverse_consistency", "backward", backward)
     if forward.shape != backward.shape:
-        raise ValueError(
+        raise UserInputError(
             f"inverse_consistency: forward {tuple(forward.shape)} and backward {tuple(backward.shape)} must have equal shapes."
         )
     if iterations < 0:
-        raise ValueError(f"inverse_consistency: iterations must be >= 0, got {iterations}.")
+        raise UserInputError(f"inverse_consistency: iterations must be >= 0, got {iterations}.")
     u1, u2 = forward, backward
     with torch.no_grad():
         for _ in range(iterations):
@@ -346,7 +347,7 @@ def discrete_registration(
     check_tensor("discrete_registration", "fixed", fixed, 5)
     check_tensor("discrete_registration", "moving", moving, 5)
     if fixed.shape != moving.shape or fixed.shape[:2] != (1, 1):
-        raise ValueError(
+        raise UserInputError(
             f"discrete_registration: fixed and moving must both have shape (1, 1, H, W, D), "
             f"got {tuple(fixed.shape)} and {tuple(moving.shape)}."
         )

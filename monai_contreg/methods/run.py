@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .._validation import choose
+from ..errors import UserInputError
 from ..optim.field import DisplacementField
 from .config import INIT_NAMES, METHOD_NAMES, RegistrationConfig
 from .convex import coupled_convex, pooled_mind
@@ -57,7 +58,7 @@ def run_method(
     method = choose("run_method", "method", config.method, METHODS)
     init = choose("run_method", "init", config.init, INIT_NAMES)
     if method == "convex" and init_ddf is not None:
-        raise ValueError("run_method: init_ddf is not accepted by method 'convex' (the discrete stage starts from nothing); got a tensor.")
+        raise UserInputError("run_method: init_ddf is not accepted by method 'convex' (the discrete stage starts from nothing); got a tensor.")
     discrete = method == "convex" or (init == "convex" and init_ddf is None)
     fc = config.features
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from typing import Any
 
 from ignite.handlers.param_scheduler import ParamScheduler
 from torch.optim import Optimizer
+from ..errors import UserInputError
 
 __all__ = ["PiecewiseLRScheduler", "PiecewiseSchedule"]
 
@@ -55,21 +56,21 @@ class PiecewiseSchedule:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field when the breakpoints are inconsistent."""
         if self.total_steps < 1:
-            raise ValueError(f"PiecewiseSchedule: total_steps must be >= 1, got {self.total_steps}.")
+            raise UserInputError(f"PiecewiseSchedule: total_steps must be >= 1, got {self.total_steps}.")
         if self.constant_steps < 0:
-            raise ValueError(f"PiecewiseSchedule: constant_steps must be >= 0, got {self.constant_steps}.")
+            raise UserInputError(f"PiecewiseSchedule: constant_steps must be >= 0, got {self.constant_steps}.")
         if self.cosine_end < self.constant_steps and self.constant_steps < self.total_steps:
-            raise ValueError(
+            raise UserInputError(
                 f"PiecewiseSchedule: cosine_end ({self.cosine_end}) must be >= constant_steps ({self.constant_steps})."
             )
         if self.cosine_period <= 0:
-            raise ValueError(f"PiecewiseSchedule: cosine_period must be > 0, got {self.cosine_period}.")
+            raise UserInputError(f"PiecewiseSchedule: cosine_period must be > 0, got {self.cosine_period}.")
         for name in ("peak_lr", "cosine_min_lr", "final_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"PiecewiseSchedule: {name} must be a finite number >= 0, got {v!r}.")
+                raise UserInputError(f"PiecewiseSchedule: {name} must be a finite number >= 0, got {v!r}.")
         if self.linear_start_lr is not None and not (math.isfinite(self.linear_start_lr) and self.linear_start_lr >= 0):
-            raise ValueError(
+            raise UserInputError(
                 f"PiecewiseSchedule: linear_start_lr must be None or a finite number >= 0, got {self.linear_start_lr!r}."
             )
 

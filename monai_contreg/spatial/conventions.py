@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_ddf, check_points, check_tensor
+from ..errors import UserInputError
 
 __all__ = [
     "ALIGN_CORNERS",
@@ -110,7 +111,7 @@ def resize_ddf(ddf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     check_ddf("resize_ddf", "ddf", ddf)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
-        raise ValueError(f"resize_ddf: shape must have 3 entries, got {shape}.")
+        raise UserInputError(f"resize_ddf: shape must have 3 entries, got {shape}.")
     old = tuple(ddf.shape[2:])
     if old == shape:
         return ddf
@@ -123,7 +124,7 @@ def ddf_to_learn2reg(ddf: torch.Tensor) -> np.ndarray:
     """MONAI DDF ``(1, 3, H, W, D)`` -> Learn2Reg array ``(H, W, D, 3)`` (float32 numpy, voxels)."""
     check_ddf("ddf_to_learn2reg", "ddf", ddf)
     if ddf.shape[0] != 1:
-        raise ValueError(f"ddf_to_learn2reg: ddf must hold one field (batch size 1), got shape {tuple(ddf.shape)}.")
+        raise UserInputError(f"ddf_to_learn2reg: ddf must hold one field (batch size 1), got shape {tuple(ddf.shape)}.")
     return ddf[0].detach().movedim(0, -1).float().cpu().numpy()
 
 
@@ -131,14 +132,14 @@ def learn2reg_to_ddf(field: np.ndarray | torch.Tensor, device=None, dtype=torch.
     """Learn2Reg array ``(H, W, D, 3)`` (any float, voxels) -> MONAI DDF ``(1, 3, H, W, D)``."""
     t = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field)
     if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"learn2reg_to_ddf: field must have shape (H, W, D, 3), got {tuple(t.shape)}.")
+        raise UserInputError(f"learn2reg_to_ddf: field must have shape (H, W, D, 3), got {tuple(t.shape)}.")
     return t.to(device=device, dtype=dtype).movedim(-1, 0).unsqueeze(0).contiguous()
 
 
 def _affine(where: str, affine) -> torch.Tensor:
     a = torch.as_tensor(np.asarray(affine, dtype=np.float64) if not isinstance(affine, torch.Tensor) else affine)
     if a.shape not in ((4, 4), (1, 4, 4)):
-        raise ValueError(f"{where}: affine must be a 4x4 voxel-to-world matrix, got shape {tuple(a.shape)}.")
+        raise UserInputError(f"{where}: affine must be a 4x4 voxel-to-world matrix, got shape {tuple(a.shape)}.")
     return a.reshape(4, 4).to(torch.float64)
 
 
@@ -207,7 +208,7 @@ def ras_lps_flip(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     Example: ``ras_lps_flip(torch.tensor([1., 2., 3.])) == [-1., -2., 3.]``.
     """
     if x.shape[dim] != 3:
-        raise ValueError(f"ras_lps_flip: x must have 3 entries along dim {dim}, got shape {tuple(x.shape)}.")
+        raise UserInputError(f"ras_lps_flip: x must have 3 entries along dim {dim}, got shape {tuple(x.shape)}.")
     shape = [1] * x.ndim
     shape[dim] = 3
     return x * torch.as_tensor(_RAS_LPS, dtype=x.dtype, device=x.device).view(shape)
@@ -224,7 +225,7 @@ def affine_to_itk_geometry(affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flip = np.diag(_RAS_LPS)
     spacing = np.linalg.norm(a[:3, :3], axis=0)
     if np.any(spacing <= 0):
-        raise ValueError(f"affine_to_itk_geometry: affine has a zero-length axis, spacing {spacing.tolist()}.")
+        raise UserInputError(f"affine_to_itk_geometry: affine has a zero-length axis, spacing {spacing.tolist()}.")
     direction = flip @ a[:3, :3] / spacing
     origin = flip @ a[:3, 3]
     return origin, spacing, direction
@@ -239,7 +240,7 @@ def itk_geometry_to_affine(origin, spacing, direction) -> np.ndarray:
     s = np.asarray(spacing, dtype=np.float64).reshape(-1)
     d = np.asarray(direction, dtype=np.float64)
     if o.shape != (3,) or s.shape != (3,) or d.shape != (3, 3):
-        raise ValueError(
+        raise UserInputError(
             "itk_geometry_to_affine: expected origin (3,), spacing (3,), direction (3, 3), "
             f"got {o.shape}, {s.shape}, {d.shape}."
         )
@@ -255,9 +256,9 @@ def check_shape3(where: str, name: str, shape: Sequence[int]) -> tuple[int, int,
     try:
         out = tuple(int(s) for s in shape)
     except TypeError as exc:  # pragma: no cover - defensive
-        raise ValueError(f"{where}: {name} must be three positive integers, got {shape!r}.") from exc
+        raise UserInputError(f"{where}: {name} must be three positive integers, got {shape!r}.") from exc
     if len(out) != 3 or min(out) < 1:
-        raise ValueError(f"{where}: {name} must be three positive integers, got {shape!r}.")
+        raise UserInputError(f"{where}: {name} must be three positive integers, got {shape!r}.")
     return out  # type: ignore[return-value]
 
 
