@@ -245,7 +245,7 @@ def _as_image(where: str, name: str, value: Any, array_affine: np.ndarray | None
         try:
             return load_image(p, reader=reader)
         except Exception as exc:  # the reader's own exception, unwrapped to say what is wrong with the file
-            raise UserInputError(f"{where}: cannot read {name} {str(p)!r}: {describe_read_error(exc, p)}") from exc
+            raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}") from exc
     if not isinstance(value, (np.ndarray, torch.Tensor)):
         raise TypeError(
             f"{where}: {name} must be a file path, numpy array, torch tensor or MetaTensor, got {type(value).__name__}."
