@@ -300,7 +300,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-_EVAL_COLUMNS = ("TRE_kp", "TRE_kp_initial", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95", "runtime")
+_EVAL_COLUMNS = ("TRE_kp", "TRE_kp_initial", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95", "HD95_mm", "runtime")
 
 
 def _add_learn2reg_parsers(sub) -> None:

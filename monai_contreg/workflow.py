@@ -12,13 +12,12 @@
 * :func:`make_submission` checks every field of the split against the dataset's expected shape, then writes
   the official layout (``disp_FFFF_MMMM.nii.gz``, or ``.npz`` float16) into a zip, atomically.
 
-Example:
-    >>> summary = run_split("/data/NLST", "val", "out/", "io", evaluate=True)
-    >>> summary.failed
-    []
-    >>> summary.evaluation["aggregates"]["TRE_kp"]["mean"]   # also in out/evaluation.json
-    1.43
-    >>> make_submission("out/", "/data/NLST", "submission.zip", split="val")
+Usage (a dataset on disk; not run as a doctest)::
+
+    summary = run_split("/data/NLST", "val", "out/", "io", evaluate=True)
+    summary.failed                                        # keys of pairs that failed ([] when all ran)
+    summary.evaluation["aggregates"]["TRE_kp"]["mean"]    # mean TRE (mm) over the pairs, also in out/evaluation.json
+    make_submission("out/", "/data/NLST", "submission.zip", split="val")
 """
 
 from __future__ import annotations

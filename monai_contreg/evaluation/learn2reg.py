@@ -9,15 +9,24 @@ Per pair (``"FFFF_MMMM"``), each metric is ``{"mean": value, "detailed": value o
   TRE uses the moving image's spacing (as the official script; NLST images share one spacing).
 * ``LogJacDetStd``: the official SDlogJ, std of ``log(clip(det J + 3, 1e-9, 1e9))``, central differences,
   2-voxel border cropped, over the fixed mask when there is one (the official ``masked_evaluation``).
-* ``SDlogJ``: the true std of ``log det J`` over the same voxels; ``folding_percent``: % of ``det J <= 0`` and
-  ``num_foldings`` (count) over the whole cropped grid.
-* ``Dice`` / ``Dice_initial`` and ``HD95`` (mm): on label maps (``labelsTr``) when present, else on the masks;
-  the moving map is warped with nearest-neighbour interpolation; per-label values in ``detailed``
+  When the fixed mask is empty inside that border the statistics cover the whole grid, and the results say so
+  (``settings["masked_evaluation"]`` is then false and ``settings["unmasked_cases"]`` lists the pairs).
+* ``SDlogJ``: the true std of ``log det J`` over the same voxels; ``folding_percent``: % of ``det J <= 0`` over the
+  whole cropped grid and ``folding_voxels`` their count.
+* ``num_foldings``: the official script's figure: voxels with ``clip(det J + 3, 1e-9, 1e9) <= 0`` (tested after its
+  clip, so 0 for every field; kept under the official key with the official meaning; see ``folding_voxels``).
+* ``Dice`` / ``Dice_initial``: on label maps (``labelsTr``) when present, else on the masks; the moving map is
+  warped with nearest-neighbour interpolation, background outside the image; per-label values in ``detailed``
   (``nan`` where a label is absent from the fixed or moving map, as the official script).
+* ``HD95``: the official definition (DeepMind ``surface_distance``: area-weighted surfels, unit spacing, so in
+  voxels; :func:`~monai_contreg.evaluation.metrics.hd95_learn2reg`); ``HD95_mm``: this package's voxel-surface
+  figure in millimetres (:func:`~monai_contreg.evaluation.metrics.hd95`).
 * ``runtime``: seconds, when the run logged it (``runtimes.json`` beside the fields).
 
-``aggregates[metric]`` holds ``mean``, ``std`` (population), ``30`` (30th percentile, the official robustness
-figure), ``median``, ``min``, ``max`` and ``n`` over the pairs' means (NaN-aware).
+``aggregates[metric]`` holds ``mean``, ``std`` (population), ``30``, ``median``, ``min``, ``max`` and ``n`` over the
+pairs' means (NaN-aware). ``30`` is the official robustness figure: the 70th percentile for TRE and LogJacDetStd
+(the worst 30 % of pairs) and the 30th for Dice and HD95, as the official script stores it; this package's own
+metrics follow their direction (30th for ``Dice_initial``, 70th for the others: higher is worse).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from ..io.fields import load_field
 from ..spatial.conventions import spacing_from_affine
 from ..spatial.jacobian import jacobian_determinant
 from ..spatial.warp import warp_labels
-from .metrics import determinant_statistics, dice, hd95, keypoint_tre
+from .metrics import determinant_statistics, dice, hd95, hd95_learn2reg, keypoint_tre
 
 __all__ = [
     "EVAL_VERSION",
@@ -105,6 +114,7 @@ def evaluate_field(
     moving_spacing: Sequence[float],
     masked: bool = True,
     official_tre: bool = True,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every metric of one pair (see the module docstring).
 
@@ -115,6 +125,7 @@ def evaluate_field(
         fixed_spacing, moving_spacing: voxel sizes (mm).
         masked: restrict the SDlogJ statistics to the fixed mask when present.
         official_tre: also compute ``TRE_kp_official`` (needs scipy).
+        report: if given, receives ``"masked"``: whether the Jacobian statistics were taken over the fixed mask.
 
     Returns:
         ``{metric: {"mean": float, "detailed": float | list}}``.
@@ -137,17 +148,20 @@ def evaluate_field(
             out["TRE_kp_official"] = _metric(treo.mean(), _round(treo))
     det = jacobian_determinant(ddf.double())[0, 0]
     region = data["fixed_mask"][0] if masked and "fixed_mask" in data else None
-    try:
-        inside = determinant_statistics(det, region, 2, where="evaluate_field")
-    except ValueError:  # mask empty inside the border: fall back to the whole grid
+    if region is not None and not bool((torch.as_tensor(region)[2:-2, 2:-2, 2:-2] > 0).any()):
         logger.warning("evaluate_field: fixed mask empty inside the 2-voxel border; SDlogJ over the whole grid.")
-        inside = determinant_statistics(det, None, 2, where="evaluate_field")
+        region = None
+    if report is not None:
+        report["masked"] = region is not None
+    inside = determinant_statistics(det, region, 2, where="evaluate_field")
     whole = determinant_statistics(det, None, 2, where="evaluate_field") if region is not None else inside
     n_interior = max(1, math.prod(s - 4 for s in shape))
     out["LogJacDetStd"] = _metric(inside["sdlogj_official"])
     out["SDlogJ"] = _metric(inside["sdlogj"])
     out["folding_percent"] = _metric(whole["folding_percent"])
-    out["num_foldings"] = _metric(round(whole["folding_percent"] / 100 * n_interior))
+    out["folding_voxels"] = _metric(round(whole["folding_percent"] / 100 * n_interior))
+    interior = det[2:-2, 2:-2, 2:-2]
+    out["num_foldings"] = _metric(float(((interior + 3).clamp(1e-9, 1e9) <= 0).sum()))
     del det
     fixed_seg = data.get("fixed_label", data.get("fixed_mask"))
     moving_seg = data.get("moving_label", data.get("moving_mask"))
@@ -156,20 +170,21 @@ def evaluate_field(
         m = torch.as_tensor(moving_seg).as_subclass(torch.Tensor)[0].round().long()
         warped = warp_labels(m[None, None], ddf)[0, 0]
         labels = sorted(({int(v) for v in torch.unique(f)} | {int(v) for v in torch.unique(m)}) - {0})
-        d_after, d_before, h = [], [], []
+        d_after, d_before, h, h_mm = [], [], [], []
         for lab in labels:
             if not bool((f == lab).any()) or not bool((m == lab).any()):
-                d_after.append(float("nan"))
-                d_before.append(float("nan"))
-                h.append(float("nan"))
+                for v in (d_after, d_before, h, h_mm):
+                    v.append(float("nan"))
                 continue
             d_after.append(dice(f == lab, warped == lab, [1])[1])
             d_before.append(dice(f == lab, m == lab, [1])[1])
-            h.append(hd95(f == lab, warped == lab, fixed_spacing))
+            h.append(hd95_learn2reg(f == lab, warped == lab))
+            h_mm.append(hd95(f == lab, warped == lab, fixed_spacing))
         if labels:
             out["Dice"] = _metric(_nanmean(d_after), _round(d_after))
             out["Dice_initial"] = _metric(_nanmean(d_before), _round(d_before))
             out["HD95"] = _metric(_nanmean(h), _round(h))
+            out["HD95_mm"] = _metric(_nanmean(h_mm), _round(h_mm))
     return out
 
 
@@ -178,9 +193,15 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
 
 
+#: Quantile stored under ``"30"``: the official script's 0.3 for Dice and HD95 (and this package's Dice_initial);
+#: 0.7 (the worst 30 % of pairs) for TRE, LogJacDetStd and every other metric (higher is worse).
+QUANTILE_30 = {"Dice": 0.3, "HD95": 0.3, "Dice_initial": 0.3}
+
+
 def aggregate(cases: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Statistics over pairs of each metric's per-pair ``mean``: mean, std (population), 30th percentile,
-    median, min, max and the number ``n`` of pairs with a finite value."""
+    """Statistics over pairs of each metric's per-pair ``mean``: mean, std (population), ``30`` (the official
+    robustness figure: quantile :data:`QUANTILE_30` of the metric, default 0.7), median, min, max and the
+    number ``n`` of pairs with a finite value."""
     metrics: list[str] = []
     for c in cases.values():
         metrics.extend(m for m in c if m not in metrics)
@@ -195,7 +216,7 @@ def aggregate(cases: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str
         out[m] = {
             "mean": float(vals.mean()),
             "std": float(vals.std()),
-            "30": float(np.quantile(vals, 0.3)),
+            "30": float(np.quantile(vals, QUANTILE_30.get(m, 0.7))),
             "median": float(np.median(vals)),
             "min": float(vals.min()),
             "max": float(vals.max()),
@@ -282,6 +303,7 @@ def evaluate_learn2reg(
     if not pairs:
         raise UserInputError(f"evaluate_learn2reg: split {key!r} of {ds.json_path.name} lists no pairs.")
     cases: dict[str, dict[str, Any]] = {}
+    unmasked: list[str] = []
     with fields_folder(fields) as folder:
         found = locate_fields(pairs, folder, ds.expected_shape if check_shape else None)
         if isinstance(runtimes, dict):
@@ -292,7 +314,10 @@ def evaluate_learn2reg(
             times = load_runtimes(runtimes)
         for pair in pairs:
             t0 = time.perf_counter()
-            cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre)
+            seen: dict[str, Any] = {}
+            cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre, seen)
+            if not seen.get("masked", False):
+                unmasked.append(pair.key)
             if pair.key in times:
                 cases[pair.key]["runtime"] = _metric(times[pair.key])
             logger.info("evaluated %s in %.1fs", pair.key, time.perf_counter() - t0)
@@ -302,15 +327,19 @@ def evaluate_learn2reg(
         "name": ds.name,
         "split": key,
         "eval_version": EVAL_VERSION,
-        "settings": {"masked_evaluation": bool(masked), "tre_interpolation": "linear",
+        "settings": {"masked_evaluation": bool(masked) and not unmasked, "unmasked_cases": unmasked if masked else [],
+                     "tre_interpolation": "linear",
                      "tre_official_interpolation": "cubic spline (scipy map_coordinates)" if official_tre else None,
-                     "jacobian_border": 2, "hd95_units": "mm"},
+                     "jacobian_border": 2, "hd95_units": "voxels (official surface_distance)", "hd95_mm_units": "mm",
+                     "label_padding": "zeros"},
         "aggregates": aggregate(cases),
         "cases": cases,
     }
 
 
-def _evaluate_pair(ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool) -> dict:
+def _evaluate_pair(
+    ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool, report: dict | None = None
+) -> dict:
     ddf, _ = load_field(field)
     want = [k for k in ("fixed_mask", "moving_mask", "fixed_label", "moving_label", "fixed_keypoints", "moving_keypoints")
             if getattr(pair, k) is not None]
@@ -324,6 +353,7 @@ def _evaluate_pair(ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, maske
     return evaluate_field(
         ddf, data, fixed_spacing=spacing_from_affine(image_affine(pair.fixed)),
         moving_spacing=spacing_from_affine(image_affine(pair.moving)), masked=masked, official_tre=official_tre,
+        report=report,
     )
 
 
@@ -374,7 +404,7 @@ _SUMMARY_METRICS = (
     ("SDlogJ", "SDlogJ", ".4f", ""),
     ("folding_percent", "folding", ".4f", "%"),
     ("Dice", "Dice", ".4f", ""),
-    ("HD95", "HD95", ".3f", " mm"),
+    ("HD95", "HD95", ".3f", " vox"),
     ("runtime", "runtime", ".1f", " s"),
 )
 
@@ -382,7 +412,7 @@ _SUMMARY_METRICS = (
 def evaluation_summary(results: dict[str, Any]) -> str:
     """One line of :func:`evaluate_learn2reg` results: the number of pairs and the mean over pairs of the
     main metrics present (``TRE_kp`` with its initial value, ``LogJacDetStd``, ``SDlogJ``, folding, ``Dice``,
-    ``HD95``, ``runtime``)."""
+    ``HD95`` (official, voxels), ``runtime``)."""
     agg = results["aggregates"]
     parts = []
     for key, label, fmt, unit in _SUMMARY_METRICS:

@@ -40,7 +40,8 @@ REPORT_COLUMNS = {
     "SDlogJ": "SDlogJ (true)",
     "folding_percent": "folding %",
     "Dice": "Dice",
-    "HD95": "HD95 (mm)",
+    "HD95": "HD95 (voxels, official)",
+    "HD95_mm": "HD95 (mm)",
     "runtime": "runtime (s)",
 }
 

@@ -253,9 +253,19 @@ class RegistrationConfig:
         return cls.from_dict(data, base)
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> RegistrationConfig:
-        """Apply dotted overrides: ``["optim.steps=100", "preprocess.use_masks=false"]`` or a dict of them.
+        """Apply dotted overrides (``"section.option=value"`` strings, or a dict of them) to a copy.
 
-        Values are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``).
+        Values are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``) and checked
+        against the option's type (a bool option takes only ``true``/``false``).
+
+        Example:
+            >>> cfg = RegistrationConfig().with_overrides(["optim.schedule.total_steps=100", "preprocess.use_masks=false"])
+            >>> cfg.optim.schedule.total_steps, cfg.preprocess.use_masks
+            (100, False)
+            >>> RegistrationConfig().with_overrides(["engine.fused=maybe"])
+            Traceback (most recent call last):
+            ...
+            ValueError: RegistrationConfig: config.engine.fused expects bool | None, got 'maybe'.
         """
         import yaml
 

@@ -73,6 +73,10 @@ class PlateauEarlyStopping:
         patience: steps without improvement before stopping (>= 1).
         min_delta: relative improvement that counts.
         warmup: first step at which a stop may happen.
+
+    The state (best loss, steps without improvement) is reset when a run starts (``Events.STARTED``), so one
+    handler may serve several runs; :meth:`state_dict` / :meth:`load_state_dict` save and restore it (as ignite's
+    ``EarlyStopping``).
     """
 
     def __init__(self, patience: int, min_delta: float = 1e-4, warmup: int = 0) -> None:
@@ -86,7 +90,25 @@ class PlateauEarlyStopping:
         self.best = math.inf
         self.wait = 0
 
+    def reset(self) -> None:
+        """Forget the best loss and the count of steps without improvement."""
+        self.best = math.inf
+        self.wait = 0
+
+    def state_dict(self) -> dict[str, float]:
+        """``{"best": best loss so far, "wait": steps without improvement}``."""
+        return {"best": float(self.best), "wait": int(self.wait)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore :meth:`state_dict` (both keys required)."""
+        missing = [k for k in ("best", "wait") if k not in state]
+        if missing:
+            raise KeyError(f"PlateauEarlyStopping.load_state_dict: missing keys {missing}; expected 'best' and 'wait'.")
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:

@@ -9,7 +9,7 @@ Step ``s`` (0-based, the number of Adam steps already taken) uses::
                                         linear_start_lr=None continues from the cosine value at cosine_end
 
 The defaults are the authors' (peak 15, constant to step 70, cosine of period 200 toward 0.1 until step 180,
-then a linear decay restarting at 1.5 and ending at 0.5 on step 270): lr(180) = 6.3849, lr(250) = 0.7222.
+then a linear decay restarting at 1.5 and ending at 0.5 on step 270): lr(180) = 6.3846, lr(250) = 0.7222.
 A constant schedule is ``constant_steps >= total_steps``.
 """
 
@@ -105,7 +105,7 @@ class PiecewiseLRScheduler(ParamScheduler):
     Example:
         >>> vals = PiecewiseLRScheduler.simulate_values(271, schedule=PiecewiseSchedule())
         >>> vals[70][1], round(vals[180][1], 4)
-        (15.0, 6.3849)
+        (15.0, 6.3846)
     """
 
     def __init__(

@@ -196,3 +196,24 @@ def test_warped_features_only_materialised_for_loss_computed_handlers():
     assert not _has_handlers(engine, RegistrationEvents.LOSS_COMPUTED)
     engine.add_event_handler(RegistrationEvents.LOSS_COMPUTED, lambda e: None)
     assert _has_handlers(engine, RegistrationEvents.LOSS_COMPUTED)
+
+
+def test_plateau_early_stopping_resets_per_run_and_saves_state():
+    from ignite.engine import Engine
+
+    losses = iter([5.0, 4.0, 4.0, 4.0, 4.0] + [9.0, 8.0, 7.0, 6.0, 5.0, 4.5])
+    eng = Engine(lambda e, b: {"loss": next(losses)})
+    stop = PlateauEarlyStopping(patience=3)
+    stop.attach(eng)
+    first = eng.run(range(6), max_epochs=1)
+    assert first.iteration == 5 and stop.state_dict() == {"best": 4.0, "wait": 3}  # stopped after 3 flat steps
+    # a second run with higher losses that keep improving: with the old state (best 4.0) it stopped at step 3
+    second = Engine(lambda e, b: {"loss": next(losses)})
+    stop.attach(second)
+    state = second.run(range(6), max_epochs=1)
+    assert state.iteration == 6 and stop.state_dict() == {"best": 4.5, "wait": 0}
+    other = PlateauEarlyStopping(patience=3)
+    other.load_state_dict({"best": 1.0, "wait": 2})
+    assert other.state_dict() == {"best": 1.0, "wait": 2}
+    with pytest.raises(KeyError, match="PlateauEarlyStopping.load_state_dict: missing keys"):
+        other.load_state_dict({"best": 1.0})
