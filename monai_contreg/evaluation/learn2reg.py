@@ -292,7 +292,12 @@ def evaluate_learn2reg(
             times = load_runtimes(runtimes)
         for pair in pairs:
             t0 = time.perf_counter()
-            cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre)
+            try:
+                cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre)
+            except UserInputError as exc:  # name the pair and where its field came from
+                raise UserInputError(
+                    f"evaluate_learn2reg: pair {pair.key} (field {found[pair.key].name} in {str(fields)!r}): {exc}"
+                ) from exc
             if pair.key in times:
                 cases[pair.key]["runtime"] = _metric(times[pair.key])
             logger.info("evaluated %s in %.1fs", pair.key, time.perf_counter() - t0)
@@ -312,9 +317,19 @@ def evaluate_learn2reg(
 
 def _evaluate_pair(ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool) -> dict:
     ddf, _ = load_field(field)
+    bad = int((~torch.isfinite(ddf)).sum())
+    if bad:
+        raise UserInputError(f"the field holds {bad} NaN or infinite value(s) of {ddf.numel()}; it cannot be scored.")
     want = [k for k in ("fixed_mask", "moving_mask", "fixed_label", "moving_label", "fixed_keypoints", "moving_keypoints")
             if getattr(pair, k) is not None]
     data = ds.load_pair(pair, keys=want) if want else {}
+    if "fixed_keypoints" in data and "moving_keypoints" in data:
+        nf, nm = len(data["fixed_keypoints"]), len(data["moving_keypoints"])
+        if nf != nm:
+            raise UserInputError(
+                f"fixed keypoints {str(pair.fixed_keypoints)!r} have {nf} rows, moving keypoints "
+                f"{str(pair.moving_keypoints)!r} have {nm}; they must pair up row by row."
+            )
     fixed_shape = _image_shape(pair.fixed)
     if tuple(ddf.shape[2:]) != fixed_shape:
         raise UserInputError(
