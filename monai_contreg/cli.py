@@ -73,6 +73,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     # pre-flight: every input readable with a sane geometry, the output writable with room, before any work
+    check_output_file("register", "-o/--output", args.output)  # not a folder, writable (room: below)
     fmt = field_format(args.output)
     headers = check_pair("register", _inputs(args), same_grid=True)
     check_output_file("register", "-o/--output", args.output, field_bytes(headers["fixed"].spatial_shape, fmt))

@@ -15,7 +15,7 @@ a text file named ``.nii.gz``, an empty file, not a NIfTI file, ...
 
 :func:`cli_error` is the CLI's single exception handler: it prints ``contreg CMD: error: ...`` as one line and
 returns the exit status (2 for user errors, 3 for a diverged registration, 1 for an environment failure such as
-a full disk, 130 for Ctrl-C), with the traceback only under ``-v``. Any other exception is a programming error:
+a full disk, 130 for Ctrl-C), with the traceback only under ``-v`` (never for Ctrl-C). Any other exception is a programming error:
 :func:`cli_error` returns ``None`` and the caller re-raises it, traceback included.
 """
 
@@ -199,9 +199,7 @@ def cli_error(command: str, exc: BaseException, verbose: int = 0, stream: TextIO
         programming error the caller re-raises with its traceback.
     """
     out = stream if stream is not None else sys.stderr
-    if isinstance(exc, KeyboardInterrupt):
-        if verbose:
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=out)
+    if isinstance(exc, KeyboardInterrupt):  # never a bug: one line, also under -v
         print(f"contreg {command}: interrupted (Ctrl-C); finished outputs are complete, unfinished ones were not written",
               file=out)
         return EXIT_INTERRUPTED

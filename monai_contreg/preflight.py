@@ -67,6 +67,8 @@ CONSTANT_RTOL = 1e-6
 MemoryCheck = Callable[[tuple[int, int, int], tuple[int, int, int]], None]
 
 _NIFTI = (".nii", ".nii.gz")
+#: Extensions of single-file images: a folder with such a name is a mistake, not a DICOM series.
+_FILE_EXTS = (".nii", ".nii.gz", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".npy")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
     """
     p = check_input_file(where, f"{name} file", path)
     if p.is_dir():
+        if p.name.lower().endswith(_FILE_EXTS):
+            raise UserInputError(f"{where}: {name} file {str(p)!r} is a folder, not an image file.")
         return ImageHeader(p, (), None)
     try:
         if p.name.lower().endswith(_NIFTI):
@@ -134,7 +138,7 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
     except UserInputError:
         raise
     except Exception as exc:
-        raise UserInputError(f"{where}: cannot read {name} {str(p)!r}: {describe_read_error(exc, p)}.") from exc
+        raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}.") from exc
     return ImageHeader(p, shape, linear)
 
 
@@ -168,7 +172,7 @@ def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = M
     """
     if header.linear is None:  # a DICOM folder: checked when loaded
         return header
-    label = f"{name} {str(header.path)!r}"
+    label = f"{name} file {str(header.path)!r}"
     shape = header.shape
     if len(shape) < 3 or any(int(s) != 1 for s in shape[3:]):
         raise UserInputError(f"{where}: {label} must hold one 3-D volume, its header gives shape {shape}.")

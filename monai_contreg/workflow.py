@@ -39,7 +39,7 @@ import torch
 
 from ._validation import choose
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
-from .errors import UserInputError
+from .errors import UserInputError, is_user_facing
 from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path, writer_alive
 from .io.fields import load_field, save_field
@@ -477,9 +477,13 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         if existing is not None and existing != path:
             existing.unlink()
     except Exception as exc:  # one pair's failure must not stop the split
-        logger.exception("%s: registration failed", pair.key)
+        if is_user_facing(exc):  # a bad input or a full disk: the one-line outcome says it; traceback under -v
+            logger.info("%s: registration failed", pair.key, exc_info=True)
+        else:  # a programming error keeps its traceback
+            logger.exception("%s: registration failed", pair.key)
         dt = time.perf_counter() - t0
-        return PairOutcome(pair.key, "failed", seconds=dt, wall_seconds=dt, error=f"{type(exc).__name__}: {exc}")
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return PairOutcome(pair.key, "failed", seconds=dt, wall_seconds=dt, error=error)
     losses = (res.history or {}).get("loss") or [None]
     return PairOutcome(
         pair.key, "done", path=path, seconds=float(res.timings.get("total", time.perf_counter() - t0)),

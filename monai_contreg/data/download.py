@@ -105,7 +105,10 @@ def download_file(
         if exc.code == 416 and have:  # the partial file already holds everything
             resp = None
         else:
-            raise
+            raise OSError(f"download_file: {url} answered HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:  # unreachable host, refused connection, timeout, DNS
+        reason = getattr(exc, "reason", None) or exc
+        raise OSError(f"download_file: cannot reach {url}: {reason}") from exc
     if resp is not None:
         with resp:
             status = getattr(resp, "status", 200)

@@ -17,8 +17,25 @@ from ..errors import MissingFileError, UserInputError
 __all__ = ["LoadKeypointsD", "LoadKeypointsDict", "LoadKeypointsd", "load_keypoints", "save_keypoints"]
 
 
+def _header_rows(path: Path) -> int:
+    """1 when the file's first line is a header (no field is a number, as in ``x,y,z``), else 0."""
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8", "replace").strip()
+    if not first:
+        return 0
+    for field in first.split(","):
+        try:
+            float(field)
+            return 0
+        except ValueError:
+            pass
+    return 1
+
+
 def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
     """Read a keypoint CSV into an ``(N, 3)`` float64 tensor of voxel coordinates.
+
+    A first line that is not numbers (a header such as ``x,y,z``) is skipped.
 
     Raises:
         FileNotFoundError / ValueError naming ``name`` and the path when the file is missing or malformed.
@@ -27,8 +44,8 @@ def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
     if not p.is_file():
         raise MissingFileError(f"load_keypoints: {name} file {str(p)!r} does not exist.")
     try:
-        arr = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError as exc:
+        arr = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2, skiprows=_header_rows(p))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise UserInputError(f"load_keypoints: {name} file {str(p)!r} is not a CSV of numbers: {exc}") from exc
     if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0:
         raise UserInputError(f"load_keypoints: {name} file {str(p)!r} must hold N >= 1 rows of 3 coordinates, got shape {arr.shape}.")

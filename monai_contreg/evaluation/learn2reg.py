@@ -315,7 +315,12 @@ def evaluate_learn2reg(
         for pair in pairs:
             t0 = time.perf_counter()
             seen: dict[str, Any] = {}
-            cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre, seen)
+            try:
+                cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre, seen)
+            except UserInputError as exc:  # name the pair and where its field came from
+                raise UserInputError(
+                    f"evaluate_learn2reg: pair {pair.key} (field {found[pair.key].name} in {str(fields)!r}): {exc}"
+                ) from exc
             if not seen.get("masked", False):
                 unmasked.append(pair.key)
             if pair.key in times:
@@ -341,9 +346,19 @@ def _evaluate_pair(
     ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool, report: dict | None = None
 ) -> dict:
     ddf, _ = load_field(field)
+    bad = int((~torch.isfinite(ddf)).sum())
+    if bad:
+        raise UserInputError(f"the field holds {bad} NaN or infinite value(s) of {ddf.numel()}; it cannot be scored.")
     want = [k for k in ("fixed_mask", "moving_mask", "fixed_label", "moving_label", "fixed_keypoints", "moving_keypoints")
             if getattr(pair, k) is not None]
     data = ds.load_pair(pair, keys=want) if want else {}
+    if "fixed_keypoints" in data and "moving_keypoints" in data:
+        nf, nm = len(data["fixed_keypoints"]), len(data["moving_keypoints"])
+        if nf != nm:
+            raise UserInputError(
+                f"fixed keypoints {str(pair.fixed_keypoints)!r} have {nf} rows, moving keypoints "
+                f"{str(pair.moving_keypoints)!r} have {nm}; they must pair up row by row."
+            )
     fixed_shape = _image_shape(pair.fixed)
     if tuple(ddf.shape[2:]) != fixed_shape:
         raise UserInputError(

@@ -349,6 +349,9 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
         if "None" in text:
             return None
         raise UserInputError(f"RegistrationConfig: {name} must not be null.")
+    base = text[: -len(" | None")] if text.endswith(" | None") else text  # Optional[X]: X once null is handled
+    if base != text:
+        hint = {"bool": bool, "int": int, "float": float, "str": str}.get(base, hint)
     try:
         if text.startswith("tuple") or isinstance(current, tuple):
             variable = "..." in text  # tuple[float, ...]: any length
