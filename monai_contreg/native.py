@@ -4,8 +4,9 @@
 orientations and fields of view; files in any format ITK or nibabel reads, or MetaTensors with affines):
 
 1. a working grid is chosen from the fixed image (:func:`~monai_contreg.spatial.resample.working_grid`):
-   its field of view and orientation at isotropic ``working_spacing`` (default: the fixed image's smallest
-   spacing);
+   its field of view and orientation at isotropic ``working_spacing`` (default: the preset's design spacing,
+   :attr:`~monai_contreg.methods.config.FieldConfig.design_spacing`, 1.5 mm for every preset: the spacing its
+   voxel constants were set at; a finer grid only when asked);
 2. both images (and masks, nearest neighbour) are resampled onto it through the world frame
    (:func:`~monai_contreg.spatial.resample.resample_image`);
 3. :func:`monai_contreg.api.register` registers them there;
@@ -38,6 +39,7 @@ from .io.fields import save_field
 from .io.images import load_image
 from .io.itk_transforms import save_itk_transform
 from .methods.config import RegistrationConfig
+from .methods.presets import resolve_config
 from .spatial.conventions import ddf_voxel_to_world, points_world_to_voxel, spacing_from_affine
 from .spatial.resample import map_points_world, resample_ddf, resample_image, warp_between_grids, working_grid
 
@@ -193,8 +195,10 @@ def register_native(
         fixed_mask, moving_mask: optional masks of the same kinds, each on its own grid (an array mask takes
             its image's affine); resampled with nearest neighbour.
         working_spacing: spacing (mm) of the working grid, one number (isotropic) or three; ``None``: the
-            fixed image's smallest spacing. The working grid covers the fixed image's field of view with its
-            orientation.
+            config's ``field.design_spacing`` (isotropic; 1.5 mm in every preset), whatever the images' spacing, so
+            that the method's voxel constants keep their physical size (a 0.65 x 0.65 x 2.5 mm CT of 512 x 512 x
+            120 voxels gets a 222 x 222 x 200 grid, not a 512 x 512 x 462 one). The working grid covers the fixed
+            image's field of view with its orientation.
         output: units of :attr:`NativeRegistrationResult.displacement`: ``"voxel"`` or ``"mm"``.
         config: a :class:`RegistrationConfig`, preset name or ``None`` (see :func:`~monai_contreg.api.register`).
         device: torch device of the registration (resampling follows it).
@@ -210,6 +214,7 @@ def register_native(
     where = "register_native"
     t0 = time.perf_counter()
     output = choose(where, "output", output, OutputUnits).value
+    cfg = resolve_config(where, config)
     f_img = as_native_image(where, "fixed", fixed, reader)
     m_img = as_native_image(where, "moving", moving, reader)
     masks = {}
@@ -225,7 +230,7 @@ def register_native(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     f_aff, m_aff = _affine_np(f_img), _affine_np(m_img)
     f_shape = tuple(int(s) for s in f_img.shape[1:])
-    w_aff_t, w_shape = working_grid(f_aff, f_shape, working_spacing)
+    w_aff_t, w_shape = working_grid(f_aff, f_shape, cfg.field.design_spacing if working_spacing is None else working_spacing)
     w_aff = w_aff_t.numpy()
     logger.info("%s working grid %s at spacing %s (fixed %s, moving %s)", name or where, w_shape,
                 tuple(round(s, 4) for s in spacing_from_affine(w_aff)), f_shape, tuple(m_img.shape[1:]))
@@ -248,7 +253,7 @@ def register_native(
 
     t2 = time.perf_counter()
     res = register(
-        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=config,
+        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=cfg,
         device=dev, keypoints=kp, name=name,
     )
     t_register = time.perf_counter() - t2
