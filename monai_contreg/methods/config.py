@@ -147,7 +147,9 @@ class EngineConfig:
         divergence_loss_ratio: during the run, a loss above this multiple of the first step's loss (the loss of
             the initial field) means the run is lost.
         divergence_max_displacement: during the run, a displacement along an axis beyond this fraction of the image
-            extent along that axis means the run is lost.
+            extent along that axis means the run is lost (1.0: the field left the image; with ``keep_in_image`` it
+            cannot: on small images the high early rate makes excursions of most of the extent that the decay phase
+            repairs).
         divergence_final_loss_ratio: at the end, a loss above this multiple of the first step's loss means the
             optimisation made the alignment much worse (a short run may end slightly above its start: Adam's first
             steps move every parameter by about the learning rate, and the regulariser starts at zero).
@@ -171,7 +173,7 @@ class EngineConfig:
     divergence_check: bool = True
     divergence_every: int = 10
     divergence_loss_ratio: float = 100.0
-    divergence_max_displacement: float = 0.75
+    divergence_max_displacement: float = 1.0
     divergence_final_loss_ratio: float = 2.0
     divergence_final_max_displacement: float = 0.25
     divergence_max_folding: float = 10.0

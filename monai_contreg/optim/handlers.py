@@ -151,7 +151,7 @@ class DivergenceGuard:
     def __init__(
         self,
         loss_ratio: float = 100.0,
-        max_displacement: float = 0.75,
+        max_displacement: float = 1.0,
         final_loss_ratio: float = 2.0,
         final_max_displacement: float = 0.25,
         max_folding: float = 10.0,
