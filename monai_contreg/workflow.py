@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ._validation import choose
+from .errors import RegistrationDivergedError
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
 from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path
@@ -423,8 +424,11 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         path = res.save(target)
         if existing is not None and existing != path:
             existing.unlink()
-    except Exception as exc:  # one pair's failure must not stop the split
-        logger.exception("%s: registration failed", pair.key)
+    except Exception as exc:  # one pair's failure must not stop the split; nothing is written for it
+        if isinstance(exc, RegistrationDivergedError):  # a diagnosed failure: its message says it all
+            logger.error("%s: registration failed: %s", pair.key, exc)
+        else:
+            logger.exception("%s: registration failed", pair.key)
         dt = time.perf_counter() - t0
         return PairOutcome(pair.key, "failed", seconds=dt, wall_seconds=dt, error=f"{type(exc).__name__}: {exc}")
     losses = (res.history or {}).get("loss") or [None]

@@ -1,5 +1,7 @@
 """Divergence: the in-image displacement bound (KeepInImage), the DivergenceGuard and check_divergence."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,39 @@ def test_unmasked_nlst_synth_pair_converges_or_stops_cleanly(nlst_synth):
         return
     initial = float(np.linalg.norm((np.asarray(fk) - np.asarray(mk)) * 1.5, axis=1).mean())
     assert float(res.tre(fk, mk).mean()) < initial
+
+
+def test_batch_run_reports_a_diverged_pair_failed_and_writes_nothing_for_it(tmp_path):
+    import json
+
+    from monai_contreg.cli import main
+    from monai_contreg.workflow import run_split
+    from tests.learn2reg_helpers import make_tiny_learn2reg
+
+    ds = make_tiny_learn2reg(tmp_path / "ds", n_pairs=1)
+    diverging = ["optim.schedule.total_steps=10", "optim.schedule.constant_steps=10", "optim.schedule.cosine_end=10",
+                 "optim.schedule.peak_lr=1000", "optim.keep_in_image=false"]
+    summary = run_split(ds, "val", tmp_path / "out", get_preset("io").with_overrides(diverging))
+    assert summary.failed == ["0001_0001"] and not summary.done
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runtimes.json"]
+    log = json.loads((tmp_path / "out" / "runtimes.json").read_text())
+    assert log["failures"]["0001_0001"].startswith("RegistrationDivergedError: registration at step 10")
+    # the CLI: exit 1 for the run, the pair's line names the cause
+    args = ["run", str(ds), "-o", str(tmp_path / "cli"), "--no-bar"] + [a for kv in diverging for a in ("--set", kv)]
+    assert main(args) == 1
+    assert not list((tmp_path / "cli").glob("disp_*"))
+
+
+def test_register_command_exits_3_with_the_message(tmp_path, capsys):
+    import nibabel as nib
+
+    from monai_contreg.cli import main
+
+    f, m, _, _, _ = _smooth_pair(24, sigma=2.0)
+    for name, arr in (("fixed", f), ("moving", m)):
+        nib.save(nib.Nifti1Image(arr, np.diag([1.5, 1.5, 1.5, 1.0])), str(tmp_path / f"{name}.nii.gz"))
+    rc = main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "-o", str(tmp_path / "d.nii.gz"),
+               "--set", "optim.schedule.peak_lr=1000", "--set", "optim.keep_in_image=false"])
+    assert rc == 3
+    assert re.search(r"contreg register: error: registration at step \d+ \(lr 1000\) diverged: .*" + FIX, capsys.readouterr().err)
+    assert not (tmp_path / "d.nii.gz").exists()
