@@ -4,8 +4,9 @@
 orientations and fields of view; files in any format ITK or nibabel reads, or MetaTensors with affines):
 
 1. a working grid is chosen from the fixed image (:func:`~monai_contreg.spatial.resample.working_grid`):
-   its field of view and orientation at isotropic ``working_spacing`` (default: the fixed image's smallest
-   spacing);
+   its field of view and orientation at isotropic ``working_spacing`` (default: the preset's design spacing,
+   :attr:`~monai_contreg.methods.config.FieldConfig.design_spacing`, 1.5 mm for every preset: the spacing its
+   voxel constants were set at; a finer grid only when asked);
 2. both images (and masks, nearest neighbour) are resampled onto it through the world frame
    (:func:`~monai_contreg.spatial.resample.resample_image`);
 3. :func:`monai_contreg.api.register` registers them there (it calls this path itself when its two inputs lie on
@@ -34,6 +35,7 @@ from monai.data import MetaTensor
 from ._validation import choose
 from .api import RegistrationResult, register
 from .methods.config import RegistrationConfig
+from .methods.presets import resolve_config
 from .modes import LABEL_PADDING, InterpolationMode, PaddingMode
 from .spatial.conventions import points_world_to_voxel, spacing_from_affine
 from .spatial.resample import resample_ddf, resample_image, working_grid
@@ -104,9 +106,11 @@ def register_native(
             mask takes its image's grid); resampled with nearest neighbour, zeros outside.
         spacing, affine, assume_unit_spacing: the geometry of plain-array inputs (see :func:`~monai_contreg.api.register`).
         working_spacing: spacing (mm) of the working grid, one number (isotropic) or three; ``None``: the
-            fixed image's smallest spacing. The working grid covers the fixed image's field of view with its
-            orientation.
-        output: units of :attr:`RegistrationResult.displacement`: ``"voxel"`` or ``"mm"``.
+            config's ``field.design_spacing`` (isotropic; 1.5 mm in every preset), whatever the images' spacing, so
+            that the method's voxel constants keep their physical size (a 0.65 x 0.65 x 2.5 mm CT of 512 x 512 x
+            120 voxels gets a 222 x 222 x 200 grid, not a 512 x 512 x 462 one). The working grid covers the fixed
+            image's field of view with its orientation.
+        output: units of :attr:`NativeRegistrationResult.displacement`: ``"voxel"`` or ``"mm"``.
         config: a :class:`RegistrationConfig`, preset name or ``None`` (see :func:`~monai_contreg.api.register`).
         device: torch device of the registration (resampling follows it).
         keypoints_mm: optional ``(fixed_points, moving_points)`` ``(N, 3)`` world coordinates (RAS mm), used to
@@ -149,13 +153,14 @@ def _register_two_grids(
     """The working-grid path of :func:`register`/:func:`register_native` on inputs of :func:`~monai_contreg.api.load_inputs`."""
     where = "register_native"
     t0 = time.perf_counter() if t0 is None else t0
+    cfg = resolve_config(where, config)
     f_img, m_img = data["fixed"], data["moving"]
     t_load = time.perf_counter() - t0
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     f_aff, m_aff = _affine_np(f_img), _affine_np(m_img)
     f_shape = tuple(int(s) for s in f_img.shape[1:])
-    w_aff_t, w_shape = working_grid(f_aff, f_shape, working_spacing)
+    w_aff_t, w_shape = working_grid(f_aff, f_shape, cfg.field.design_spacing if working_spacing is None else working_spacing)
     w_aff = w_aff_t.numpy()
     logger.info("%s working grid %s at spacing %s (fixed %s, moving %s)", name or where, w_shape,
                 tuple(round(s, 4) for s in spacing_from_affine(w_aff)), f_shape, tuple(m_img.shape[1:]))
@@ -182,7 +187,7 @@ def _register_two_grids(
     if handlers:
         kwargs["handlers"] = handlers
     res = register(
-        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=config,
+        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=cfg,
         device=dev, keypoints=kp, name=name, **kwargs,
     )
     t_register = time.perf_counter() - t2

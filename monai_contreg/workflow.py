@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ._validation import choose
+from .errors import RegistrationDivergedError
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
 from .errors import UserInputError, is_user_facing
 from .evaluation.learn2reg import RUNTIMES_FILE

@@ -25,7 +25,8 @@ def test_register_command_writes_field(tmp_path, capsys):
         nib.save(nib.Nifti1Image(getattr(pair, k), aff), str(tmp_path / f"{k}.nii.gz"))
     out = tmp_path / "disp.nii.gz"
     rc = main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "-o", str(out),
-               "--set", "optim.schedule.total_steps=5", "--set", "optim.schedule.constant_steps=5", "--set", "optim.schedule.cosine_end=5"])
+               "--set", "optim.schedule.total_steps=5", "--set", "optim.schedule.constant_steps=5", "--set", "optim.schedule.cosine_end=5",
+               "--set", "optim.schedule.peak_lr=1"])
     assert rc == 0 and out.is_file()
     img = nib.load(str(out))
     assert img.shape == (32, 32, 32, 3) and np.allclose(img.affine, aff)

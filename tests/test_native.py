@@ -16,7 +16,9 @@ from monai_contreg.native import register_native
 from monai_contreg.spatial.conventions import ddf_voxel_to_world, points_voxel_to_world, spacing_from_affine
 from monai_contreg.spatial.resample import mapped_coordinates, resample_image
 
-FAST = ["optim.schedule.total_steps=5", "optim.schedule.constant_steps=5", "optim.schedule.cosine_end=5"]
+# five steps at the peak rate 15 would end above the starting loss (DivergenceGuard): a plumbing run at lr 1
+FAST = ["optim.schedule.total_steps=5", "optim.schedule.constant_steps=5", "optim.schedule.cosine_end=5",
+        "optim.schedule.peak_lr=1"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def _other_grid(spacing=(2.5, 1.6, 2.0)):
 def test_same_grid_equals_register(pair):
     f = MetaTensor(torch.as_tensor(pair.fixed), affine=torch.as_tensor(pair.affine))
     m = MetaTensor(torch.as_tensor(pair.moving), affine=torch.as_tensor(pair.affine))
-    res = register_native(f, m, config=_cfg())
+    res = register_native(f, m, config=_cfg(), working_spacing=pair.spacing[0])
     ref = register(pair.fixed, pair.moving, spacing=pair.spacing, config=_cfg())
     assert res.working_shape == (32, 32, 32)
     assert torch.equal(res.ddf.as_tensor(), ref.ddf.as_tensor())
@@ -68,7 +70,7 @@ def test_known_working_field_comes_back_exactly_on_the_native_grid(pair, monkeyp
     monkeypatch.setattr(native_mod, "register", fake_register)
     res = register_native(fixed, moving, output="mm")
     assert seen["shape"] == seen["moving_shape"] == res.working_shape
-    assert np.allclose(spacing_from_affine(seen["affine"]), min(spacing_from_affine(f_aff)))
+    assert np.allclose(spacing_from_affine(seen["affine"]), get_preset("io").field.design_spacing)
     assert res.ddf.shape == (1, 3, *f_shape) and np.allclose(res.ddf.affine, f_aff)
     world = mapped_coordinates(torch.as_tensor(f_aff), f_shape, dtype=torch.float64)
     truth = (world @ b.T + c).permute(3, 0, 1, 2)[None]
@@ -115,3 +117,31 @@ def test_errors_name_function_and_argument(pair, tmp_path):
         register_native(pair.fixed, np.zeros((2, 32, 32, 32)), spacing=pair.spacing)
     with pytest.raises(TypeError, match=r"register_native: fixed_mask must be a file path"):
         register_native(pair.fixed, pair.moving, fixed_mask=[1, 2], spacing=pair.spacing)
+
+
+def test_default_working_grid_is_the_presets_design_spacing(monkeypatch):
+    """A clinical anisotropic header (0.65 x 0.65 x 2.5 mm) is registered at the preset's 1.5 mm, not at 0.65 mm."""
+    aff = np.diag([0.65, 0.65, 2.5, 1.0])
+    aff[:3, 3] = [-80.0, -60.0, 10.0]
+    shape = (40, 30, 12)  # 26 x 19.5 x 30 mm
+    fixed = MetaTensor(torch.rand(1, *shape), affine=torch.as_tensor(aff))
+    seen = {}
+
+    def fake_register(f_w, m_w, **kwargs):
+        seen.update(shape=tuple(f_w.shape), affine=np.asarray(f_w.affine, dtype=np.float64), config=kwargs["config"])
+        return SimpleNamespace(ddf=MetaTensor(torch.zeros(1, 3, *f_w.shape), affine=f_w.affine))
+
+    monkeypatch.setattr(native_mod, "register", fake_register)
+    res = register_native(fixed, fixed.clone())
+    # n' = round(n * s / 1.5): 40 * 0.65 / 1.5 = 17.33 -> 17, 30 * 0.65 / 1.5 = 13, 12 * 2.5 / 1.5 = 20
+    assert seen["shape"] == res.working_shape == (17, 13, 20)
+    assert np.allclose(spacing_from_affine(seen["affine"]), (1.5, 1.5, 1.5))
+    centre = lambda a, n: a[:3, :3] @ ((np.asarray(n) - 1) / 2) + a[:3, 3]  # noqa: E731
+    assert np.allclose(centre(seen["affine"], seen["shape"]), centre(aff, shape))
+    # the preset's design spacing decides; a finer grid only when asked
+    cfg = get_preset("io")
+    cfg.field.design_spacing = 2.5
+    register_native(fixed, fixed.clone(), config=cfg)
+    assert seen["shape"] == (10, 8, 12)
+    register_native(fixed, fixed.clone(), working_spacing=0.65)
+    assert seen["shape"] == (40, 30, 46)

@@ -56,9 +56,12 @@ class PreprocessConfig:
 class FeatureConfig:
     """MIND-SSC descriptor settings.
 
+    Both sizes are in voxels of the image the features are computed on (full resolution, before pooling); at the
+    preset's :attr:`FieldConfig.design_spacing` (1.5 mm) the defaults span 3 mm (dilation) and a 3-voxel box.
+
     Attributes:
-        mind_radius: half-width of the box filter over patch distances.
-        mind_dilation: spacing (voxels) of the 6-neighbourhood.
+        mind_radius: half-width (image voxels) of the box filter over patch distances.
+        mind_dilation: spacing (image voxels) of the 6-neighbourhood.
         storage: precision the optimisation keeps the working-grid features in: ``"float32"`` or ``"bfloat16"``
             (rounded once; arithmetic stays float32; halves the sampled memory on the compiled CPU path).
     """
@@ -72,15 +75,25 @@ class FeatureConfig:
 class FieldConfig:
     """The optimised field.
 
+    Units: ``design_spacing`` is in mm; every other constant of the method is in voxels: ``grid_factor`` in image
+    voxels, ``smoothing_kernel`` in working-grid voxels, MIND's radius and dilation (:class:`FeatureConfig`) in
+    image voxels, the learning rates (:class:`~monai_contreg.optim.schedule.PiecewiseSchedule`) and the
+    regulariser (:attr:`OptimConfig.reg_weight`) act on a field in working-grid voxels. They were set on images at
+    ``design_spacing``: :func:`monai_contreg.native.register_native` resamples to that spacing by default, so they
+    keep their physical size (at 1.5 mm: a 3 mm working grid, peak step 15 working voxels = 45 mm).
+
     Attributes:
         grid_factor: working-grid coarsening factor (2 = half resolution); features are average-pooled by it.
         smoothing_passes: box-filter passes applied to the parameter on read.
-        smoothing_kernel: box-filter width.
+        smoothing_kernel: box-filter width (working-grid voxels).
+        design_spacing: isotropic image spacing (mm) the preset's voxel constants were set at (NLST: 1.5 mm);
+            the default working spacing of :func:`~monai_contreg.native.register_native`.
     """
 
     grid_factor: int = 2
     smoothing_passes: int = 3
     smoothing_kernel: int = 3
+    design_spacing: float = 1.5
 
 
 @dataclass
@@ -94,12 +107,19 @@ class OptimConfig:
             the authors' value 1.25 is kept in the ``io-authors`` and ``convexadam`` presets (README, "Defaults").
         betas: Adam's ``(beta1, beta2)``.
         padding_mode: ``grid_sample`` padding of the warped moving features (``"border"`` or ``"zeros"``).
+        keep_in_image: after every Adam step, clamp the field's parameter so that each working-grid voxel ``x``
+            corresponds to a point ``x + u(x)`` inside the image (``0 <= x_i + u_i <= n_i - 1`` on each axis): a
+            displacement bound given by the image extent. A sample pushed outside the image gets no similarity
+            gradient (border padding) and Adam's momentum (an early step of about the learning rate, 15 working
+            voxels at peak) carries it further away; on small or unmasked images the whole field ran off that way.
+            On lung-masked NLST-size pairs the bound is inactive, or touches only a few border voxels.
     """
 
     schedule: PiecewiseSchedule = _field(default_factory=PiecewiseSchedule)
     reg_weight: float = 1.75
     betas: tuple[float, float] = (0.9, 0.999)
     padding_mode: str = "border"
+    keep_in_image: bool = True
 
 
 @dataclass
@@ -119,6 +139,26 @@ class EngineConfig:
         fused: the similarity's compiled CPU path (one-pass warp + SSD + gradient, :mod:`monai_contreg.kernels`):
             ``None`` = use it where available, ``False`` = never (``grid_sample`` + autograd), ``True`` = require it.
             Same result to float rounding.
+        divergence_check: stop a run that goes off with
+            :class:`~monai_contreg.errors.RegistrationDivergedError` (:class:`~monai_contreg.optim.DivergenceGuard`;
+            for ``method="convex"`` the end-of-run displacement and folding tests on its result). The guard tests
+            loosely during the run (the paper's high early learning rate makes big transient excursions that the
+            decay phase may still repair) and strictly at the end.
+        divergence_every: check every this many steps during the run.
+        divergence_loss_ratio: during the run, a loss above this multiple of the first step's loss (the loss of
+            the initial field) means the run is lost.
+        divergence_max_displacement: during the run, a displacement along an axis beyond this fraction of the image
+            extent along that axis means the run is lost (1.0: the field left the image; with ``keep_in_image`` it
+            cannot: on small images the high early rate makes excursions of most of the extent that the decay phase
+            repairs).
+        divergence_final_loss_ratio: at the end, a loss above this multiple of the first step's loss means the
+            optimisation made the alignment much worse (a short run may end slightly above its start: Adam's first
+            steps move every parameter by about the learning rate, and the regulariser starts at zero).
+        divergence_final_max_displacement: at the end, the largest plausible displacement along an axis as a
+            fraction of the image extent (0.25: 84 mm across an NLST scan, whose largest breathing motion is about
+            25 mm).
+        divergence_max_folding: at the end, the largest plausible share (percent) of working-grid voxels with
+            ``det J <= 0``.
     """
 
     progress: bool = False
@@ -131,6 +171,13 @@ class EngineConfig:
     checkpoint_every: int = 50
     num_threads: int = 0
     fused: bool | None = None
+    divergence_check: bool = True
+    divergence_every: int = 10
+    divergence_loss_ratio: float = 100.0
+    divergence_max_displacement: float = 1.0
+    divergence_final_loss_ratio: float = 2.0
+    divergence_final_max_displacement: float = 0.25
+    divergence_max_folding: float = 10.0
 
 
 #: Valid values of :attr:`RegistrationConfig.method` (``"convex"`` = the discrete stage alone, no Adam).
@@ -315,6 +362,15 @@ class RegistrationConfig:
         for name in ("log_every", "early_stop_patience", "tre_every", "num_threads"):
             if getattr(self.engine, name) < 0:
                 raise UserInputError(f"RegistrationConfig: engine.{name} must be >= 0, got {getattr(self.engine, name)}.")
+        if not (self.field.design_spacing > 0 and self.field.design_spacing < float("inf")):
+            raise UserInputError(f"RegistrationConfig: field.design_spacing must be a positive number (mm), got {self.field.design_spacing}.")
+        if self.engine.divergence_every < 1:
+            raise UserInputError(f"RegistrationConfig: engine.divergence_every must be >= 1, got {self.engine.divergence_every}.")
+        for name in ("divergence_loss_ratio", "divergence_max_displacement", "divergence_final_loss_ratio",
+                     "divergence_final_max_displacement", "divergence_max_folding"):
+            v = getattr(self.engine, name)
+            if not v > 0:
+                raise UserInputError(f"RegistrationConfig: engine.{name} must be > 0, got {v}.")
         if self.engine.checkpoint_every < 1:
             raise UserInputError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
         self.optim.schedule.validate()

@@ -21,7 +21,15 @@ from .._validation import check_finite, check_tensor
 from ..features.mind import mind_ssc
 from ..optim.engine import create_registration_engine
 from ..optim.field import DisplacementField
-from ..optim.handlers import HistoryRecorder, KeypointTREMonitor, LossLogger, NaNGuard, PlateauEarlyStopping
+from ..optim.handlers import (
+    DivergenceGuard,
+    HistoryRecorder,
+    KeepInImage,
+    KeypointTREMonitor,
+    LossLogger,
+    NaNGuard,
+    PlateauEarlyStopping,
+)
 from ..optim.schedule import PiecewiseLRScheduler
 from ..spatial.filters import downsample
 from .config import RegistrationConfig
@@ -96,6 +104,10 @@ def instance_optimisation(
         spacing: voxel spacing in mm for the TRE monitor.
         handlers: extra objects with an ``attach(engine)`` method (ignite handlers).
         name: label used in log lines.
+
+    Raises:
+        RegistrationDivergedError: the loss became non-finite, or (``config.engine.divergence_check``) the run went
+            off (:class:`~monai_contreg.optim.DivergenceGuard`).
     """
     check_finite("instance_optimisation", "fixed_features", fixed_features)
     check_finite("instance_optimisation", "moving_features", moving_features)
@@ -116,6 +128,15 @@ def instance_optimisation(
     PiecewiseLRScheduler(optimizer, sched).attach(engine)
     HistoryRecorder(optimizer).attach(engine)
     NaNGuard().attach(engine)
+    if ocfg.keep_in_image:
+        KeepInImage().attach(engine)
+    if ecfg.divergence_check:
+        DivergenceGuard(
+            loss_ratio=ecfg.divergence_loss_ratio, max_displacement=ecfg.divergence_max_displacement,
+            final_loss_ratio=ecfg.divergence_final_loss_ratio,
+            final_max_displacement=ecfg.divergence_final_max_displacement, max_folding=ecfg.divergence_max_folding,
+            every=ecfg.divergence_every,
+        ).attach(engine)
     if ecfg.log_every:
         LossLogger(ecfg.log_every, sched.total_steps, name).attach(engine)
     if ecfg.early_stop_patience:

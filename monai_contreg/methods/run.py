@@ -16,6 +16,7 @@ import torch
 from .._validation import choose
 from ..errors import UserInputError
 from ..optim.field import DisplacementField
+from ..optim.handlers import check_divergence
 from .config import INIT_NAMES, METHOD_NAMES, RegistrationConfig
 from .convex import coupled_convex, pooled_mind
 from .io import MethodOutput, compute_features, instance_optimisation
@@ -54,6 +55,10 @@ def run_method(
         :class:`MethodOutput`; for ``"convex"`` its field is the discrete result on the coarse grid (no
         smoothing on read, ``steps == 0``). ``timings`` holds ``features``, ``discrete`` (when the discrete
         stage ran) and ``optimisation`` seconds.
+
+    Raises:
+        RegistrationDivergedError: the optimisation (or, for ``"convex"``, its result) went off; see
+            ``config.engine.divergence_*``.
     """
     method = choose("run_method", "method", config.method, METHODS)
     init = choose("run_method", "init", config.init, INIT_NAMES)
@@ -77,6 +82,9 @@ def run_method(
         _sync(coarse)
         timings["discrete"] = time.perf_counter() - t1
         if method == "convex":
+            if config.engine.divergence_check:  # the discrete stage's equivalent of the engine's DivergenceGuard
+                check_divergence(coarse, config.engine.divergence_final_max_displacement, config.engine.divergence_max_folding,
+                                 f"{name or 'registration'}: the coupled convex stage")
             field = DisplacementField(coarse.shape[2:], init=coarse, smoothing_passes=0, dtype=coarse.dtype, device=coarse.device)
             return MethodOutput(field=field, timings=timings, steps=0)
         init_ddf = coarse

@@ -3,18 +3,23 @@
 from .engine import RegistrationEvents, create_registration_engine
 from .field import DisplacementField
 from .handlers import (
+    DivergenceGuard,
     HistoryRecorder,
+    KeepInImage,
     KeypointTREMonitor,
     LossLogger,
     NaNGuard,
     PlateauEarlyStopping,
     RegistrationDivergedError,
+    check_divergence,
 )
 from .schedule import PiecewiseLRScheduler, PiecewiseSchedule
 
 __all__ = [
     "DisplacementField",
+    "DivergenceGuard",
     "HistoryRecorder",
+    "KeepInImage",
     "KeypointTREMonitor",
     "LossLogger",
     "NaNGuard",
@@ -23,5 +28,6 @@ __all__ = [
     "PlateauEarlyStopping",
     "RegistrationDivergedError",
     "RegistrationEvents",
+    "check_divergence",
     "create_registration_engine",
 ]

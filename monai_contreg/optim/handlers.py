@@ -1,4 +1,5 @@
-"""ignite handlers for registration engines: history, NaN stop, plateau stop, logging, TRE monitoring."""
+"""ignite handlers for registration engines: history, NaN and divergence stops, the in-image displacement bound,
+plateau stop, logging, TRE monitoring."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from collections.abc import Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from .._validation import check_points
+from .._validation import check_ddf, check_points
 from ..errors import RegistrationDivergedError
+from .engine import RegistrationEvents
 
 __all__ = [
+    "DIVERGENCE_FIX",
+    "DivergenceGuard",
     "HistoryRecorder",
+    "KeepInImage",
     "KeypointTREMonitor",
     "LossLogger",
     "NaNGuard",
     "PlateauEarlyStopping",
     "RegistrationDivergedError",
+    "check_divergence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +67,167 @@ class NaNGuard:
                 "Lower optim.schedule.peak_lr, raise optim.reg_weight, or mask the images "
                 "(preprocess.use_masks) to keep the field from running off."
             )
+
+
+#: What to try when a run diverges (the end of every divergence message).
+DIVERGENCE_FIX = (
+    "Likely cause: the learning rate is too high for these images (unmasked background or a small field of view "
+    "lets the early high-rate Adam steps carry the field off the anatomy). Fix: give lung masks "
+    "(--fixed-mask/--moving-mask, preprocess.use_masks), use a preset with a lower rate (--preset io-lr1), or "
+    "lower the rate (--set optim.schedule.peak_lr=5)."
+)
+
+
+def _folding_percent(ddf: torch.Tensor) -> float:
+    from ..spatial.jacobian import jacobian_determinant  # local: keeps handlers free of import cycles
+
+    if min(ddf.shape[2:]) < 2:
+        return 0.0
+    return float((jacobian_determinant(ddf) <= 0).double().mean() * 100.0)
+
+
+def check_divergence(
+    ddf: torch.Tensor, max_displacement: float = 0.25, max_folding: float | None = 10.0, where: str = "registration"
+) -> None:
+    """Raise :class:`RegistrationDivergedError` when a field is implausible for its grid.
+
+    Args:
+        ddf: MONAI DDF ``(1, 3, h, w, d)`` in voxels of its grid (e.g. the working grid).
+        max_displacement: largest plausible ``|u_i|`` as a fraction of the grid's extent ``n_i`` along axis ``i``.
+        max_folding: largest plausible share (percent) of voxels with ``det J <= 0``; ``None``: not tested.
+        where: what is checked, for the message (e.g. ``"registration at step 40 (lr 15)"``).
+
+    Raises:
+        RegistrationDivergedError naming the failed test, the values and the fix (:data:`DIVERGENCE_FIX`).
+    """
+    check_ddf("check_divergence", "ddf", ddf)
+    with torch.no_grad():
+        u = ddf.detach()
+        n = torch.as_tensor(u.shape[2:], dtype=torch.float64)
+        largest = torch.stack([u[:, a].abs().amax() for a in range(3)]).double().cpu()
+        if not bool(torch.isfinite(largest).all()):
+            raise RegistrationDivergedError(f"{where} diverged: the field is not finite. {DIVERGENCE_FIX}")
+        frac = largest / n
+        axis = int(torch.argmax(frac))
+        if float(frac[axis]) > max_displacement:
+            raise RegistrationDivergedError(
+                f"{where} diverged: the largest displacement, {float(largest[axis]):.1f} voxels along axis {axis}, is "
+                f"{float(frac[axis]):.2f} of the image extent ({int(n[axis])} voxels), beyond the plausible "
+                f"{max_displacement:g}. {DIVERGENCE_FIX}"
+            )
+        if max_folding is None:
+            return
+        fold = _folding_percent(u)
+        if fold > max_folding:
+            raise RegistrationDivergedError(
+                f"{where} diverged: {fold:.2f}% of the voxels fold (det J <= 0), beyond the plausible "
+                f"{max_folding:g}%. {DIVERGENCE_FIX}"
+            )
+
+
+class DivergenceGuard:
+    """Stop a run that goes off with :class:`RegistrationDivergedError` (message: cause and fix).
+
+    The loss is compared with the first step's (the initial field's), the smoothed field ``engine.state.field()``
+    with the extent of its grid. Every ``every`` steps (loosely: the paper's high early learning rate makes large
+    transient excursions that its decay phase may still repair):
+
+    * a loss above ``loss_ratio`` x the first loss;
+    * a displacement along an axis beyond ``max_displacement`` x the grid's extent on that axis.
+
+    After the last step (strictly):
+
+    * a loss above ``final_loss_ratio`` x the first loss (the run made the alignment worse);
+    * a displacement beyond ``final_max_displacement`` x the extent;
+    * more than ``max_folding`` percent of voxels with ``det J <= 0``.
+
+    Args:
+        loss_ratio, max_displacement: the tests during the run (displacements as fractions of the image extent:
+            unit-free, the same on every grid).
+        final_loss_ratio, final_max_displacement, max_folding: the tests at the end.
+        every: check period in steps.
+    """
+
+    def __init__(
+        self,
+        loss_ratio: float = 100.0,
+        max_displacement: float = 1.0,
+        final_loss_ratio: float = 2.0,
+        final_max_displacement: float = 0.25,
+        max_folding: float = 10.0,
+        every: int = 10,
+    ) -> None:
+        for name, v in (("loss_ratio", loss_ratio), ("max_displacement", max_displacement),
+                        ("final_loss_ratio", final_loss_ratio), ("final_max_displacement", final_max_displacement),
+                        ("max_folding", max_folding)):
+            if not v > 0:
+                raise ValueError(f"DivergenceGuard: {name} must be > 0, got {v}.")
+        if every < 1:
+            raise ValueError(f"DivergenceGuard: every must be >= 1, got {every}.")
+        self.loss_ratio = float(loss_ratio)
+        self.max_displacement = float(max_displacement)
+        self.final_loss_ratio = float(final_loss_ratio)
+        self.final_max_displacement = float(final_max_displacement)
+        self.max_folding = float(max_folding)
+        self.every = int(every)
+        self.first_loss: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _where(self, engine: Engine) -> str:
+        opt = getattr(engine.state, "optimizer", None)
+        lr = f" (lr {opt.param_groups[0]['lr']:.4g})" if opt is not None else ""
+        return f"registration at step {engine.state.iteration}{lr}"
+
+    def _check_loss(self, engine: Engine, ratio: float, option: str, final: bool) -> None:
+        loss = float(engine.state.output["loss"])
+        first = self.first_loss
+        if first is None or not loss > ratio * first + 1e-6 * max(abs(first), 1e-6):
+            return
+        what = "ended at" if final else "rose to"
+        raise RegistrationDivergedError(
+            f"{self._where(engine)} diverged: the loss {what} {loss:.5g}, {loss / max(first, 1e-30):.3g} x its start "
+            f"{first:.5g}, beyond the tolerated {ratio:g} x ({option}). {DIVERGENCE_FIX}"
+        )
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.iteration == 1 or self.first_loss is None:
+            self.first_loss = float(engine.state.output["loss"])
+        if engine.state.iteration % self.every:
+            return
+        self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)
+        check_divergence(engine.state.field(), self.max_displacement, None,
+                         f"{self._where(engine)} (engine.divergence_max_displacement)")
+
+    def _final(self, engine: Engine) -> None:
+        if engine.state.output is None:
+            return
+        self._check_loss(engine, self.final_loss_ratio, "engine.divergence_final_loss_ratio", final=True)
+        check_divergence(engine.state.field(), self.final_max_displacement, self.max_folding,
+                         f"{self._where(engine)}, end of run (engine.divergence_final_max_displacement, "
+                         "engine.divergence_max_folding)")
+
+
+class KeepInImage:
+    """After every Adam step, clamp the field's parameter so each working-grid voxel maps inside the image.
+
+    On axis ``i`` the raw parameter at voxel ``x`` is clamped to ``[-x_i, n_i - 1 - x_i]`` (working-grid voxels),
+    so ``x + u(x)`` lies in the image (the smoothed field read by the loss is an average of such values, inside
+    up to the replicated border). A sample outside the image has no similarity gradient (border padding), and
+    Adam's momentum would carry it on: see :attr:`monai_contreg.methods.config.OptimConfig.keep_in_image`.
+    Fires on :attr:`RegistrationEvents.FIELD_UPDATED`; records the number of clamped values of the last step in
+    ``engine.state.clamped``.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.state.clamped = 0
+        engine.add_event_handler(RegistrationEvents.FIELD_UPDATED, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        engine.state.clamped = engine.state.field.clamp_to_image_()
 
 
 class PlateauEarlyStopping:
