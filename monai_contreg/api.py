@@ -13,9 +13,11 @@ import torch
 from monai.data import MetaTensor
 
 from ._validation import check_finite
+from .data.lung_mask import auto_lung_masks
 from .data.transforms import MASK_KEYS, loading_transforms, normalisation_transforms
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
+from .io.images import check_series_used, load_image
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
 from .methods.presets import get_preset, resolve_config
@@ -116,8 +118,16 @@ def prepare_pair(
     fixed_mask: ImageLike | None = None,
     moving_mask: ImageLike | None = None,
     config: RegistrationConfig | None = None,
+    series: str | list[str] | None = None,
 ) -> dict[str, MetaTensor]:
     """Load (files) or wrap (arrays) the inputs and preprocess them with MONAI transforms.
+
+    A DICOM folder is read by :func:`monai_contreg.io.images.load_image`: the series ``series`` when the folder
+    holds it, else its series with the most slices of one geometry (logged).
+
+    With ``config.preprocess.use_masks`` and ``auto_mask`` (the default of the masking presets), a missing mask
+    is computed by :func:`monai_contreg.data.lung_mask.lung_mask` from the image in HU (an image that does not
+    look like a chest CT: a logged warning, no masks).
 
     Returns:
         ``{"fixed", "moving"[, "fixed_mask", "moving_mask"]}``, each a ``(1, H, W, D)`` float32 MetaTensor;
@@ -136,6 +146,9 @@ def prepare_pair(
         if kinds[k] == "array_squeeze":
             v = v.reshape(tuple(v.shape)[-3:])
             kinds[k] = "array"
+        if kinds[k] == "file" and Path(v).is_dir():  # a DICOM folder: choose the series (io.images.load_image)
+            v = load_image(v, series=series, strict_series=False)[0]
+            kinds[k] = "array"
         if kinds[k] == "file":
             v = str(v)
         if kinds[k] != "none":
@@ -151,12 +164,14 @@ def prepare_pair(
         if loaded[k].ndim != 4 or loaded[k].shape[0] != 1:
             raise ValueError(f"{where}: {k} must hold one 3-D volume, got shape {tuple(loaded[k].shape)}.")
         check_finite(where, k, loaded[k].as_tensor())
+    check_series_used(where, series, [v for v in data.values() if isinstance(v, MetaTensor)])
     shapes = {k: tuple(t.shape[-3:]) for k, t in loaded.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"{where}: all inputs must share one grid; got shapes {shapes}.")
     for k in MASK_KEYS:
         if k in loaded and not bool((loaded[k] > 0).any()):
             raise ValueError(f"{where}: {k} is empty (no voxel > 0); pass a non-empty mask or none.")
+    loaded = auto_lung_masks(loaded, cfg, where)  # missing masks of a masking preset (preprocess.auto_mask)
     return normalisation_transforms(cfg.preprocess)(loaded)
 
 
@@ -172,6 +187,7 @@ def register(
     init_ddf: torch.Tensor | None = None,
     keypoints: tuple[Any, Any] | None = None,
     handlers: list[Any] | None = None,
+    series: str | list[str] | None = None,
     name: str = "",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the field ``u`` with fixed voxel ``x`` <-> moving voxel ``x + u(x)``.
@@ -180,7 +196,8 @@ def register(
         fixed, moving: file paths (anything MONAI's ``LoadImage`` reads), numpy arrays, torch tensors or
             MetaTensors, 3-D ``(H, W, D)`` on one grid.
         fixed_mask, moving_mask: optional masks (same kinds); with ``config.preprocess.use_masks`` images are
-            masked before feature extraction.
+            masked before feature extraction; a missing one is segmented automatically (lungs of a CT in HU)
+            unless ``config.preprocess.auto_mask`` is false.
         config: a :class:`RegistrationConfig`, a preset name (``"io"``, ``"io-authors"``, ...) or ``None`` (``io``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the device of a tensor input, else CPU.
         dtype: computation dtype (``torch.float32`` or ``torch.float64``); default: float64 if the fixed input is
@@ -189,6 +206,8 @@ def register(
         keypoints: optional ``(fixed_points, moving_points)`` ``(N, 3)`` voxel arrays, used only to monitor the
             TRE during optimisation (``config.engine.tre_every``).
         handlers: extra ignite handlers (objects with ``attach(engine)``).
+        series: Series Instance UID(s) to read from DICOM-folder inputs (default: each folder's series with
+            the most slices; see :func:`monai_contreg.io.images.load_image`).
         name: label for log lines.
 
     Returns:
@@ -202,7 +221,7 @@ def register(
         load_extension()
     t0 = time.perf_counter()
     dt = _dtype(dtype, fixed)
-    data = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg)
+    data = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg, series=series)
     fixed_t = data["fixed"]
     affine = fixed_t.affine.detach().cpu().double().reshape(4, 4) if isinstance(fixed_t, MetaTensor) else torch.eye(4, dtype=torch.float64)
     f = fixed_t.as_tensor().unsqueeze(0).to(dev, dt)

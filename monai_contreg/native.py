@@ -35,7 +35,7 @@ from ._validation import choose
 from .api import RegistrationResult, register
 from .evaluation.metrics import jacobian_statistics
 from .io.fields import save_field
-from .io.images import load_image
+from .io.images import check_series_used, load_image
 from .io.itk_transforms import save_itk_transform
 from .methods.config import RegistrationConfig
 from .spatial.conventions import ddf_voxel_to_world, points_world_to_voxel, spacing_from_affine
@@ -55,17 +55,20 @@ class OutputUnits(str, enum.Enum):
     MM = "mm"
 
 
-def as_native_image(where: str, name: str, value: NativeImage, reader: str = "auto") -> MetaTensor:
+def as_native_image(
+    where: str, name: str, value: NativeImage, reader: str = "auto", series: str | list[str] | None = None
+) -> MetaTensor:
     """A file path, MetaTensor or array -> ``(1, H, W, D)`` float32 MetaTensor with a float64 RAS affine.
 
-    Files are read by :func:`monai_contreg.io.images.load_image`; a MetaTensor keeps its affine; a plain
+    Files are read by :func:`monai_contreg.io.images.load_image` (a DICOM folder: the series ``series`` if it
+    holds it, else the one with the most slices); a MetaTensor keeps its affine; a plain
     array or tensor (``(H, W, D)`` or ``(1, H, W, D)``) gets the identity affine (1 mm voxels at the origin).
     """
     if isinstance(value, (str, Path)):
         p = Path(value)
         if not p.exists():
             raise FileNotFoundError(f"{where}: {name} {str(p)!r} does not exist.")
-        return load_image(p, reader=reader)
+        return load_image(p, reader=reader, series=series, strict_series=False)
     if isinstance(value, (np.ndarray, torch.Tensor)):
         affine = value.affine if isinstance(value, MetaTensor) else torch.eye(4, dtype=torch.float64)
         t = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
@@ -183,6 +186,7 @@ def register_native(
     keypoints_mm: tuple[Any, Any] | None = None,
     padding_mode: str = "border",
     reader: str = "auto",
+    series: str | list[str] | None = None,
     name: str = "",
 ) -> NativeRegistrationResult:
     """Register images on different grids through a working grid; the field comes back on the fixed grid.
@@ -202,6 +206,8 @@ def register_native(
             monitor the TRE during optimisation (``config.engine.tre_every``).
         padding_mode: values outside an image when resampling it: ``"border"`` (default) or ``"zeros"``.
         reader: image reader for files: ``"auto"``, ``"nibabel"`` or ``"itk"``.
+        series: Series Instance UID(s) to read from DICOM folders (each folder reads the one it holds, or by
+            default its series with the most slices; see :func:`~monai_contreg.io.images.load_image`).
         name: label for log lines.
 
     Returns:
@@ -210,8 +216,9 @@ def register_native(
     where = "register_native"
     t0 = time.perf_counter()
     output = choose(where, "output", output, OutputUnits).value
-    f_img = as_native_image(where, "fixed", fixed, reader)
-    m_img = as_native_image(where, "moving", moving, reader)
+    f_img = as_native_image(where, "fixed", fixed, reader, series)
+    m_img = as_native_image(where, "moving", moving, reader, series)
+    check_series_used(where, series, (f_img, m_img))
     masks = {}
     for key, value, image in (("fixed_mask", fixed_mask, f_img), ("moving_mask", moving_mask, m_img)):
         if value is None:

@@ -7,11 +7,20 @@ returns the array in ``[x, y, z]`` index order (ITK's index, nibabel's too) and 
 into a RAS affine. Either way the result is a ``(1, H, W, D)`` MetaTensor whose ``affine`` maps voxel indices
 to RAS millimetres, the frame every function of :mod:`monai_contreg.spatial.conventions` expects.
 
+A DICOM folder may hold several series (a CT and a localiser, as clinical exports often do):
+:func:`list_dicom_series` lists them (one entry per series and geometry, as ITK's ``GDCMSeriesFileNames``
+groups the files), and :func:`load_image` reads the one with the most slices unless ``series`` names another
+(its Series Instance UID), logging which one it read.
+
 Writing: :func:`save_image` writes NIfTI with nibabel and ``.nrrd``/``.mha`` with ITK (RAS -> LPS), atomically.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -21,10 +30,13 @@ from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 
 from .._validation import check_suffix, choose
+from ..errors import UserInputError
 from ..spatial.conventions import affine_to_itk_geometry
 from .atomic import atomic_path
 
-__all__ = ["IMAGE_WRITE_FORMATS", "image_reader_name", "load_image", "save_image"]
+__all__ = ["IMAGE_WRITE_FORMATS", "DicomSeries", "check_series_used", "image_reader_name", "list_dicom_series", "load_image", "save_image"]
+
+logger = logging.getLogger(__name__)
 
 _NIFTI = (".nii", ".nii.gz")
 #: Extensions :func:`save_image` writes (single-file formats only, so that writes can be atomic).
@@ -41,30 +53,161 @@ def image_reader_name(path: str | Path, reader: str = "auto") -> str:
     return "nibabel" if name.endswith(_NIFTI) and not Path(path).is_dir() else "itk"
 
 
-def load_image(path: str | Path, reader: str = "auto", dtype: torch.dtype | None = torch.float32) -> MetaTensor:
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series (of one geometry) in a folder, as :func:`list_dicom_series` reports it.
+
+    Attributes:
+        identifier: ITK's series identifier (the Series Instance UID followed by geometry details).
+        uid: the Series Instance UID (tag 0020|000e).
+        slices: number of files (slices) in the series.
+        description: Series Description (0008|103e), ``""`` if absent.
+        modality: Modality (0008|0060), ``""`` if absent.
+    """
+
+    identifier: str
+    uid: str
+    slices: int
+    description: str
+    modality: str
+
+    def __str__(self) -> str:
+        what = " ".join(v for v in (self.modality, repr(self.description) if self.description else "") if v)
+        return f"{self.uid} ({what + ', ' if what else ''}{self.slices} slices)"
+
+
+def _series_names(folder: Path):
+    import itk
+
+    gen = itk.GDCMSeriesFileNames.New()
+    # the same grouping as MONAI's ITKReader, so that an identifier listed here is one it reads
+    gen.SetUseSeriesDetails(True)
+    gen.AddSeriesRestriction("0008|0021")
+    gen.SetDirectory(str(folder))
+    return gen
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """The DICOM series in ``folder`` (not recursive), one entry per series and geometry, in ITK's order.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        UserInputError: ``folder`` is not a folder.
+    """
+    import itk
+
+    p = Path(folder)
+    if not p.exists():
+        raise FileNotFoundError(f"list_dicom_series: folder {str(p)!r} does not exist.")
+    if not p.is_dir():
+        raise UserInputError(f"list_dicom_series: {str(p)!r} is not a folder.")
+    gen = _series_names(p)
+    out = []
+    for ident in gen.GetSeriesUIDs():
+        files = list(gen.GetFileNames(ident))
+        tags = {"0020|000e": "", "0008|103e": "", "0008|0060": ""}
+        try:
+            io = itk.GDCMImageIO.New()
+            io.SetFileName(files[0])
+            io.ReadImageInformation()
+            tags = {t: str(io.GetValueFromTag(t, "")[1]).strip().strip("\x00").strip() for t in tags}
+        except Exception:  # unreadable header: keep the identifier
+            pass
+        out.append(DicomSeries(identifier=str(ident), uid=tags["0020|000e"] or str(ident), slices=len(files),
+                               description=tags["0008|103e"], modality=tags["0008|0060"]))
+    return out
+
+
+def _choose_series(folder: Path, series: str | Sequence[str] | None, strict: bool) -> tuple[DicomSeries, list[DicomSeries]]:
+    found = list_dicom_series(folder)
+    if not found:
+        raise UserInputError(
+            f"load_image: folder {str(folder)!r} holds no DICOM series ITK (GDCM) can read; give a folder of DICOM "
+            "files or an image file (NIfTI, NRRD, MetaImage)."
+        )
+    wanted = [series] if isinstance(series, str) else list(series or [])
+    for uid in wanted:
+        match = [s for s in found if uid in (s.uid, s.identifier)]
+        if match:
+            return max(match, key=lambda s: s.slices), found
+    if wanted and strict:
+        raise UserInputError(
+            f"load_image: series {wanted if len(wanted) > 1 else wanted[0]!r} is not in folder {str(folder)!r}; "
+            f"it holds: {'; '.join(map(str, found))}."
+        )
+    # the stated rule: the series (of one geometry) with the most slices; ties: ITK's first
+    return max(found, key=lambda s: s.slices), found
+
+
+def check_series_used(where: str, series: str | Sequence[str] | None, images) -> None:
+    """Raise :class:`UserInputError` when ``series`` was given but no DICOM folder among ``images`` held it.
+
+    ``images`` are what :func:`load_image` returned (with ``strict_series=False``) for the inputs of one call.
+    """
+    if not series:
+        return
+    wanted = [series] if isinstance(series, str) else list(series)
+    read = {img.meta.get("dicom_series") for img in images if hasattr(img, "meta")}
+    missing = [u for u in wanted if u not in read and not any(r and u.startswith(r) for r in read)]
+    if len(missing) == len(wanted):
+        raise UserInputError(
+            f"{where}: series {missing if len(missing) > 1 else missing[0]!r} is not in any DICOM folder given "
+            "(see the listed series in the log, or contreg -v ...)."
+        )
+
+
+def load_image(
+    path: str | Path,
+    reader: str = "auto",
+    dtype: torch.dtype | None = torch.float32,
+    series: str | Sequence[str] | None = None,
+    strict_series: bool = True,
+) -> MetaTensor:
     """Read an image file or DICOM series folder, keeping its geometry.
 
     Args:
-        path: a file ITK or nibabel reads, or a folder holding one DICOM series.
+        path: a file ITK or nibabel reads, or a folder of DICOM files.
         reader: ``"auto"`` (nibabel for NIfTI, ITK otherwise), ``"nibabel"`` or ``"itk"``.
         dtype: torch dtype of the array (``None``: keep the file's, as far as torch has it).
+        series: for a DICOM folder, the Series Instance UID (or ITK identifier, see :func:`list_dicom_series`)
+            to read, or several candidates (the first present is read). ``None``: the series with the most
+            slices of one geometry (a CT rather than its localiser). Which one was read is logged (WARNING when
+            the folder holds several) and stored in ``.meta["dicom_series"]``.
+        strict_series: with ``series`` given and none of it in the folder, raise (``True``) or fall back to the
+            rule above (``False``).
 
     Returns:
         A ``(1, H, W, D)`` MetaTensor; ``.affine`` is the ``(4, 4)`` float64 voxel-to-world matrix in RAS mm,
         ``.meta["filename_or_obj"]`` the path. Array axes are ITK's ``[x, y, z]`` index axes (for NIfTI:
-        nibabel's ``i, j, k``).
+        nibabel's ``i, j, k``). DICOM intensities have the rescale slope/intercept applied (HU for CT).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        UserInputError: a folder with no readable DICOM series, or ``series`` not in it (``strict_series``).
         ValueError: the file cannot be read or does not hold one 3-D volume.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"load_image: image {str(p)!r} does not exist.")
     which = image_reader_name(p, reader)
-    backend = NibabelReader() if which == "nibabel" else ITKReader()
+    chosen = None
+    if p.is_dir():
+        chosen, found = _choose_series(p, series, strict_series)
+        if len(found) > 1:
+            logger.warning(
+                "load_image: folder %s holds %d DICOM series: %s; reading %s (%s); choose another with series=UID "
+                "(CLI: --series UID).", p, len(found), "; ".join(map(str, found)), chosen,
+                "as asked" if series else "the most slices of one geometry",
+            )
+        else:
+            logger.info("load_image: folder %s: reading DICOM series %s", p, chosen)
+        backend = ITKReader(series_name=chosen.identifier)
+    else:
+        backend = NibabelReader() if which == "nibabel" else ITKReader()
     try:
-        img = LoadImage(reader=backend, image_only=True, ensure_channel_first=True)(str(p))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*contains more than one DICOM series.*")
+            img = LoadImage(reader=backend, image_only=True, ensure_channel_first=True)(str(p))
     except Exception as exc:
         raise ValueError(f"load_image: cannot read image {str(p)!r} with the {which} reader: {exc}") from exc
     if img.ndim != 4 or img.shape[0] != 1:
@@ -72,6 +215,8 @@ def load_image(path: str | Path, reader: str = "auto", dtype: torch.dtype | None
     if dtype is not None:
         img = img.to(dtype)
     img.affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
+    if chosen is not None:
+        img.meta["dicom_series"] = chosen.uid
     return img
 
 
