@@ -34,7 +34,10 @@ from ..errors import UserInputError
 from ..spatial.conventions import affine_to_itk_geometry
 from .atomic import atomic_path
 
-__all__ = ["IMAGE_WRITE_FORMATS", "DicomSeries", "check_series_used", "image_reader_name", "list_dicom_series", "load_image", "save_image"]
+__all__ = [
+    "IMAGE_WRITE_FORMATS", "DicomSeries", "check_series_used", "image_reader_name", "list_dicom_series", "load_image",
+    "save_dicom_series", "save_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -262,3 +265,83 @@ def save_image(
             img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
             itk.imwrite(img, str(tmp), compression=True)
     return Path(path)
+
+
+def save_dicom_series(
+    folder: str | Path,
+    image: torch.Tensor | np.ndarray,
+    affine: np.ndarray | torch.Tensor,
+    series_uid: str,
+    *,
+    description: str = "",
+    series_number: int = 1,
+    rescale: tuple[float, float] = (1.0, 0.0),
+    study_uid: str | None = None,
+) -> list[Path]:
+    """Write a 3-D CT volume as a DICOM series, one file per slice along array axis 2 (as scanners export).
+
+    Args:
+        folder: output folder (created; existing files are kept, so several series can share it).
+        image: ``(H, W, D)`` or ``(1, H, W, D)`` intensities in real-world units (HU); stored as int16 pixels
+            ``round((value - intercept) / slope)``, which must fit int16.
+        affine: 4x4 RAS voxel-to-world matrix (written as LPS Image Position/Orientation Patient, Pixel Spacing);
+            its axes must be right-handed (slice ``k + 1`` along the normal of rows x columns), as in DICOM.
+        series_uid: Series Instance UID (0020|000e); SOP instance UIDs are ``series_uid.k``.
+        description: Series Description (0008|103e).
+        series_number: Series Number (0020|0011).
+        rescale: ``(slope, intercept)`` written to (0028|1053, 0028|1052).
+        study_uid: Study Instance UID (default: ``series_uid + ".0"``).
+
+    Returns:
+        The written file paths, slice order.
+
+    Raises:
+        UserInputError: not a 3-D image, a left-handed affine, or values that do not fit int16 after the rescale.
+    """
+    import itk
+
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise UserInputError(f"save_dicom_series: image must have shape (H, W, D) or (1, H, W, D), got {arr.shape}.")
+    slope, intercept = (float(v) for v in rescale)
+    stored = np.round((arr.astype(np.float64) - intercept) / slope)
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise UserInputError(f"save_dicom_series: values {arr.min()}..{arr.max()} do not fit int16 with rescale {rescale}.")
+    aff = np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
+    origin, spacing, direction = affine_to_itk_geometry(aff)
+    origin, direction = np.asarray(origin, float), np.asarray(direction, float)
+    if np.linalg.det(direction) < 0:
+        raise UserInputError(
+            "save_dicom_series: the affine's axes are left-handed; DICOM slices stack along the normal of their "
+            "rows and columns (right-handed): flip array axis 2 and its affine column first."
+        )
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    study = study_uid or f"{series_uid}.0"
+    orient = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
+    # ITK writes (value - intercept) / slope: hand it the real-world values of the rounded stored pixels
+    values = (stored * slope + intercept).astype(np.int16 if slope == 1.0 and intercept == int(intercept) else np.float32)
+    paths = []
+    for k in range(arr.shape[2]):
+        sl = itk.image_from_array(np.ascontiguousarray(values[:, :, k].T))
+        sl.SetSpacing([float(spacing[0]), float(spacing[1])])
+        pos = origin + k * float(spacing[2]) * direction[:, 2]
+        md = sl.GetMetaDataDictionary()
+        for key, val in {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{series_uid}.{k + 1}", "0008|0060": "CT",
+            "0008|103e": description, "0020|000d": study, "0020|000e": series_uid, "0020|0011": str(series_number),
+            "0020|0013": str(k + 1), "0020|0052": f"{study}.1",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0037": orient,
+            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}", "0018|0050": f"{spacing[2]:.6f}",
+            "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
+            "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",  # signed 16-bit stored
+        }.items():
+            md[key] = val
+        io = itk.GDCMImageIO.New()
+        io.KeepOriginalUIDOn()
+        path = out / f"{series_number:03d}_{k + 1:04d}.dcm"
+        itk.ImageFileWriter[type(sl)].New(Input=sl, FileName=str(path), ImageIO=io).Update()
+        paths.append(path)
+    return paths
