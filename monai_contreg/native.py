@@ -37,7 +37,9 @@ from .evaluation.metrics import jacobian_statistics
 from .io.fields import save_field
 from .io.images import check_series_used, load_image
 from .io.itk_transforms import save_itk_transform
+from .data.transforms import apply_intensity_floor
 from .methods.config import RegistrationConfig
+from .methods.presets import resolve_config
 from .spatial.conventions import ddf_voxel_to_world, points_world_to_voxel, spacing_from_affine
 from .spatial.resample import map_points_world, resample_ddf, resample_image, warp_between_grids, working_grid
 
@@ -219,6 +221,9 @@ def register_native(
     f_img = as_native_image(where, "fixed", fixed, reader, series)
     m_img = as_native_image(where, "moving", moving, reader, series)
     check_series_used(where, series, (f_img, m_img))
+    cfg = resolve_config(where, config)
+    # CT padding (-2000 ... -32768) -> air before resampling blends it into the field of view's edge
+    f_img, m_img = (apply_intensity_floor(img, cfg.preprocess) for img in (f_img, m_img))
     masks = {}
     for key, value, image in (("fixed_mask", fixed_mask, f_img), ("moving_mask", moving_mask, m_img)):
         if value is None:
@@ -255,7 +260,7 @@ def register_native(
 
     t2 = time.perf_counter()
     res = register(
-        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=config,
+        f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=cfg,
         device=dev, keypoints=kp, name=name,
     )
     t_register = time.perf_counter() - t2
