@@ -21,11 +21,12 @@ import torch
 from monai.data import MetaTensor
 
 from ._validation import check_finite, choose
+from .data.lung_mask import auto_lung_masks
 from .data.transforms import normalisation_transforms
 from .errors import MissingFileError, UserInputError, describe_read_error
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
-from .io.images import load_image
+from .io.images import check_series_used, load_image
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
 from .methods.presets import get_preset, resolve_config
@@ -236,14 +237,17 @@ def _array_affine(where: str, spacing, affine, assume_unit_spacing: bool) -> np.
     return np.eye(4) if assume_unit_spacing else None
 
 
-def _as_image(where: str, name: str, value: Any, array_affine: np.ndarray | None, reader: str = "auto") -> MetaTensor:
+def _as_image(
+    where: str, name: str, value: Any, array_affine: np.ndarray | None, reader: str = "auto",
+    series: str | Sequence[str] | None = None,
+) -> MetaTensor:
     """One input -> ``(1, H, W, D)`` float32 MetaTensor with a float64 RAS affine (``array_affine`` for arrays)."""
     if isinstance(value, (str, Path)):
         p = Path(value)
         if not p.exists():
             raise MissingFileError(f"{where}: {name} file {str(p)!r} does not exist.")
         try:
-            return load_image(p, reader=reader)
+            return load_image(p, reader=reader, series=series, strict_series=False)
         except Exception as exc:  # the reader's own exception, unwrapped to say what is wrong with the file
             raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}") from exc
     if not isinstance(value, (np.ndarray, torch.Tensor)):
@@ -287,6 +291,7 @@ def load_inputs(
     affine: np.ndarray | torch.Tensor | None = None,
     assume_unit_spacing: bool = False,
     reader: str = "auto",
+    series: str | Sequence[str] | None = None,
     where: str = "register",
 ) -> dict[str, MetaTensor]:
     """Read (files) or wrap (arrays) the inputs with their geometry and check each mask against its image.
@@ -300,6 +305,8 @@ def load_inputs(
         affine: 4x4 RAS voxel-to-world matrix of the plain-array inputs (instead of ``spacing``).
         assume_unit_spacing: plain arrays are on a 1 mm grid at the origin (explicit opt-in).
         reader: file reader: ``"auto"``, ``"nibabel"`` or ``"itk"``.
+        series: Series Instance UID(s) to read from DICOM-folder inputs (default: each folder's series with the
+            most slices of one geometry, logged; see :func:`~monai_contreg.io.images.load_image`).
 
     Returns:
         ``{"fixed", "moving"[, "fixed_mask", "moving_mask"]}``: ``(1, H, W, D)`` float32 MetaTensors with
@@ -313,13 +320,14 @@ def load_inputs(
     arr_aff = _array_affine(where, spacing, affine, assume_unit_spacing)
     out: dict[str, MetaTensor] = {}
     for key, value in (("fixed", fixed), ("moving", moving)):
-        out[key] = _as_image(where, key, value, arr_aff)
+        out[key] = _as_image(where, key, value, arr_aff, reader, series)
         check_finite(where, key, out[key].as_tensor())
+    check_series_used(where, series, (out["fixed"], out["moving"]))
     for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
         if value is None:
             continue
         image = out[key.replace("_mask", "")]
-        mask = _as_image(where, key, value, arr_aff if arr_aff is not None else _affine_of(image))
+        mask = _as_image(where, key, value, arr_aff if arr_aff is not None else _affine_of(image), reader)
         if tuple(mask.shape) != tuple(image.shape) or not np.allclose(
             _affine_of(mask), _affine_of(image), rtol=0.0, atol=GRID_ATOL_MM
         ):
@@ -345,8 +353,16 @@ def prepare_pair(
     spacing: float | Sequence[float] | None = None,
     affine: np.ndarray | torch.Tensor | None = None,
     assume_unit_spacing: bool = False,
+    series: str | list[str] | None = None,
 ) -> dict[str, MetaTensor]:
     """:func:`load_inputs` on one grid, then the intensity normalisation and masking of ``config.preprocess``.
+
+    A DICOM folder is read by :func:`monai_contreg.io.images.load_image`: the series ``series`` when the folder
+    holds it, else its series with the most slices of one geometry (logged).
+
+    With ``config.preprocess.use_masks`` and ``auto_mask`` (the default of the masking presets), a missing mask
+    is computed by :func:`monai_contreg.data.lung_mask.lung_mask` from the image in HU (an image that does not
+    look like a chest CT: a logged warning, no masks).
 
     Returns:
         ``{"fixed", "moving"[, "fixed_mask", "moving_mask"]}``, each a ``(1, H, W, D)`` float32 MetaTensor.
@@ -357,15 +373,17 @@ def prepare_pair(
     """
     cfg = config or get_preset("io")
     data = load_inputs(fixed, moving, fixed_mask, moving_mask, spacing=spacing, affine=affine,
-                       assume_unit_spacing=assume_unit_spacing, where="prepare_pair")
+                       assume_unit_spacing=assume_unit_spacing, series=series, where="prepare_pair")
     _check_one_grid("prepare_pair", data)
     return _normalise("prepare_pair", data, cfg)
 
 
 def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig) -> dict[str, MetaTensor]:
-    """``config.preprocess`` (MONAI transforms), refusing images with no structure before and after it."""
+    """Automatic lung masks where a masking preset has none, then ``config.preprocess`` (MONAI transforms),
+    refusing images with no structure before and after it."""
     for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
         check_informative(where, k, data[k].as_tensor())
+    data = auto_lung_masks(data, cfg, where)  # missing masks of a masking preset (preprocess.auto_mask)
     out = normalisation_transforms(cfg.preprocess)(data)
     for k in ("fixed", "moving"):
         mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
@@ -425,6 +443,7 @@ def register(
     working_spacing: float | tuple[float, float, float] | None = None,
     output: str = "voxel",
     reader: str = "auto",
+    series: str | list[str] | None = None,
     name: str = "",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the field ``u`` with fixed voxel ``x`` <-> moving world point ``A_f (x + u(x))``.
@@ -438,7 +457,9 @@ def register(
         fixed, moving: file paths (NIfTI read by nibabel; NRRD, MetaImage, DICOM folders... by ITK),
             MetaTensors (their affines are used) or plain arrays/tensors ``(H, W, D)`` with ``spacing``/``affine``.
         fixed_mask, moving_mask: optional masks (same kinds), each on its image's grid; with
-            ``config.preprocess.use_masks`` images are masked before feature extraction.
+            ``config.preprocess.use_masks`` images are masked before feature extraction; a missing one is segmented
+            automatically (lungs of a CT in HU, :func:`~monai_contreg.data.lung_mask.lung_mask`) unless
+            ``config.preprocess.auto_mask`` is false.
         spacing: voxel size (mm; one number or three) of plain-array inputs.
         affine: 4x4 RAS voxel-to-world matrix of plain-array inputs (instead of ``spacing``).
         assume_unit_spacing: explicitly treat plain arrays as 1 mm voxels at the origin.
@@ -454,6 +475,8 @@ def register(
             :func:`~monai_contreg.native.register_native`).
         output: units of :attr:`RegistrationResult.displacement`: ``"voxel"`` or ``"mm"``.
         reader: file reader: ``"auto"``, ``"nibabel"`` or ``"itk"``.
+        series: Series Instance UID(s) to read from DICOM-folder inputs (default: each folder's series with
+            the most slices; see :func:`monai_contreg.io.images.load_image`).
         name: label for log lines.
 
     Returns:
@@ -467,7 +490,7 @@ def register(
     output = choose(where, "output", output, ("voxel", "mm"))
     t0 = time.perf_counter()
     data = load_inputs(fixed, moving, fixed_mask, moving_mask, spacing=spacing, affine=affine,
-                       assume_unit_spacing=assume_unit_spacing, reader=reader, where=where)
+                       assume_unit_spacing=assume_unit_spacing, reader=reader, series=series, where=where)
     kp = _check_keypoints(where, keypoints, data["fixed"], data["moving"]) if keypoints is not None else None
     if not _on_one_grid(data["fixed"], data["moving"]):
         if init_ddf is not None:

@@ -2,6 +2,8 @@
 
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
+                     [--no-auto-mask] [--series UID]
+    contreg mask CT -o mask.nii.gz [--series UID]   (the automatic lung mask, to inspect it)
     contreg demo [--preset io] [--device cpu] [--out DIR]
     contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite] [--evaluate]
                 [--nproc-per-node N] [--backend gloo|nccl]   (Learn2Reg; also under torchrun ... -m monai_contreg.cli run)
@@ -42,6 +44,8 @@ def _config(args: argparse.Namespace):
         cfg.engine.num_threads = args.threads
     if getattr(args, "progress", False):
         cfg.engine.progress = True
+    if getattr(args, "no_auto_mask", False):
+        cfg.preprocess.auto_mask = False
     return cfg
 
 
@@ -54,6 +58,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", action="store_true", help="show a progress bar over optimisation steps")
+    p.add_argument("--no-auto-mask", action="store_true",
+                   help="do not segment the lungs of images given without a mask (presets that mask their inputs "
+                        "do so by default; see 'contreg mask')")
 
 
 def _inputs(args: argparse.Namespace) -> dict:
@@ -78,7 +85,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     headers = check_pair("register", _inputs(args), same_grid=True)
     check_output_file("register", "-o/--output", args.output, field_bytes(headers["fixed"].spatial_shape, fmt))
     res = register(
-        args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, config=cfg, device=args.device
+        args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, config=cfg, device=args.device,
+        series=args.series or None,
     )
     path = res.save(args.output)
     stats = res.jacobian_statistics()
@@ -375,7 +383,7 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
     spacing = args.working_spacing
     res = register_native(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, working_spacing=spacing,
-        config=_config(args), device=args.device,
+        config=_config(args), device=args.device, series=args.series or None,
     )
     written = [str(res.save(args.output))] if args.output else []
     if args.itk:
@@ -384,6 +392,26 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
         f"time {res.timings['total']:.1f}s"
     )
+    return 0
+
+
+def _cmd_mask(args: argparse.Namespace) -> int:
+    from .data.lung_mask import LungMaskError, lung_mask
+    from .io.images import IMAGE_WRITE_FORMATS, load_image, save_image
+    from .spatial.conventions import spacing_from_affine
+
+    if not str(args.output).lower().endswith(IMAGE_WRITE_FORMATS):
+        raise ValueError(f"-o/--output: path {args.output!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
+    t0 = time.perf_counter()
+    img = load_image(args.image, series=args.series or None)
+    try:
+        mask = lung_mask(img)
+    except LungMaskError as exc:
+        print(f"contreg mask: error: {exc}", file=sys.stderr)
+        return 1
+    path = save_image(args.output, mask.astype(np.uint8), img.affine)
+    ml = float(mask.sum()) * float(np.prod(spacing_from_affine(img.affine))) / 1000.0
+    print(f"wrote {path}  lungs {ml:.0f} mL  grid {tuple(mask.shape)}  time {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -409,6 +437,12 @@ def _cmd_warp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _series_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", action="append", default=[], metavar="UID",
+                   help="Series Instance UID to read from a DICOM folder (default: the series with the most slices "
+                        "of one geometry; the folder's series are listed in a warning); repeatable")
+
+
 def _add_geometry_parsers(sub) -> None:
     p = sub.add_parser("register-native", help="register images on different grids (any ITK/NIfTI format, DICOM folders)")
     p.add_argument("fixed", help="fixed image: file or DICOM series folder")
@@ -417,9 +451,16 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("--itk", help="ITK displacement field transform (.h5) or displacement image (.nii.gz, .nrrd, .mha), LPS mm")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")
-    p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the fixed image's smallest)")
+    p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")
+    _series_option(p)
     _common(p)
     p.set_defaults(func=_cmd_register_native)
+
+    p = sub.add_parser("mask", help="segment the lungs of a CT (the automatic mask of the masking presets)")
+    p.add_argument("image", help="CT in HU: image file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="mask image (.nii.gz, .nii, .nrrd, .mha; uint8, 1 = lung)")
+    _series_option(p)
+    p.set_defaults(func=_cmd_mask)
 
     p = sub.add_parser("warp", help="apply a field or ITK transform to images, label maps and point sets")
     src = p.add_mutually_exclusive_group(required=True)
@@ -446,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output field: .nii.gz, .nii or .npz (Learn2Reg layout)")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")
+    _series_option(p)
     _common(p)
     p.set_defaults(func=_cmd_register)
 

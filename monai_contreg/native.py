@@ -35,6 +35,7 @@ from monai.data import MetaTensor
 from ._validation import choose
 from .api import RegistrationResult, register
 from .methods.config import RegistrationConfig
+from .data.transforms import apply_intensity_floor
 from .methods.presets import resolve_config
 from .modes import LABEL_PADDING, InterpolationMode, PaddingMode
 from .spatial.conventions import points_world_to_voxel, spacing_from_affine
@@ -58,7 +59,7 @@ class OutputUnits(str, enum.Enum):
 
 
 def as_native_image(where: str, name: str, value: NativeImage, reader: str = "auto", *, spacing=None, affine=None,
-                    assume_unit_spacing: bool = False) -> MetaTensor:
+                    assume_unit_spacing: bool = False, series: str | list[str] | None = None) -> MetaTensor:
     """A file path, MetaTensor or array -> ``(1, H, W, D)`` MetaTensor with a float64 RAS affine.
 
     Files are read by :func:`monai_contreg.io.images.load_image`; a MetaTensor keeps its affine; a plain
@@ -69,7 +70,7 @@ def as_native_image(where: str, name: str, value: NativeImage, reader: str = "au
     """
     from .api import _array_affine, _as_image
 
-    return _as_image(where, name, value, _array_affine(where, spacing, affine, assume_unit_spacing), reader)
+    return _as_image(where, name, value, _array_affine(where, spacing, affine, assume_unit_spacing), reader, series)
 
 
 def _affine_np(t: MetaTensor) -> np.ndarray:
@@ -92,6 +93,7 @@ def register_native(
     keypoints_mm: tuple[Any, Any] | None = None,
     padding_mode: str = "border",
     reader: str = "auto",
+    series: str | list[str] | None = None,
     name: str = "",
 ) -> RegistrationResult:
     """Register images on any grids through a working grid; the field comes back on the fixed grid.
@@ -118,6 +120,8 @@ def register_native(
         padding_mode: values outside an image when resampling it: ``"border"`` (default) or ``"zeros"``
             (masks: always ``"zeros"``).
         reader: image reader for files: ``"auto"``, ``"nibabel"`` or ``"itk"``.
+        series: Series Instance UID(s) to read from DICOM folders (each folder reads the one it holds, or by
+            default its series with the most slices; see :func:`~monai_contreg.io.images.load_image`).
         name: label for log lines.
 
     Returns:
@@ -131,7 +135,7 @@ def register_native(
     output = choose(where, "output", output, OutputUnits).value
     padding_mode = choose(where, "padding_mode", padding_mode, PaddingMode)
     data = load_inputs(fixed, moving, fixed_mask, moving_mask, spacing=spacing, affine=affine,
-                       assume_unit_spacing=assume_unit_spacing, reader=reader, where=where)
+                       assume_unit_spacing=assume_unit_spacing, reader=reader, series=series, where=where)
     return _register_two_grids(data, working_spacing=working_spacing, output=output, config=config, device=device,
                                keypoints_mm=keypoints_mm, padding_mode=padding_mode, name=name, t0=t0)
 
@@ -154,7 +158,8 @@ def _register_two_grids(
     where = "register_native"
     t0 = time.perf_counter() if t0 is None else t0
     cfg = resolve_config(where, config)
-    f_img, m_img = data["fixed"], data["moving"]
+    # CT padding (-2000 ... -32768) -> air before resampling blends it into the field of view's edge
+    f_img, m_img = (apply_intensity_floor(data[k], cfg.preprocess) for k in ("fixed", "moving"))
     t_load = time.perf_counter() - t0
 
     dev = torch.device(device) if device is not None else torch.device("cpu")

@@ -22,6 +22,7 @@ from monai.transforms import (
     MapTransform,
     ScaleIntensityd,
     ScaleIntensityRanged,
+    ThresholdIntensityd,
     Transform,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ApplyMaskDict",
     "ApplyMaskd",
     "IMAGE_KEYS",
+    "apply_intensity_floor",
     "MASK_KEYS",
     "loading_transforms",
     "normalisation_transforms",
@@ -100,12 +102,26 @@ ApplyMaskD = ApplyMaskDict = ApplyMaskd
 
 
 def _intensity(config: PreprocessConfig, keys: list[str]) -> list[Transform]:
+    floor: list[Transform] = []
+    if config.intensity_floor is not None:  # CT padding (-2000, -3024, -32768) -> air
+        f = float(config.intensity_floor)
+        floor = [ThresholdIntensityd(keys, threshold=f, above=True, cval=f, allow_missing_keys=True)]
     if config.intensity == "window":
         lo, hi = config.window
-        return [ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)]
+        return [*floor, ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)]
     if config.intensity == "minmax":
-        return [ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True)]
-    return []
+        return [*floor, ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True)]
+    return floor
+
+
+def apply_intensity_floor(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """``image`` with values below ``config.intensity_floor`` raised to it (unchanged when the floor is None).
+
+    A MetaTensor stays one (same affine and metadata).
+    """
+    if config.intensity_floor is None:
+        return image
+    return image.clamp(min=float(config.intensity_floor))
 
 
 def loading_transforms(file_keys: Sequence[str] = (), array_keys: Sequence[str] = ()) -> Compose:
@@ -123,6 +139,8 @@ def normalisation_transforms(
     config: PreprocessConfig, image_keys: Sequence[str] = IMAGE_KEYS, mask_keys: Sequence[str] = MASK_KEYS
 ) -> Compose:
     """Intensity normalisation of ``image_keys`` then (``config.use_masks``) masking by ``mask_keys``.
+
+    Normalisation: values below ``config.intensity_floor`` (CT padding) raised to it, then ``config.intensity``.
 
     Missing keys are skipped, so the same pipeline serves pairs with or without masks.
     """

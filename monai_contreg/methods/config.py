@@ -44,12 +44,21 @@ class PreprocessConfig:
         window: ``(low, high)`` intensity window for ``"window"`` (HU for CT).
         use_masks: multiply each image by its mask when masks are given (outside -> ``mask_fill``).
         mask_fill: intensity given to voxels outside the mask (after normalisation).
+        intensity_floor: intensities below this are raised to it before normalisation (HU; default -1024):
+            the padding values scanners write outside the reconstructed circle (-1024, -2000, -3024, -32768)
+            all read as air, so that they change neither ``"minmax"`` scaling nor raw (``"none"``) MIND
+            features. ``None``: no floor (data whose values below -1024 mean something).
+        auto_mask: with ``use_masks``, segment the lungs of an image given without a mask
+            (:func:`monai_contreg.data.lung_mask.lung_mask`, CT in HU); an image that does not look like a
+            chest CT is registered unmasked, with a logged warning. CLI: ``--no-auto-mask`` turns it off.
     """
 
     intensity: str = "window"
     window: tuple[float, float] = (-1000.0, 1000.0)
     use_masks: bool = True
     mask_fill: float = 0.0
+    intensity_floor: float | None = -1024.0
+    auto_mask: bool = True
 
 
 @dataclass
