@@ -216,8 +216,11 @@ def register(
             )
         kp = (fk, mk)
     t_load = time.perf_counter() - t0
+    fmask = data.get("fixed_mask")
+    fmask = None if fmask is None else torch.as_tensor(fmask).unsqueeze(0).to(dev, dt)
     out = run_method(
         f, m, cfg, init_ddf=init_ddf, keypoints=kp, spacing=spacing_from_affine(affine), handlers=handlers, name=name,
+        fixed_mask=fmask,
     )
     with torch.no_grad():
         working = out.field().detach()
