@@ -115,17 +115,20 @@ def level_config(config: RegistrationConfig, level: LevelConfig) -> Registration
 
 
 def level_features(
-    fixed: torch.Tensor, moving: torch.Tensor, level: LevelConfig, cache: dict | None = None
+    fixed: torch.Tensor, moving: torch.Tensor, level: LevelConfig, cache: dict | None = None, release: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of one level: full-resolution MIND-SSC, average-pooled by the level's ``grid_factor``.
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
         level: the level (``mind_radius``, ``mind_dilation``, ``second_dilation``, ``grid_factor``).
-        cache: optional dict reused across levels: full-resolution MIND per ``(radius, dilation)``.
+        cache: optional dict reused across levels: full-resolution MIND per ``(image, radius, dilation)``.
+        release: drop this level's entries from ``cache`` as soon as they are pooled (their last use).
 
     Returns:
-        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``).
+        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``), stored
+        channels-last (``torch.channels_last_3d``): the layout the compiled similarity samples from, so it
+        makes no second copy (at full resolution a copy is ~0.45 GiB per image).
     """
     check_tensor("level_features", "fixed", fixed, 5)
     check_tensor("level_features", "moving", moving, 5)
@@ -137,10 +140,16 @@ def level_features(
             parts = []
             for d in dilations:
                 key = (img_key, level.mind_radius, d)
-                if key not in cache:
-                    cache[key] = mind_ssc(img, level.mind_radius, d)
-                parts.append(downsample(cache[key], level.grid_factor))
-            outs.append((parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).contiguous())
+                # kept channels-last: a full-resolution level then samples this very tensor (no copy)
+                full = cache[key] if key in cache else mind_ssc(img, level.mind_radius, d).contiguous(memory_format=torch.channels_last_3d)
+                cache[key] = full
+                parts.append(downsample(full, level.grid_factor).contiguous(memory_format=torch.channels_last_3d))
+                del full
+                if release:
+                    del cache[key]
+            feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last_3d)
+            outs.append(feat)
+            del parts
     return outs[0], outs[1]
 
 
@@ -224,13 +233,15 @@ def run_multilevel(
     out: MethodOutput | None = None
     for i, lv in enumerate(ml.levels):
         t0 = time.perf_counter()
-        ff, mf = level_features(fixed, moving, lv, cache)
+        dils = [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else [])
+        ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils))
         for key in [k for k in cache if last_use.get(k[1:], -1) <= i]:
             del cache[key]
         t_feat = time.perf_counter() - t0
         shape = pooled_shape(image_shape, lv.grid_factor)
         if ddf is not None and i > 0:
             ddf = carry_field(ddf, shape)
+        out = None  # the previous level's field and optimiser state are no longer needed
         regularizer = None
         if ml.mask_aware:
             weights = mask_edge_weights(_level_mask(fixed_mask, shape), ml.cross_weight)
