@@ -210,7 +210,9 @@ class LevelConfig:
             average-pooled by ``grid_factor``).
         second_dilation: a second feature scale: MIND-SSC with this dilation (same radius) concatenated to the
             first, 24 channels instead of 12 (0 = off).
-        smoothing_passes: box-filter passes applied to its parameter on read (width ``field.smoothing_kernel``).
+        smoothing_passes: box-filter passes applied to its parameter on read.
+        smoothing_kernel: width of those box filters (odd; a finer grid needs a wider one for the same
+            smoothing in mm).
     """
 
     grid_factor: int = 2
@@ -220,6 +222,7 @@ class LevelConfig:
     mind_dilation: int = 2
     second_dilation: int = 0
     smoothing_passes: int = 3
+    smoothing_kernel: int = 3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -233,6 +236,9 @@ class LevelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise UserInputError(f"LevelConfig: {name} must be an integer >= {low}, got {v!r}.")
+        k = self.smoothing_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise UserInputError(f"LevelConfig: smoothing_kernel must be a positive odd integer, got {k!r}.")
         if isinstance(self.reg_weight, bool) or not isinstance(self.reg_weight, (int, float)) or not 0 <= self.reg_weight < float("inf"):
             raise UserInputError(f"LevelConfig: reg_weight must be a finite number >= 0, got {self.reg_weight!r}.")
         self.reg_weight = float(self.reg_weight)

@@ -107,6 +107,7 @@ def level_config(config: RegistrationConfig, level: LevelConfig) -> Registration
     cfg.multilevel.levels = ()
     cfg.field.grid_factor = level.grid_factor
     cfg.field.smoothing_passes = level.smoothing_passes
+    cfg.field.smoothing_kernel = level.smoothing_kernel
     cfg.optim.schedule = copy.deepcopy(level.schedule)
     cfg.optim.reg_weight = level.reg_weight
     cfg.features.mind_radius = level.mind_radius
@@ -195,7 +196,7 @@ def run_multilevel(
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
         config: a config whose ``multilevel.levels`` is non-empty (``engine``, ``features.storage``,
-            ``field.smoothing_kernel``, ``optim.betas``/``padding_mode`` and ``multilevel`` are used).
+            ``optim.betas``/``padding_mode`` and ``multilevel`` are used).
         init_ddf: optional initial DDF ``(1, 3, ...)`` of the first level (voxels of its own grid).
         fixed_mask: ``(1, 1, H, W, D)`` fixed mask (values > 0.5 inside); required by ``multilevel.mask_aware``.
         keypoints, spacing, name: as :func:`~monai_contreg.methods.io.instance_optimisation` (TRE monitor steps
