@@ -133,3 +133,16 @@ def test_mask_aware_needs_a_mask_and_runs_with_one():
     mask[..., 4:20, 3:17, 4:18] = 1
     out = run_method(fixed, moving, cfg, fixed_mask=mask)
     assert out.steps == 6 and torch.isfinite(out.field()).all()
+
+
+def test_second_feature_scale_concatenates_a_second_dilation():
+    from monai_contreg.features.mind import mind_ssc
+    from monai_contreg.methods.multilevel import level_features
+    from monai_contreg.spatial.filters import downsample
+
+    fixed, moving, _ = _pair()
+    lv = LevelConfig(grid_factor=2, mind_dilation=2, second_dilation=3)
+    ff, mf = level_features(fixed, moving, lv)
+    assert ff.shape == (1, 24, 12, 10, 11) and mf.shape == ff.shape
+    torch.testing.assert_close(ff[:, :12], downsample(mind_ssc(fixed, 1, 2), 2))
+    torch.testing.assert_close(mf[:, 12:], downsample(mind_ssc(moving, 1, 3), 2))
