@@ -1,8 +1,11 @@
-"""Ablation on nlst_synth: every preset (discrete stage, ConvexAdam, the paper's schedule, constant-lr variants)
-and the reference ConvexAdam, on the same pairs in the same run.
+"""Ablation on nlst_synth: every preset (discrete stage, ConvexAdam, the paper's schedule, constant-lr variants,
+the multi-resolution ``accurate``) and the reference ConvexAdam, on the same pairs in the same run.
 
-    python benchmarks/ablation.py [--pairs 0101 0102] [--presets convex convexadam io convex+io io-lr1 io-lr15]
+    python benchmarks/ablation.py [--pairs 0101 0102] [--presets convex convexadam io convex+io io-lr1 io-lr15 accurate]
         [--threads 2] [--reference-python REF/bin/python | --no-reference] [--json out.json]
+
+Besides preset names, ``--presets`` takes the ``accurate`` preset with one component turned off (rows
+``accurate-<component>``, see ``ACCURATE_ABLATIONS``: e.g. ``accurate-fine`` without its full-resolution level).
 
 Each (pair, method) runs in its own process; peak memory is that child's maximum resident set size, read from
 the kernel's resource usage of the finished child (``os.wait4``, the per-child value that
@@ -19,6 +22,7 @@ This is a script that prints figures, not a test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics as st
@@ -28,13 +32,45 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA, add_run_args, nlst_pairs, reference_python, register_worker, run_child, run_reference, worker_cmd  # noqa: E402
 
-PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15")
+PRESETS = ("convex", "convexadam", "io", "convex+io", "io-lr1", "io-lr15", "accurate")
 REFERENCE = "reference"
 
 
+def _accurate_ablations() -> dict[str, list[str]]:
+    """``accurate`` with one component off: row name -> overrides of the ``accurate`` preset."""
+    from monai_contreg.methods.presets import get_preset
+
+    cfg = get_preset("accurate")
+    levels = [dataclasses.asdict(lv) for lv in cfg.multilevel.levels]
+
+    def with_levels(lv: list[dict]) -> list[str]:
+        return [f"multilevel.levels={json.dumps(lv)}"]
+
+    rows = {
+        # the full-resolution (finest) level dropped: the coarser levels alone
+        "accurate-fine": with_levels(levels[:-1]),
+        # the coarser levels dropped: the finest level alone, from zero
+        "accurate-coarse": with_levels(levels[-1:]),
+    }
+    if cfg.multilevel.mask_aware:
+        rows["accurate-sliding"] = ["multilevel.mask_aware=false"]
+    if any(lv["second_dilation"] for lv in levels):
+        rows["accurate-scale2"] = with_levels([{**lv, "second_dilation": 0} for lv in levels])
+    if levels[-1]["smoothing_kernel"] != 3:
+        rows["accurate-kernel5"] = with_levels([*levels[:-1], {**levels[-1], "smoothing_kernel": 3}])
+    return rows
+
+
+def _split(name: str) -> tuple[str, list[str]]:
+    """(preset, overrides) of a method row name: a preset, or an ``accurate-<component>`` ablation."""
+    abl = _accurate_ablations()
+    return ("accurate", abl[name]) if name in abl else (name, [])
+
+
 def _worker(args: argparse.Namespace) -> None:
-    """In the child: register one pair with one preset and print one JSON line of figures."""
-    print(json.dumps(register_worker(json.loads(args.worker), args.preset, [], args.threads)))
+    """In the child: register one pair with one preset (or ablation row) and print one JSON line of figures."""
+    preset, overrides = _split(args.preset)
+    print(json.dumps(register_worker(json.loads(args.worker), preset, overrides, args.threads)))
 
 
 def _fmt(r: dict) -> str:
@@ -46,7 +82,7 @@ def _fmt(r: dict) -> str:
     )
 
 
-HEADER = f"{'case':6s} {'method':11s} {'TRE mm':>7s} {'initial':>7s} {'SDlogJ':>8s} {'fold %':>8s} {'time s':>8s} {'(proc)':>8s} {'peak GiB':>8s} {'(reg.)':>7s}"
+HEADER = f"{'case':6s} {'method':15s} {'TRE mm':>7s} {'initial':>7s} {'SDlogJ':>8s} {'fold %':>8s} {'time s':>8s} {'(proc)':>8s} {'peak GiB':>8s} {'(reg.)':>7s}"
 
 
 def main() -> None:
@@ -63,9 +99,9 @@ def main() -> None:
 
     from monai_contreg.methods.presets import preset_names
 
-    unknown = [p for p in args.presets if p not in preset_names()]
+    unknown = [p for p in args.presets if p not in preset_names() and p not in _accurate_ablations()]
     if unknown:
-        raise SystemExit(f"ablation: unknown preset(s) {unknown}; known: {preset_names()}")
+        raise SystemExit(f"ablation: unknown preset(s) {unknown}; known: {preset_names() + list(_accurate_ablations())}")
     pairs = [p for p in nlst_pairs(args.data) if not args.pairs or p["case"] in args.pairs]
     if args.pairs and len(pairs) != len(set(args.pairs)):
         raise SystemExit(f"ablation: --pairs {args.pairs} not all found in {args.data}")
@@ -87,25 +123,25 @@ def main() -> None:
             else:
                 r = run_child(worker_cmd(__file__, pair, method, args.threads), args.threads)
             results[method][pair["case"]] = r
-            print(f"{pair['case']:6s} {method:11s} {_fmt(r)}", flush=True)
+            print(f"{pair['case']:6s} {method:15s} {_fmt(r)}", flush=True)
 
     print("\nmean over pairs")
     print(HEADER.replace("case  ", "pairs "))
     for method in methods:
         ok = [r for r in results[method].values() if "error" not in r]
         if not ok:
-            print(f"{'-':6s} {method:11s} no successful run")
+            print(f"{'-':6s} {method:15s} no successful run")
             continue
         mean = {k: st.mean(r[k] for r in ok) for k in ("tre", "tre_initial", "sdlogj", "folding_percent", "seconds", "process_seconds")}
         mean["peak_gib"] = max(r["peak_gib"] for r in ok)
         mean["register_peak_gib"] = max(r.get("register_peak_gib", float("nan")) for r in ok)
         mean["median_seconds"] = st.median(r["seconds"] for r in ok)
-        print(f"{len(ok):<6d} {method:11s} {_fmt(mean)}   (peaks = max over pairs; median time {mean['median_seconds']:.1f} s)")
+        print(f"{len(ok):<6d} {method:15s} {_fmt(mean)}   (peaks = max over pairs; median time {mean['median_seconds']:.1f} s)")
     print("\nper-pair TRE (mm)")
-    print(f"{'method':11s} " + " ".join(f"{p['case']:>7s}" for p in pairs))
+    print(f"{'method':15s} " + " ".join(f"{p['case']:>7s}" for p in pairs))
     for method in methods:
         cells = [results[method].get(p["case"], {}) for p in pairs]
-        print(f"{method:11s} " + " ".join(f"{c['tre']:7.3f}" if "tre" in c else f"{'-':>7s}" for c in cells))
+        print(f"{method:15s} " + " ".join(f"{c['tre']:7.3f}" if "tre" in c else f"{'-':>7s}" for c in cells))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\nRUSAGE_CHILDREN ru_maxrss (largest child of this run): {children:.2f} GiB")
     if args.json:

@@ -100,9 +100,19 @@ def check_same_spatial(where: str, names: Sequence[str], *tensors: torch.Tensor,
 
 
 def check_finite(where: str, name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise if ``x`` holds NaN or infinite values (reporting how many)."""
+    """Raise if ``x`` holds NaN or infinite values (reporting how many).
+
+    Large tensors are checked in slabs of about 2**22 elements along their longest axis: ``torch.isfinite``
+    allocates temporaries the size of its input (a full-resolution feature volume: ~1 GiB at the peak).
+    """
     if x.is_floating_point():
-        bad = int((~torch.isfinite(x)).sum())
+        chunk = 1 << 22
+        if x.ndim and x.numel() > chunk:
+            dim = max(range(x.ndim), key=lambda d: x.shape[d])
+            step = max(1, chunk * x.shape[dim] // x.numel())
+            bad = sum(int((~torch.isfinite(part)).sum()) for part in x.detach().split(step, dim))
+        else:
+            bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise UserInputError(f"{where}: {name} contains {bad} NaN or infinite value(s) out of {x.numel()}.")
     return x

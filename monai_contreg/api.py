@@ -532,9 +532,11 @@ def _register_one_grid(
     f = fixed_t.as_tensor().unsqueeze(0).to(device, dtype)
     m = data["moving"].as_tensor().unsqueeze(0).to(device, dtype)
     t_load = time.perf_counter() - t0
+    fmask = data.get("fixed_mask")
+    fmask = None if fmask is None else torch.as_tensor(fmask).unsqueeze(0).to(device, dtype)
     out = run_method(
         f, m, cfg, init_ddf=init_ddf, keypoints=keypoints, spacing=spacing_from_affine(affine), handlers=handlers,
-        name=name,
+        name=name, fixed_mask=fmask,
     )
     with torch.no_grad():
         working = out.field().detach()

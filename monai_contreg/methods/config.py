@@ -28,6 +28,8 @@ __all__ = [
     "EngineConfig",
     "FeatureConfig",
     "FieldConfig",
+    "LevelConfig",
+    "MultilevelConfig",
     "OptimConfig",
     "PreprocessConfig",
     "RegistrationConfig",
@@ -253,6 +255,113 @@ class ConvexConfig:
 
 
 @dataclass
+class LevelConfig:
+    """One level of the multi-resolution instance optimisation (:mod:`monai_contreg.methods.multilevel`).
+
+    Attributes:
+        grid_factor: this level's working-grid coarsening factor (1 = full resolution, 2 = half, ...).
+        schedule: its piecewise learning-rate schedule (``schedule.total_steps`` Adam steps; rates in voxels of
+            this level's grid).
+        reg_weight: weight of its diffusion (or mask-aware) regulariser, field in this level's voxels.
+        mind_radius, mind_dilation: MIND-SSC settings of its features (computed at full resolution, then
+            average-pooled by ``grid_factor``).
+        second_dilation: a second feature scale: MIND-SSC with this dilation (same radius) concatenated to the
+            first, 24 channels instead of 12 (0 = off).
+        smoothing_passes: box-filter passes applied to its parameter on read.
+        smoothing_kernel: width of those box filters (odd; a finer grid needs a wider one for the same
+            smoothing in mm).
+    """
+
+    grid_factor: int = 2
+    schedule: PiecewiseSchedule = _field(default_factory=PiecewiseSchedule)
+    reg_weight: float = 1.75
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    second_dilation: int = 0
+    smoothing_passes: int = 3
+    smoothing_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the field (``multilevel.levels[i].<name>``) and what it expects."""
+        from ..errors import UserInputError
+
+        for name, low in (("grid_factor", 1), ("mind_radius", 0), ("mind_dilation", 1), ("second_dilation", 0),
+                          ("smoothing_passes", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserInputError(f"LevelConfig: {name} must be an integer >= {low}, got {v!r}.")
+        k = self.smoothing_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise UserInputError(f"LevelConfig: smoothing_kernel must be a positive odd integer, got {k!r}.")
+        if isinstance(self.reg_weight, bool) or not isinstance(self.reg_weight, (int, float)) or not 0 <= self.reg_weight < float("inf"):
+            raise UserInputError(f"LevelConfig: reg_weight must be a finite number >= 0, got {self.reg_weight!r}.")
+        self.reg_weight = float(self.reg_weight)
+        self.schedule.validate()
+
+
+@dataclass
+class MultilevelConfig:
+    """Multi-resolution instance optimisation (``levels`` empty = off: the single-level paper method).
+
+    When ``levels`` is non-empty, method ``"io"`` runs one Adam optimisation per level, coarse to fine, each
+    on its own grid and features, the field of one level carried exactly (trilinear, linear extrapolation at
+    the border) onto the next level's grid as its initial field. The ``field.grid_factor``, ``optim.schedule``,
+    ``optim.reg_weight`` and ``features.mind_*`` settings are then replaced by the levels' own.
+
+    Attributes:
+        levels: the levels, coarse to fine (:class:`LevelConfig`; dicts in YAML/JSON).
+        mask_aware: sliding-motion-aware regulariser: differences of the field across the fixed image's mask
+            boundary are weighted by ``cross_weight`` instead of 1 (needs a fixed mask). Off by default.
+        cross_weight: weight of the across-boundary differences when ``mask_aware`` (0 = free sliding).
+    """
+
+    levels: tuple[LevelConfig, ...] = ()
+    mask_aware: bool = False
+    cross_weight: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the offending field."""
+        from ..errors import UserInputError
+
+        self.levels = _levels("multilevel.levels", self.levels)
+        if not isinstance(self.mask_aware, bool):
+            raise UserInputError(f"MultilevelConfig: multilevel.mask_aware must be true or false, got {self.mask_aware!r}.")
+        w = self.cross_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise UserInputError(f"MultilevelConfig: multilevel.cross_weight must be a finite number >= 0, got {w!r}.")
+        self.cross_weight = float(w)
+
+
+def _levels(name: str, value: Any) -> tuple[LevelConfig, ...]:
+    """A tuple of validated :class:`LevelConfig` from a list of LevelConfig or (partial) dicts."""
+    from ..errors import UserInputError
+
+    if not isinstance(value, (list, tuple)):
+        raise UserInputError(f"RegistrationConfig: {name} must be a list of levels (mappings), got {value!r}.")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, LevelConfig):
+            item.validate()
+            out.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise UserInputError(f"RegistrationConfig: {name}[{i}] must be a mapping of LevelConfig fields, got {item!r}.")
+        level = LevelConfig()
+        try:
+            _merge(level, item, f"{name}[{i}]")
+            level.validate()
+        except UserInputError:
+            raise
+        except ValueError as exc:
+            raise UserInputError(f"{exc} (in {name}[{i}])") from None
+        out.append(level)
+    return tuple(out)
+
+
+@dataclass
 class RegistrationConfig:
     """Everything that defines a registration run.
 
@@ -261,7 +370,8 @@ class RegistrationConfig:
             ``"convex"``: ConvexAdam's coupled convex discrete stage alone, configured by ``convex``).
         init: initial field of ``"io"``: ``"zero"`` (the paper) or ``"convex"`` (the discrete stage's field,
             i.e. ConvexAdam when combined with its Adam settings).
-        preprocess, features, field, optim, engine, convex: see the nested dataclasses.
+        preprocess, features, field, optim, engine, convex, multilevel: see the nested dataclasses
+            (``multilevel.levels`` empty, the default, keeps the single-level method).
     """
 
     method: str = "io"
@@ -272,6 +382,7 @@ class RegistrationConfig:
     optim: OptimConfig = _field(default_factory=OptimConfig)
     engine: EngineConfig = _field(default_factory=EngineConfig)
     convex: ConvexConfig = _field(default_factory=ConvexConfig)
+    multilevel: MultilevelConfig = _field(default_factory=MultilevelConfig)
 
     # ----------------------------------------------------------------- dict round trip
     def to_dict(self) -> dict[str, Any]:
@@ -384,6 +495,7 @@ class RegistrationConfig:
             raise UserInputError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
         self.optim.schedule.validate()
         self.convex.validate()
+        self.multilevel.validate()
 
 
 def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
@@ -410,6 +522,8 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
 
 def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
     text = getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint)
+    if "LevelConfig" in text:  # multilevel.levels: a list of (partial) level mappings
+        return _levels(name, value)
     if value is None:
         if "None" in text:
             return None

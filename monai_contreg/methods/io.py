@@ -91,6 +91,7 @@ def instance_optimisation(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     handlers: list[Any] | None = None,
     name: str = "",
+    regularizer: Any = None,
 ) -> MethodOutput:
     """Run the Adam instance optimisation on working-grid features (one ignite engine run).
 
@@ -104,6 +105,8 @@ def instance_optimisation(
         spacing: voxel spacing in mm for the TRE monitor.
         handlers: extra objects with an ``attach(engine)`` method (ignite handlers).
         name: label used in log lines.
+        regularizer: optional ``ddf -> scalar`` replacing the diffusion regulariser (weighted by
+            ``optim.reg_weight``), e.g. the multi-level method's mask-aware one.
 
     Raises:
         RegistrationDivergedError: the loss became non-finite, or (``config.engine.divergence_check``) the run went
@@ -123,7 +126,7 @@ def instance_optimisation(
     optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=ocfg.reg_weight, padding_mode=ocfg.padding_mode,
-        fused=ecfg.fused, feature_storage=config.features.storage,
+        fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer,
     )
     PiecewiseLRScheduler(optimizer, sched).attach(engine)
     HistoryRecorder(optimizer).attach(engine)

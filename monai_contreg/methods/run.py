@@ -20,6 +20,7 @@ from ..optim.handlers import check_divergence
 from .config import INIT_NAMES, METHOD_NAMES, RegistrationConfig
 from .convex import coupled_convex, pooled_mind
 from .io import MethodOutput, compute_features, instance_optimisation
+from .multilevel import run_multilevel
 
 __all__ = ["METHODS", "run_method"]
 
@@ -41,6 +42,7 @@ def run_method(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     handlers: list[Any] | None = None,
     name: str = "",
+    fixed_mask: torch.Tensor | None = None,
 ) -> MethodOutput:
     """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with ``config.method``.
 
@@ -50,6 +52,11 @@ def run_method(
         init_ddf: optional initial DDF ``(1, 3, ...)`` for ``"io"`` (voxels of its own grid); it replaces
             ``config.init``. Not accepted by ``"convex"``.
         keypoints, spacing, handlers, name: passed to :func:`instance_optimisation`.
+        fixed_mask: optional ``(1, 1, H, W, D)`` fixed mask, used by ``multilevel.mask_aware`` only.
+
+    With ``config.multilevel.levels`` non-empty, ``"io"`` runs the multi-resolution method
+    (:func:`~monai_contreg.methods.multilevel.run_multilevel`), from ``init_ddf``, from zero, or (``init="convex"``)
+    from the discrete stage's field.
 
     Returns:
         :class:`MethodOutput`; for ``"convex"`` its field is the discrete result on the coarse grid (no
@@ -67,6 +74,23 @@ def run_method(
     discrete = method == "convex" or (init == "convex" and init_ddf is None)
     fc = config.features
     t0 = time.perf_counter()
+    if method == "io" and config.multilevel.levels:
+        timings = {}
+        if discrete:
+            feats = [pooled_mind(x, (config.convex.grid_spacing,), fc.mind_radius, fc.mind_dilation)[0] for x in (fixed, moving)]
+            timings["features"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            init_ddf = coupled_convex(feats[0], feats[1], config.convex)
+            _sync(init_ddf)
+            timings["discrete"] = time.perf_counter() - t1
+            del feats
+        out = run_multilevel(
+            fixed, moving, config, init_ddf=init_ddf, fixed_mask=fixed_mask, keypoints=keypoints, spacing=spacing,
+            handlers=handlers, name=name,
+        )
+        out.timings = {**out.timings, "features": out.timings["features"] + timings.get("features", 0.0),
+                       **({"discrete": timings["discrete"]} if "discrete" in timings else {})}
+        return out
     if discrete:
         factors = (config.convex.grid_spacing,) if method == "convex" else (config.convex.grid_spacing, config.field.grid_factor)
         fixed_feats = pooled_mind(fixed, factors, fc.mind_radius, fc.mind_dilation)
