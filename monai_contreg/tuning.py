@@ -27,7 +27,9 @@ sampled values, and measures each field with the metric code of ``contreg evalua
   ties, broken by the registration time (sum over the pairs);
 * search: TPE sampler (the base config's values are enqueued as trial 0 when they lie in the space) and a
   median pruner fed by an ignite handler (:class:`OptunaPruningHandler`): the TRE every ``report_every`` steps
-  of each pair (objective ``tre``), or the running mean after each pair (``dice``);
+  of each pair (objective ``tre``), or the running mean after each pair (``dice``); the median is taken over
+  the feasible completed trials only (:func:`FeasibleMedianPruner`), so that trials are not stopped for being
+  behind trials that broke the limits;
 * ``search_steps``: trials run a schedule shortened to this many steps (breakpoints scaled in proportion,
   :func:`scale_schedule`); the best config is written at full length and its full-length run is reported.
 
@@ -68,6 +70,7 @@ from .methods.config import RegistrationConfig
 __all__ = [
     "DEFAULT_SPACES",
     "OBJECTIVES",
+    "FeasibleMedianPruner",
     "OptunaPruningHandler",
     "PairMetrics",
     "SearchParam",
@@ -88,7 +91,7 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("auto", "tre", "dice")
 
 _IO_SPACE: dict[str, Any] = {
-    "optim.schedule.peak_lr": {"low": 3.0, "high": 30.0, "log": True},
+    "optim.schedule.peak_lr": {"low": 1.0, "high": 30.0, "log": True},
     "optim.schedule.constant_steps": {"low": 20, "high": 120},
     "optim.schedule.cosine_end": {"low": 130, "high": 240},
     "optim.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
@@ -557,6 +560,41 @@ def _constraints(trial) -> list[float]:
     return [float(v) for v in trial.user_attrs.get("constraints", (0.0, 0.0))]
 
 
+class _FeasibleTrials:
+    """A view of a study whose completed trials are only the feasible ones (for the pruner's median)."""
+
+    def __init__(self, study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        from optuna.trial import TrialState
+
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.state != TrialState.COMPLETE or trial_outcome(t) == "feasible"]
+
+
+def _feasible_median_pruner():
+    import optuna
+
+    class FeasibleMedianPruner(optuna.pruners.MedianPruner):
+        """Optuna's median pruner, with the median taken over the *feasible* completed trials only: a trial
+        is not stopped for being behind trials that broke the SDlogJ/folding limits (and cannot win)."""
+
+        def prune(self, study, trial) -> bool:
+            return super().prune(_FeasibleTrials(study), trial)
+
+    return FeasibleMedianPruner
+
+
+def FeasibleMedianPruner(**kwargs: Any):  # noqa: N802 - a class, built lazily (optuna is imported on use)
+    """:class:`optuna.pruners.MedianPruner` whose median is over the feasible completed trials only (same
+    arguments)."""
+    return _feasible_median_pruner()(**kwargs)
+
+
 def _load_study(job: _Job, seed_offset: int = 0, create: bool = False):
     import optuna
 
@@ -568,7 +606,7 @@ def _load_study(job: _Job, seed_offset: int = 0, create: bool = False):
             seed=None if job.seed is None else job.seed + seed_offset, n_startup_trials=job.startup_trials,
             multivariate=True, **extra,
         )
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=job.pruner_startup, n_warmup_steps=0)
+    pruner = FeasibleMedianPruner(n_startup_trials=job.pruner_startup, n_warmup_steps=0)
     storage = _storage(job.storage, job.heartbeat)
     if create:
         return optuna.create_study(storage=storage, study_name=job.study_name, direction=job.direction,

@@ -272,25 +272,24 @@ def test_two_worker_processes_share_one_study(dataset, tmp_path):
 # ------------------------------------------------------------------------------------------- outputs, CLI
 def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_path, capsys):
     out = tmp_path / "tuned" / "best.yaml"
-    code = main(["tune", str(dataset), "-o", str(out), "--trials", "3", "--space", _space_file(tmp_path),
-                 "--pairs", "0001", "--holdout", "0002", "--search-steps", "3", "--threads", "1",
-                 *sum((["--set", s] for s in SHORT), [])])
+    code = main(["tune", str(dataset), "-o", str(out), "--trials", "2", "--space", _space_file(tmp_path),
+                 "--pairs", "0001", "--threads", "1", "--max-sdlogj", "1", *sum((["--set", s] for s in SHORT), [])])
     text = capsys.readouterr().out
     assert code == 0, text
     lines = [ln for ln in text.splitlines() if ln.startswith("trial ")]
-    assert len(lines) == 3 and all("[" in ln and "| best" in ln for ln in lines)  # one progress line per trial
-    assert "re-running trial" in text and "base, hold-out: TRE" in text and "tuned, hold-out: TRE" in text
+    assert len(lines) == 2 and all(ln.startswith(f"trial {i} [{i + 1}/2] ") and "| best #" in ln for i, ln in enumerate(lines))
     for suffix in (".trials.csv", ".history.png", ".importances.png", ".summary.json", ".study.db"):
         assert (out.parent / f"best{suffix}").is_file(), suffix
     summary = json.loads((out.parent / "best.summary.json").read_text())
-    assert summary["tuning_pairs"] == ["0001_0001"] and set(summary["holdout"]) == {"tuned", "base"}
-    assert summary["holdout"]["base"]["pairs"]["0002_0002"]["steps"] == 6  # full length, not the 3 search steps
+    assert summary["tuning_pairs"] == ["0001_0001"] and summary["finished"] == 2
     cfg = RegistrationConfig.from_file(out)
     assert cfg.optim.schedule.total_steps == 6 and cfg.optim.reg_weight == pytest.approx(summary["best"]["params"]["optim.reg_weight"])
+    assert out.read_text().startswith("# contreg tune: study 'contreg-TINY-registration_val-io', trial ")
     # contreg register --config
     pair = sorted((dataset / "imagesTr").glob("*_0001_000*.nii.gz"))
-    assert main(["register", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "disp.nii.gz"), "--config", str(out),
-                 "--threads", "1"]) == 0
+    masks = [dataset / "masksTr" / p.name for p in pair]
+    assert main(["register", str(pair[0]), str(pair[1]), "--fixed-mask", str(masks[0]), "--moving-mask", str(masks[1]),
+                 "-o", str(tmp_path / "disp.nii.gz"), "--config", str(out), "--threads", "1"]) == 0
     # contreg run --config, and the bundle with --method_overrides "%FILE": the same fields
     assert main(["run", str(dataset), "-o", str(tmp_path / "run"), "--config", str(out), "--threads", "1"]) == 0
     bundle = REPO / "bundles" / "contreg_nlst"
@@ -303,10 +302,13 @@ def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from monai_contreg.io.fields import load_field
 
-    for f in sorted((tmp_path / "run").glob("disp_*.nii.gz")):
+    fields = sorted((tmp_path / "run").glob("disp_*.nii.gz"))
+    assert [f.name for f in fields] == ["disp_0001_0001.nii.gz", "disp_0002_0002.nii.gz"]
+    for f in fields:
         a, _ = load_field(f)
         b, _ = load_field(tmp_path / "bundle" / f.name)
         assert torch.allclose(a, b, atol=1e-4), f.name
+    assert torch.allclose(load_field(tmp_path / "disp.nii.gz")[0], load_field(fields[0])[0], atol=1e-4)
 
 
 def test_cli_errors_name_the_option(dataset, tmp_path, capsys):
@@ -320,3 +322,37 @@ def test_cli_errors_name_the_option(dataset, tmp_path, capsys):
     assert "unknown objective 'ssd'" in capsys.readouterr().err
     assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--preset", "convexadam"]) == 2
     assert "no default search space" in capsys.readouterr().err
+
+
+def _readme_commands() -> list[str]:
+    """The `contreg` commands of the README's tuning section, continuation lines joined."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [" ".join(line.split()) for line in block.splitlines() if line.startswith("contreg ")]
+
+
+def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
+    """The README's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
+    fewer trials, 6-step schedules searched at 3 steps, and the SDlogJ/folding limits lifted (the default
+    space's learning rates tear the 32^3 demo pairs apart in so few steps: no trial would be feasible)."""
+    ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)
+    commands = _readme_commands()
+    assert [c.split()[1] for c in commands] == ["tune", "run", "tune"]
+    monkeypatch.chdir(tmp_path)
+    short = " ".join(f"--set {o}" for o in SHORT[:3])  # the full-length runs: 6 steps
+    subs = [("../shared/data/nlst_synth", str(ds)), ("0101,0102", "0001"), ("0103,0104", "0002"),
+            ("--trials 12", "--trials 2"), ("--trials 16", "--trials 3"), ("--search-steps 60", "--search-steps 3"),
+            ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short)]
+    for command in commands:
+        for a, b in subs:
+            command = command.replace(a, b)
+        assert main(command.split()[1:]) == 0, command
+    out = capfd.readouterr().out
+    assert "tuned, hold-out: TRE" in out and "evaluation:" in out and ("[worker 0]" in out or "[worker 1]" in out)
+    study = _study(tmp_path / "tuned" / "best.study.db", "contreg-TINY-registration_val-io")
+    assert len(_finished(study)) == 3  # the second tune command continued the first one's study
+    assert (tmp_path / "tuned" / "best.yaml").is_file() and (tmp_path / "out_tuned" / "evaluation.json").is_file()
+    assert "re-running trial" in out and "base, hold-out: TRE" in out
+    summary = json.loads((tmp_path / "tuned" / "best.summary.json").read_text())
+    assert summary["finished"] == 3 and summary["full_run"]["pairs"]["0001_0001"]["steps"] == 6  # full length
