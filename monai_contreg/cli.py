@@ -10,6 +10,9 @@
     contreg submit OUT/ -o submission.zip --dataset DATASET [--split val] [--format nii.gz|npz]
     contreg evaluate DATASET OUT/|submission.zip [--split val] [--json F] [--csv F] [--report DIR]
     contreg download nlst DEST [--url URL] [--sha256 HEX] [--no-extract]
+    contreg tune DATASET [--split val] -o best.yaml [--trials N] [--pairs 0101,0102] [--search-steps S]
+                 [--holdout 0103,0104] [--storage URL] [--study NAME] [--objective auto|tre|dice] [--max-sdlogj 0.1]
+                 [--nproc-per-node K]   (Optuna; also under torchrun ... -m monai_contreg.cli tune)
 """
 
 from __future__ import annotations
@@ -476,6 +479,65 @@ def _add_geometry_parsers(sub) -> None:
     p.set_defaults(func=_cmd_warp)
 
 
+def _pair_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    res = tune(
+        args.dataset, args.split, args.output, preset=args.preset, base=_config(args), space=args.space,
+        pairs=_pair_list(args.pairs), n_trials=args.trials, objective=args.objective, max_sdlogj=args.max_sdlogj,
+        max_folding=args.max_folding, search_steps=args.search_steps, storage=args.storage, study_name=args.study,
+        seed=args.seed, report_every=args.report_every, tie_tolerance=args.tie_tolerance,
+        nproc_per_node=args.nproc_per_node, backend=args.backend, master_port=args.master_port, device=args.device,
+        threads=args.threads or None, heartbeat=args.heartbeat, holdout=_pair_list(args.holdout),
+        final_run=not args.no_final_run,
+    )
+    return 0 if res.best is not None else 1  # 1: no feasible trial, no config written (the message says so)
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="search a dataset's best settings with Optuna (resumable; writes a config for --config)",
+        description="Tune the registration settings on a Learn2Reg split with Optuna (TPE sampler, median pruner): "
+                    "objective mean keypoint TRE (else Dice), SDlogJ/folding as feasibility constraints, ties broken "
+                    "by time. The study lives in a SQLite file beside the output (or --storage): the same command "
+                    "resumes it. Writes OUT.yaml (the best config), OUT.trials.csv, OUT.history.png, "
+                    "OUT.importances.png and OUT.summary.json.")
+    p.add_argument("dataset", help="Learn2Reg dataset folder (with *_dataset.json) or the json file")
+    p.add_argument("--split", default="val", help="split whose pairs are tuned on (default: val)")
+    p.add_argument("-o", "--output", required=True, help="best config YAML; the other outputs are written beside it")
+    p.add_argument("--trials", type=int, default=20, help="trials to finish in the study, earlier runs' included (default: 20)")
+    p.add_argument("--pairs", help="tune on these pairs of the split only: keys or fixed case ids, comma-separated (0101,0102)")
+    p.add_argument("--holdout", help="after the search, compare the tuned config with the base on these pairs (full length)")
+    p.add_argument("--space", help="search space YAML/JSON: dotted config keys -> {low, high[, log, step]} or choices "
+                                   "(default: the preset's default space)")
+    p.add_argument("--objective", default="auto", help="auto (tre with keypoints, else dice), tre or dice")
+    p.add_argument("--max-sdlogj", type=float, default=0.1, help="feasible trials keep every pair's SDlogJ <= this (default: 0.1)")
+    p.add_argument("--max-folding", type=float, default=0.0, help="... and every pair's folding %% <= this (default: 0)")
+    p.add_argument("--search-steps", type=int, help="trials run schedules shortened to this many steps (breakpoints "
+                                                     "scaled); the winner is re-run at full length")
+    p.add_argument("--no-final-run", action="store_true", help="skip the winner's full-length re-run")
+    p.add_argument("--storage", help="Optuna RDB URL (sqlite:///f.db, postgresql://...); default: OUT.study.db beside the output")
+    p.add_argument("--study", help="study name (default: contreg-<dataset>-<split>-<preset>)")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (worker r: seed + r; default 0)")
+    p.add_argument("--report-every", type=int, default=10, help="steps between TRE reports to the pruner (default: 10)")
+    p.add_argument("--tie-tolerance", type=float, help="objective difference counted as a tie, won by the faster trial "
+                                                      "(default: 0.01 mm TRE, 0.001 Dice)")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between a running trial's heartbeats; a trial "
+                                                             "silent for 3 is marked failed and re-queued (default: 10)")
+    g = p.add_argument_group("workers", "several processes on one study, each taking trials until the total is reached: "
+                                        "--nproc-per-node K here, or torchrun ... -m monai_contreg.cli tune ... (also "
+                                        "several machines on one --storage URL); --threads is per process")
+    g.add_argument("--nproc-per-node", type=int, help="spawn this many worker processes")
+    g.add_argument("--backend", help="gloo (default) or nccl")
+    g.add_argument("--master-port", type=int, help="rendezvous port of spawned workers (default: a free port)")
+    _common(p)
+    p.set_defaults(func=_cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contreg", description="Continuous instance-optimisation image registration")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-v info, -vv debug)")
@@ -498,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
     _add_learn2reg_parsers(sub)
     _add_geometry_parsers(sub)
+    _add_tune_parser(sub)
     return parser
 
 

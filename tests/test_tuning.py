@@ -1,0 +1,358 @@
+"""`contreg tune` (monai_contreg.tuning): search space, feasibility, resume after SIGKILL, two workers, outputs.
+
+Tiny synthetic Learn2Reg folders (32^3 demo pairs) and schedules of a few steps keep every study to seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from monai_contreg import RegistrationConfig
+from monai_contreg.cli import main
+from monai_contreg.errors import UserInputError
+from monai_contreg.methods.presets import get_preset
+from monai_contreg.tuning import (
+    DEFAULT_SPACES,
+    default_search_space,
+    load_search_space,
+    parse_search_space,
+    scale_schedule,
+    select_best_trial,
+    trial_outcome,
+    tune,
+)
+from tests.learn2reg_helpers import make_tiny_learn2reg
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["optim.schedule.total_steps=6", "optim.schedule.constant_steps=6", "optim.schedule.cosine_end=6",
+         "optim.schedule.peak_lr=1"]
+BASE = get_preset("io").with_overrides(SHORT)
+SPACE = {"optim.schedule.peak_lr": {"low": 0.2, "high": 2.0, "log": True}, "optim.reg_weight": {"low": 0.5, "high": 3.0}}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_tiny_learn2reg(tmp_path_factory.mktemp("tune") / "ds", n_pairs=2)
+
+
+def _study(path: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def _finished(study):
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+# ------------------------------------------------------------------------------------------------ search space
+def test_parse_search_space_types_follow_the_config_fields():
+    params = parse_search_space({
+        "optim.schedule.peak_lr": {"low": 3, "high": 30, "log": True},
+        "optim.schedule.constant_steps": {"low": 20, "high": 120, "step": 10},
+        "field.grid_factor": [2, 3],
+        "features.mind_radius": {"choices": [1, 2]},
+        "optim.reg_weight": {"low": 0.5, "high": 3.0},
+    })
+    by = {p.key: p for p in params}
+    assert [p.key for p in params][0] == "optim.schedule.peak_lr"
+    assert (by["optim.schedule.peak_lr"].kind, by["optim.schedule.peak_lr"].low, by["optim.schedule.peak_lr"].log) == ("float", 3.0, True)
+    assert (by["optim.schedule.constant_steps"].kind, by["optim.schedule.constant_steps"].step) == ("int", 10)
+    assert by["field.grid_factor"].kind == "categorical" and by["field.grid_factor"].choices == (2, 3)
+    assert by["features.mind_radius"].choices == (1, 2)
+    assert by["optim.reg_weight"].kind == "float" and not by["optim.reg_weight"].log
+    assert by["optim.schedule.constant_steps"].contains(70) and not by["optim.schedule.constant_steps"].contains(75)
+    assert not by["optim.schedule.peak_lr"].contains(31.0)
+    # the default spaces parse against their presets, and the io preset's own values lie inside them
+    for preset in DEFAULT_SPACES:
+        cfg = get_preset(preset)
+        for p in parse_search_space(default_search_space(preset), cfg):
+            node = cfg
+            for part in p.key.split("."):
+                node = getattr(node, part)
+            assert p.contains(node) or preset != "io", (preset, p.key)
+
+
+@pytest.mark.parametrize("space, match", [
+    ({"optim.reg_wieght": {"low": 1, "high": 2}}, r"optim\.reg_wieght.*Did you mean 'reg_weight'"),
+    ({"optimm.reg_weight": [1, 2]}, r"optimm\.reg_weight"),
+    ({"optim.schedule": {"low": 1, "high": 2}}, r"'optim\.schedule' is a section.*optim\.schedule\.peak_lr"),
+])
+def test_unknown_keys_are_errors_naming_the_key(space, match):
+    with pytest.raises(UserInputError, match=match):
+        parse_search_space(space)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"low": 3.0, "high": 1.0}, r"optim\.reg_weight: low must be < high"),
+    ({"low": 2.0, "high": 2.0}, r"low must be < high"),
+    ({"low": 0.0, "high": 2.0, "log": True}, r"log range needs low > 0"),
+    ({"low": 1.0}, r"needs both low and high"),
+    ({"low": "a", "high": 2.0}, r"low must be a finite number"),
+    ({"low": -1.0, "high": 2.0}, r"optim\.reg_weight: value -1\.0 is rejected by the config.*reg_weight must be >= 0"),
+    ({"choices": []}, r"choices must be a non-empty list"),
+    ({"choices": [1.0, 1.0]}, r"choices must be distinct"),
+    ({"low": 1.0, "high": 2.0, "lgo": True}, r"unexpected entries \['lgo'\]"),
+    (5, r"expected \{low: a, high: b\}"),
+])
+def test_bad_ranges_are_errors_naming_the_key(spec, match):
+    with pytest.raises(UserInputError, match=match):
+        parse_search_space({"optim.reg_weight": spec})
+
+
+def test_int_fields_need_int_bounds_and_strings_need_choices(tmp_path):
+    with pytest.raises(UserInputError, match=r"field\.smoothing_passes is an integer field"):
+        parse_search_space({"field.smoothing_passes": {"low": 0.5, "high": 3}})
+    with pytest.raises(UserInputError, match=r"preprocess\.intensity: a range needs a numeric field"):
+        parse_search_space({"preprocess.intensity": {"low": 0, "high": 1}})
+    assert parse_search_space({"preprocess.intensity": ["window", "minmax"]})[0].choices == ("window", "minmax")
+    with pytest.raises(UserInputError, match=r"preprocess\.intensity: value 'loud' is rejected"):
+        parse_search_space({"preprocess.intensity": ["window", "loud"]})
+    with pytest.raises(UserInputError, match=r"no default search space.*--space"):
+        default_search_space("convexadam")
+    f = tmp_path / "space.yaml"
+    f.write_text("optim.reg_weight: {low: 1, high: 2}\nfield.grid_factor: [2, 3]\n")
+    assert load_search_space(f) == {"optim.reg_weight": {"low": 1, "high": 2}, "field.grid_factor": [2, 3]}
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(UserInputError, match="must hold a mapping"):
+        load_search_space(f)
+
+
+def test_scale_schedule_shortens_in_proportion():
+    cfg = scale_schedule(get_preset("io"), 60)
+    s = cfg.optim.schedule
+    assert (s.total_steps, s.constant_steps, s.cosine_end) == (60, 16, 40)
+    assert s.cosine_period == pytest.approx(200 * 60 / 270)
+    assert s.peak_lr == 15.0 and s.final_lr == 0.5
+    assert get_preset("io").optim.schedule.total_steps == 270  # the preset is untouched
+    const = scale_schedule(get_preset("io-lr1"), 10).optim.schedule
+    assert (const.total_steps, const.constant_steps) == (10, 10) and const.values() == [1.0] * 10
+    with pytest.raises(UserInputError, match="steps must be an integer >= 1"):
+        scale_schedule(get_preset("io"), 0)
+
+
+# --------------------------------------------------------------------------------------------- feasibility
+def _frozen(number, value, sd, seconds, max_sd=0.1):
+    t = optuna.trial.create_trial(
+        value=value, params={"optim.reg_weight": 1.0 + number}, distributions={
+            "optim.reg_weight": optuna.distributions.FloatDistribution(0.5, 30.0)},
+        user_attrs={"constraints": [sd - max_sd, 0.0], "seconds": seconds, "sdlogj_max": sd},
+    )
+    t.number = number
+    return t
+
+
+def test_best_trial_excludes_infeasible_and_breaks_ties_by_time():
+    trials = [_frozen(0, 0.40, 0.12, 10.0), _frozen(1, 0.50, 0.08, 20.0), _frozen(2, 0.505, 0.09, 5.0),
+              _frozen(3, 0.70, 0.05, 1.0)]
+    assert [trial_outcome(t) for t in trials] == ["infeasible", "feasible", "feasible", "feasible"]
+    assert select_best_trial(trials, "minimize", 0.0).number == 1  # #0 is better but over the SDlogJ limit
+    assert select_best_trial(trials, "minimize", 0.01).number == 2  # 0.505 ties 0.50 within 0.01 and is faster
+    assert select_best_trial(trials, "maximize", 0.0).number == 3
+    assert select_best_trial(trials[:1], "minimize") is None
+
+
+def test_infeasible_study_writes_no_config(dataset, tmp_path, capsys):
+    out = tmp_path / "best.yaml"
+    code = main(["tune", str(dataset), "-o", str(out), "--trials", "2", "--space", _space_file(tmp_path),
+                 "--max-sdlogj", "0.0001", "--threads", "1", *sum((["--set", s] for s in SHORT), [])])
+    text = capsys.readouterr().out
+    assert code == 1 and not out.exists()
+    assert "no feasible trial" in text and "2 infeasible" in text
+    study = _study(tmp_path / "best.study.db", "contreg-TINY-registration_val-io")
+    for t in _finished(study):
+        assert t.state == TrialState.COMPLETE and trial_outcome(t) == "infeasible"
+        assert t.user_attrs["constraints"][0] == pytest.approx(t.user_attrs["sdlogj_max"] - 0.0001)
+    rows = (tmp_path / "best.trials.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",infeasible," in r for r in rows[1:])
+
+
+def _space_file(tmp_path: Path) -> str:
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps(SPACE))
+    return str(f)
+
+
+# -------------------------------------------------------------------------------------------- resume, workers
+def test_resume_from_the_sqlite_file_keeps_trials_and_reaches_n(dataset, tmp_path):
+    out = tmp_path / "t" / "best.yaml"
+    kw = dict(base=BASE, space=SPACE, threads=1, on_trial=lambda line: None, on_line=lambda line: None)
+    first = tune(dataset, "val", out, n_trials=2, **kw)
+    db = out.parent / "best.study.db"
+    assert db.is_file() and first.n_finished == 2
+    before = {t.number: (t.params, t.value, t.datetime_complete) for t in _finished(_study(db, first.study_name))}
+    second = tune(dataset, "val", out, n_trials=4, **kw)
+    trials = _study(db, first.study_name).get_trials()
+    assert second.n_finished == 4 and len(trials) == 4
+    for t in trials[:2]:  # the first run's trials are kept as they were
+        assert (t.params, t.value, t.datetime_complete) == before[t.number]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    # the YAML is the best trial's config at full length
+    best = select_best_trial(trials, "minimize", 0.01)
+    cfg = RegistrationConfig.from_file(out)
+    assert cfg.optim.reg_weight == pytest.approx(best.params["optim.reg_weight"])
+    assert cfg.optim.schedule.peak_lr == pytest.approx(best.params["optim.schedule.peak_lr"])
+    # another objective/space on the same study is refused, naming what differs
+    with pytest.raises(UserInputError, match=r"different settings \(space\)"):
+        tune(dataset, "val", out, n_trials=4, **{**kw, "space": {"optim.reg_weight": {"low": 0.5, "high": 2.0}}})
+
+
+def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path):
+    """A study killed (SIGKILL) during a trial: the same command keeps the finished trials, marks the killed one
+    interrupted, runs its parameters again, and stops at N finished trials."""
+    out = tmp_path / "best.yaml"
+    long = ["optim.schedule.total_steps=400", "optim.schedule.constant_steps=400", "optim.schedule.cosine_end=400",
+            "optim.schedule.peak_lr=0.5"]
+    cmd = [sys.executable, "-m", "monai_contreg.cli", "tune", str(dataset), "-o", str(out), "--trials", "3",
+           "--space", _space_file(tmp_path), "--threads", "1", "--heartbeat", "1", "--max-sdlogj", "1",
+           "--report-every", "0", *sum((["--set", s] for s in long), [])]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "best.study.db"
+    name = "contreg-TINY-registration_val-io"
+    killed_number = None
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not db.is_file():
+                continue
+            try:
+                trials = _study(db, name).get_trials()
+            except Exception:  # the study is being created
+                continue
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if done and running:
+                killed_number = running[0].number
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None and killed_number is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert killed_number is not None, proc.stdout.read()[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    kept = {t.number: (t.params, t.value) for t in _study(db, name).get_trials() if t.state == TrialState.COMPLETE}
+    killed_params = _study(db, name).trials[killed_number].params
+    time.sleep(3.5)  # > 3 heartbeats: the killed trial is stale for the next run
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = _study(db, name).get_trials()
+    assert len(_finished(_study(db, name))) == 3
+    for number, (params, value) in kept.items():
+        assert (trials[number].params, trials[number].value) == (params, value)
+    assert trials[killed_number].state == TrialState.FAIL and trial_outcome(trials[killed_number]) == "interrupted"
+    retried = [t for t in trials if t.number > killed_number and t.params == killed_params]
+    assert retried and retried[0].state == TrialState.COMPLETE
+    assert "3 of 3 trials finished" in again.stdout and "1 interrupted" in again.stdout
+    assert (tmp_path / "best.yaml").is_file()
+
+
+def test_two_worker_processes_share_one_study(dataset, tmp_path):
+    out = tmp_path / "best.yaml"
+    res = tune(dataset, "val", out, base=BASE, space=SPACE, n_trials=4, nproc_per_node=2, threads=1,
+               on_line=lambda line: None)
+    study = _study(tmp_path / "best.study.db", res.study_name)
+    finished = _finished(study)
+    assert res.n_finished == 4 and len(finished) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4  # N distinct trials
+    assert {t.user_attrs["worker"] for t in finished} <= {0, 1}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.user_attrs.get("surplus")
+               for t in study.get_trials())
+
+
+# ------------------------------------------------------------------------------------------- outputs, CLI
+def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_path, capsys):
+    out = tmp_path / "tuned" / "best.yaml"
+    code = main(["tune", str(dataset), "-o", str(out), "--trials", "2", "--space", _space_file(tmp_path),
+                 "--pairs", "0001", "--threads", "1", "--max-sdlogj", "1", *sum((["--set", s] for s in SHORT), [])])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("trial ")]
+    assert len(lines) == 2 and all(ln.startswith(f"trial {i} [{i + 1}/2] ") and "| best #" in ln for i, ln in enumerate(lines))
+    for suffix in (".trials.csv", ".history.png", ".importances.png", ".summary.json", ".study.db"):
+        assert (out.parent / f"best{suffix}").is_file(), suffix
+    summary = json.loads((out.parent / "best.summary.json").read_text())
+    assert summary["tuning_pairs"] == ["0001_0001"] and summary["finished"] == 2
+    cfg = RegistrationConfig.from_file(out)
+    assert cfg.optim.schedule.total_steps == 6 and cfg.optim.reg_weight == pytest.approx(summary["best"]["params"]["optim.reg_weight"])
+    assert out.read_text().startswith("# contreg tune: study 'contreg-TINY-registration_val-io', trial ")
+    # contreg register --config
+    pair = sorted((dataset / "imagesTr").glob("*_0001_000*.nii.gz"))
+    masks = [dataset / "masksTr" / p.name for p in pair]
+    assert main(["register", str(pair[0]), str(pair[1]), "--fixed-mask", str(masks[0]), "--moving-mask", str(masks[1]),
+                 "-o", str(tmp_path / "disp.nii.gz"), "--config", str(out), "--threads", "1"]) == 0
+    # contreg run --config, and the bundle with --method_overrides "%FILE": the same fields
+    assert main(["run", str(dataset), "-o", str(tmp_path / "run"), "--config", str(out), "--threads", "1"]) == 0
+    bundle = REPO / "bundles" / "contreg_nlst"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(["configs/common.yaml", "configs/inference.yaml"]),
+         "--meta_file", "configs/metadata.json", "--dataset_dir", str(dataset), "--output_dir", str(tmp_path / "bundle"),
+         "--method_overrides", f"%{out}"],
+        cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from monai_contreg.io.fields import load_field
+
+    fields = sorted((tmp_path / "run").glob("disp_*.nii.gz"))
+    assert [f.name for f in fields] == ["disp_0001_0001.nii.gz", "disp_0002_0002.nii.gz"]
+    for f in fields:
+        a, _ = load_field(f)
+        b, _ = load_field(tmp_path / "bundle" / f.name)
+        assert torch.allclose(a, b, atol=1e-4), f.name
+    assert torch.allclose(load_field(tmp_path / "disp.nii.gz")[0], load_field(fields[0])[0], atol=1e-4)
+
+
+def test_cli_errors_name_the_option(dataset, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim.reg_wieght: {low: 1, high: 2}\n")
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--space", str(bad)]) == 2
+    assert "optim.reg_wieght" in capsys.readouterr().err
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--space", _space_file(tmp_path), "--pairs", "0009"]) == 2
+    assert "--pairs '0009' is not a pair" in capsys.readouterr().err
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--space", _space_file(tmp_path), "--objective", "ssd"]) == 2
+    assert "unknown objective 'ssd'" in capsys.readouterr().err
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--preset", "convexadam"]) == 2
+    assert "no default search space" in capsys.readouterr().err
+
+
+def _readme_commands() -> list[str]:
+    """The `contreg` commands of the README's tuning section, continuation lines joined."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [" ".join(line.split()) for line in block.splitlines() if line.startswith("contreg ")]
+
+
+def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
+    """The README's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
+    fewer trials, 6-step schedules searched at 3 steps, and the SDlogJ/folding limits lifted (the default
+    space's learning rates tear the 32^3 demo pairs apart in so few steps: no trial would be feasible)."""
+    ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)
+    commands = _readme_commands()
+    assert [c.split()[1] for c in commands] == ["tune", "run", "tune"]
+    monkeypatch.chdir(tmp_path)
+    short = " ".join(f"--set {o}" for o in SHORT[:3])  # the full-length runs: 6 steps
+    subs = [("../shared/data/nlst_synth", str(ds)), ("0101,0102", "0001"), ("0103,0104", "0002"),
+            ("--trials 12", "--trials 2"), ("--trials 16", "--trials 3"), ("--search-steps 60", "--search-steps 3"),
+            ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short)]
+    for command in commands:
+        for a, b in subs:
+            command = command.replace(a, b)
+        assert main(command.split()[1:]) == 0, command
+    out = capfd.readouterr().out
+    assert "tuned, hold-out: TRE" in out and "evaluation:" in out and ("[worker 0]" in out or "[worker 1]" in out)
+    study = _study(tmp_path / "tuned" / "best.study.db", "contreg-TINY-registration_val-io")
+    assert len(_finished(study)) == 3  # the second tune command continued the first one's study
+    assert (tmp_path / "tuned" / "best.yaml").is_file() and (tmp_path / "out_tuned" / "evaluation.json").is_file()
+    assert "re-running trial" in out and "base, hold-out: TRE" in out
+    summary = json.loads((tmp_path / "tuned" / "best.summary.json").read_text())
+    assert summary["finished"] == 3 and summary["full_run"]["pairs"]["0001_0001"]["steps"] == 6  # full length
