@@ -18,6 +18,7 @@ from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
+from .methods.memory import check_memory
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
 from .spatial.conventions import ddf_to_learn2reg, spacing_from_affine
@@ -173,6 +174,7 @@ def register(
     keypoints: tuple[Any, Any] | None = None,
     handlers: list[Any] | None = None,
     name: str = "",
+    max_memory: str | float | int | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the field ``u`` with fixed voxel ``x`` <-> moving voxel ``x + u(x)``.
 
@@ -190,9 +192,16 @@ def register(
             TRE during optimisation (``config.engine.tre_every``).
         handlers: extra ignite handlers (objects with ``attach(engine)``).
         name: label for log lines.
+        max_memory: memory the run may use, bytes or ``"8G"``; ``None``: 80 % of the available memory (RAM, or
+            the CUDA device's free memory). Checked against :func:`~monai_contreg.methods.memory.estimate_memory`
+            once the images are loaded, before any feature is computed.
 
     Returns:
         A :class:`RegistrationResult`.
+
+    Raises:
+        UserInputError: bad inputs, or the estimated peak memory exceeds ``max_memory``.
+        RegistrationDivergedError: the optimisation went off (see ``config.engine.divergence_*``).
     """
     cfg = resolve_config("register", config)
     dev = _device(device, fixed, moving)
@@ -205,6 +214,12 @@ def register(
     data = prepare_pair(fixed, moving, fixed_mask, moving_mask, cfg)
     fixed_t = data["fixed"]
     affine = fixed_t.affine.detach().cpu().double().reshape(4, 4) if isinstance(fixed_t, MetaTensor) else torch.eye(4, dtype=torch.float64)
+    est = check_memory(
+        "register", fixed_t.shape[-3:], cfg, max_memory=max_memory, masks=sum(k in data for k in MASK_KEYS), dtype=dt,
+        device=dev, hint="Resample the images to a coarser grid (contreg register-native --working-spacing MM, "
+        f"default the preset's design spacing {cfg.field.design_spacing:g} mm) or raise --max-memory.",
+    )
+    logger.info("%s estimated peak memory %s", name or "register", est)
     f = fixed_t.as_tensor().unsqueeze(0).to(dev, dt)
     m = torch.as_tensor(data["moving"]).unsqueeze(0).to(dev, dt)
     kp = None
@@ -216,6 +231,7 @@ def register(
             )
         kp = (fk, mk)
     t_load = time.perf_counter() - t0
+    logger.info("%sstage load: %.2fs (grid %s)", f"{name} " if name else "", t_load, tuple(f.shape[2:]))
     out = run_method(
         f, m, cfg, init_ddf=init_ddf, keypoints=kp, spacing=spacing_from_affine(affine), handlers=handlers, name=name,
     )

@@ -39,6 +39,7 @@ from .io.fields import save_field
 from .io.images import load_image
 from .io.itk_transforms import save_itk_transform
 from .methods.config import RegistrationConfig
+from .methods.memory import check_memory
 from .methods.presets import resolve_config
 from .spatial.conventions import ddf_voxel_to_world, points_world_to_voxel, spacing_from_affine
 from .spatial.resample import map_points_world, resample_ddf, resample_image, warp_between_grids, working_grid
@@ -186,6 +187,7 @@ def register_native(
     padding_mode: str = "border",
     reader: str = "auto",
     name: str = "",
+    max_memory: str | float | int | None = None,
 ) -> NativeRegistrationResult:
     """Register images on different grids through a working grid; the field comes back on the fixed grid.
 
@@ -207,9 +209,17 @@ def register_native(
         padding_mode: values outside an image when resampling it: ``"border"`` (default) or ``"zeros"``.
         reader: image reader for files: ``"auto"``, ``"nibabel"`` or ``"itk"``.
         name: label for log lines.
+        max_memory: memory the registration may use, bytes or ``"8G"``; ``None``: 80 % of the available memory.
+            The working grid's estimate (:func:`~monai_contreg.methods.memory.estimate_memory`) is checked before
+            anything is resampled.
 
     Returns:
         A :class:`NativeRegistrationResult` (the field on the fixed grid, the working-grid result, geometry).
+
+    Raises:
+        UserInputError: bad inputs, or the working grid's estimated peak memory exceeds ``max_memory`` (the
+            message names ``--working-spacing``).
+        RegistrationDivergedError: the optimisation went off.
     """
     where = "register_native"
     t0 = time.perf_counter()
@@ -235,6 +245,14 @@ def register_native(
     logger.info("%s working grid %s at spacing %s (fixed %s, moving %s)", name or where, w_shape,
                 tuple(round(s, 4) for s in spacing_from_affine(w_aff)), f_shape, tuple(m_img.shape[1:]))
 
+    est = check_memory(
+        where, w_shape, cfg, max_memory=max_memory, masks=len(masks), device=dev,
+        hint=f"Use a coarser working grid (--working-spacing MM; working_spacing=; now "
+        f"{tuple(round(v, 3) for v in spacing_from_affine(w_aff))} mm, the preset's design spacing is "
+        f"{cfg.field.design_spacing:g} mm) or raise --max-memory.",
+    )
+    logger.info("%s estimated peak memory %s", name or where, est)
+
     def to_working(img: MetaTensor, labels: bool) -> MetaTensor:
         t = img.as_tensor()[None].to(dev)
         out = resample_image(t, _affine_np(img), w_aff, w_shape, mode="nearest" if labels else "bilinear",
@@ -245,6 +263,7 @@ def register_native(
     f_w, m_w = to_working(f_img, False), to_working(m_img, False)
     masks_w = {k: to_working(v, True) for k, v in masks.items()}
     t_resample = time.perf_counter() - t1
+    logger.info("%s stage load: %.2fs, stage resample: %.2fs", name or where, t_load, t_resample)
 
     kp = None
     if keypoints_mm is not None:
@@ -254,7 +273,7 @@ def register_native(
     t2 = time.perf_counter()
     res = register(
         f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=cfg,
-        device=dev, keypoints=kp, name=name,
+        device=dev, keypoints=kp, name=name, max_memory=max_memory,
     )
     t_register = time.perf_counter() - t2
 
