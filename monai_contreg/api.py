@@ -29,6 +29,7 @@ from .io.fields import save_field
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
+from .methods.memory import check_memory
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
 from .modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
@@ -445,6 +446,7 @@ def register(
     reader: str = "auto",
     series: str | list[str] | None = None,
     name: str = "",
+    max_memory: str | float | int | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the field ``u`` with fixed voxel ``x`` <-> moving world point ``A_f (x + u(x))``.
 
@@ -478,13 +480,17 @@ def register(
         series: Series Instance UID(s) to read from DICOM-folder inputs (default: each folder's series with
             the most slices; see :func:`monai_contreg.io.images.load_image`).
         name: label for log lines.
+        max_memory: memory the run may use, bytes or ``"8G"``; ``None``: 80 % of the available memory (RAM, or
+            the CUDA device's free memory). Checked against :func:`~monai_contreg.methods.memory.estimate_memory`
+            once the images are loaded, before any feature is computed.
 
     Returns:
         A :class:`RegistrationResult` (the field on the fixed grid).
 
     Raises:
         UserInputError: plain arrays without geometry, masks off their image's grid, keypoints outside their grid,
-        bad options; FileNotFoundError: missing files.
+            bad options, or the estimated peak memory exceeds ``max_memory``; MissingFileError: missing files.
+        RegistrationDivergedError: the optimisation went off (see ``config.engine.divergence_*``).
     """
     where = "register"
     output = choose(where, "output", output, ("voxel", "mm"))
@@ -505,17 +511,18 @@ def register(
                     _grid_text(data["fixed"]), _grid_text(data["moving"]))
         return _register_two_grids(
             data, working_spacing=working_spacing, output=output, config=config, device=device, dtype=dtype,
-            keypoints_mm=kp_mm, handlers=handlers, name=name, t0=t0,
+            keypoints_mm=kp_mm, handlers=handlers, name=name, t0=t0, max_memory=max_memory,
         )
     res = _register_one_grid(data, config=config, device=_device(device, fixed, moving), dtype=_dtype(dtype, fixed),
-                             init_ddf=init_ddf, keypoints=kp, handlers=handlers, name=name, t0=t0)
+                             init_ddf=init_ddf, keypoints=kp, handlers=handlers, name=name, t0=t0,
+                             max_memory=max_memory)
     res.output = output
     return res
 
 
 def _register_one_grid(
     data: dict[str, MetaTensor], *, config, device: torch.device, dtype: torch.dtype, init_ddf=None, keypoints=None,
-    handlers=None, name: str = "", t0: float | None = None,
+    handlers=None, name: str = "", t0: float | None = None, max_memory: str | float | int | None = None,
 ) -> RegistrationResult:
     """Register inputs of :func:`load_inputs` that lie on one grid (voxel to voxel)."""
     t0 = time.perf_counter() if t0 is None else t0
@@ -529,9 +536,17 @@ def _register_one_grid(
     data = _normalise("register", data, cfg)
     fixed_t = data["fixed"]
     affine = torch.as_tensor(_affine_of(fixed_t))
+    est = check_memory(
+        "register", fixed_t.shape[-3:], cfg, max_memory=max_memory,
+        masks=sum(k in data for k in ("fixed_mask", "moving_mask")), dtype=dtype, device=device,
+        hint="Resample the images to a coarser grid (contreg register-native --working-spacing MM, "
+        f"default the preset's design spacing {cfg.field.design_spacing:g} mm) or raise --max-memory.",
+    )
+    logger.info("%s estimated peak memory %s", name or "register", est)
     f = fixed_t.as_tensor().unsqueeze(0).to(device, dtype)
     m = data["moving"].as_tensor().unsqueeze(0).to(device, dtype)
     t_load = time.perf_counter() - t0
+    logger.info("%sstage load: %.2fs (grid %s)", f"{name} " if name else "", t_load, tuple(f.shape[2:]))
     fmask = data.get("fixed_mask")
     fmask = None if fmask is None else torch.as_tensor(fmask).unsqueeze(0).to(device, dtype)
     out = run_method(

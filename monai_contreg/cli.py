@@ -45,11 +45,25 @@ def _config(args: argparse.Namespace):
         cfg = cfg.with_overrides(args.set)
     if getattr(args, "threads", None):
         cfg.engine.num_threads = args.threads
-    if getattr(args, "progress", False):
+    if _show_progress(args):
         cfg.engine.progress = True
     if getattr(args, "no_auto_mask", False):
         cfg.preprocess.auto_mask = False
     return cfg
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal by default (tqdm writes to stderr); ``--quiet`` or a pipe: none."""
+    if getattr(args, "quiet", False):
+        return False
+    return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
+
+
+def _max_memory(args: argparse.Namespace):
+    from .methods.memory import parse_memory
+
+    value = getattr(args, "max_memory", None)
+    return None if value is None else parse_memory("--max-memory", value)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -60,10 +74,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. optim.schedule.peak_lr=10")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar over optimisation steps")
     p.add_argument("--no-auto-mask", action="store_true",
                    help="do not segment the lungs of images given without a mask (presets that mask their inputs "
                         "do so by default; see 'contreg mask')")
+    p.add_argument("--progress", action="store_true",
+                   help="show a progress bar over optimisation steps even when stderr is not a terminal")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: one on a terminal)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory the registration may use, e.g. 8G or 500M (default: 80%% of the available RAM, or of "
+                        "the GPU's free memory); checked against an estimate before the run starts")
 
 
 def _inputs(args: argparse.Namespace) -> dict:
@@ -85,13 +104,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
     # pre-flight: every input readable with a sane geometry, the output writable with room, before any work
     check_output_file("register", "-o/--output", args.output)  # not a folder, writable (room: below)
     fmt = field_format(args.output)
-    headers = check_pair("register", _inputs(args), same_grid=True)
+    headers = check_pair("register", _inputs(args), same_grid=False)  # two grids: register() resamples
     check_output_file("register", "-o/--output", args.output, field_bytes(headers["fixed"].spatial_shape, fmt))
     res = register(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, config=cfg, device=args.device,
-        series=args.series or None,
+        series=args.series or None, max_memory=_max_memory(args),
     )
+    t0 = time.perf_counter()
     path = res.save(args.output)
+    logger.info("stage write: %.2fs (%s)", time.perf_counter() - t0, path)
     stats = res.jacobian_statistics()
     print(
         f"wrote {path}  steps {res.steps}  time {res.timings['total']:.1f}s  "
@@ -204,9 +225,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        register_fn = None
+        if args.max_memory is not None:
+            import functools
+
+            from .api import register
+
+            register_fn = functools.partial(register, max_memory=_max_memory(args))
         summary = run_split(
             args.dataset, args.split, args.output, cfg, device=args.device, fmt=args.format, overwrite=args.overwrite,
-            progress=not args.no_bar, on_pair=_report_pair, evaluate=evaluate,
+            progress=not args.no_bar and _show_progress(args), on_pair=_report_pair, evaluate=evaluate,
+            register_fn=register_fn,
         )
     code = 1 if summary.failed else 0
     if summary.rank != 0:  # torchrun's other ranks: their pairs' lines were printed; rank 0 sums up
@@ -386,11 +415,13 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
     spacing = args.working_spacing
     res = register_native(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, working_spacing=spacing,
-        config=_config(args), device=args.device, series=args.series or None,
+        config=_config(args), device=args.device, series=args.series or None, max_memory=_max_memory(args),
     )
+    t0 = time.perf_counter()
     written = [str(res.save(args.output))] if args.output else []
     if args.itk:
         written.append(str(res.save_itk(args.itk)))
+    logger.info("stage write: %.2fs (%s)", time.perf_counter() - t0, ", ".join(written))
     print(
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
         f"time {res.timings['total']:.1f}s"
@@ -571,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.verbose == 0:
         logging.getLogger("ignite").setLevel(logging.WARNING)
+        # ignite logs an exception that ends a run before re-raising it; the CLI prints it once, below
+        logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except BaseException as exc:  # the one handler of every command: user errors are one line (errors.cli_error)

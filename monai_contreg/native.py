@@ -36,6 +36,7 @@ from ._validation import choose
 from .api import RegistrationResult, register
 from .methods.config import RegistrationConfig
 from .data.transforms import apply_intensity_floor
+from .methods.memory import check_memory
 from .methods.presets import resolve_config
 from .modes import LABEL_PADDING, InterpolationMode, PaddingMode
 from .spatial.conventions import points_world_to_voxel, spacing_from_affine
@@ -95,6 +96,7 @@ def register_native(
     reader: str = "auto",
     series: str | list[str] | None = None,
     name: str = "",
+    max_memory: str | float | int | None = None,
 ) -> RegistrationResult:
     """Register images on any grids through a working grid; the field comes back on the fixed grid.
 
@@ -123,10 +125,18 @@ def register_native(
         series: Series Instance UID(s) to read from DICOM folders (each folder reads the one it holds, or by
             default its series with the most slices; see :func:`~monai_contreg.io.images.load_image`).
         name: label for log lines.
+        max_memory: memory the registration may use, bytes or ``"8G"``; ``None``: 80 % of the available memory.
+            The working grid's estimate (:func:`~monai_contreg.methods.memory.estimate_memory`) is checked before
+            anything is resampled.
 
     Returns:
         A :class:`~monai_contreg.api.RegistrationResult` (the field on the fixed grid, the working-grid result
         under ``working``, the geometry).
+
+    Raises:
+        UserInputError: bad inputs, or the working grid's estimated peak memory exceeds ``max_memory`` (the
+            message names ``--working-spacing``).
+        RegistrationDivergedError: the optimisation went off.
     """
     from .api import load_inputs
 
@@ -137,7 +147,8 @@ def register_native(
     data = load_inputs(fixed, moving, fixed_mask, moving_mask, spacing=spacing, affine=affine,
                        assume_unit_spacing=assume_unit_spacing, reader=reader, series=series, where=where)
     return _register_two_grids(data, working_spacing=working_spacing, output=output, config=config, device=device,
-                               keypoints_mm=keypoints_mm, padding_mode=padding_mode, name=name, t0=t0)
+                               keypoints_mm=keypoints_mm, padding_mode=padding_mode, name=name, t0=t0,
+                               max_memory=max_memory)
 
 
 def _register_two_grids(
@@ -153,6 +164,7 @@ def _register_two_grids(
     padding_mode: str = "border",
     name: str = "",
     t0: float | None = None,
+    max_memory: str | float | int | None = None,
 ) -> RegistrationResult:
     """The working-grid path of :func:`register`/:func:`register_native` on inputs of :func:`~monai_contreg.api.load_inputs`."""
     where = "register_native"
@@ -170,6 +182,14 @@ def _register_two_grids(
     logger.info("%s working grid %s at spacing %s (fixed %s, moving %s)", name or where, w_shape,
                 tuple(round(s, 4) for s in spacing_from_affine(w_aff)), f_shape, tuple(m_img.shape[1:]))
 
+    est = check_memory(
+        where, w_shape, cfg, max_memory=max_memory, masks=sum(k in data for k in ("fixed_mask", "moving_mask")), device=dev,
+        hint=f"Use a coarser working grid (--working-spacing MM; working_spacing=; now "
+        f"{tuple(round(v, 3) for v in spacing_from_affine(w_aff))} mm, the preset's design spacing is "
+        f"{cfg.field.design_spacing:g} mm) or raise --max-memory.",
+    )
+    logger.info("%s estimated peak memory %s", name or where, est)
+
     def to_working(img: MetaTensor, labels: bool) -> MetaTensor:
         t = img.as_tensor()[None].to(dev)
         out = resample_image(t, _affine_np(img), w_aff, w_shape,
@@ -181,6 +201,7 @@ def _register_two_grids(
     f_w, m_w = to_working(f_img, False), to_working(m_img, False)
     masks_w = {k: to_working(data[k], True) for k in ("fixed_mask", "moving_mask") if k in data}
     t_resample = time.perf_counter() - t1
+    logger.info("%s stage load: %.2fs, stage resample: %.2fs", name or where, t_load, t_resample)
 
     kp = None
     if keypoints_mm is not None:
@@ -193,7 +214,7 @@ def _register_two_grids(
         kwargs["handlers"] = handlers
     res = register(
         f_w, m_w, fixed_mask=masks_w.get("fixed_mask"), moving_mask=masks_w.get("moving_mask"), config=cfg,
-        device=dev, keypoints=kp, name=name, **kwargs,
+        device=dev, keypoints=kp, name=name, max_memory=max_memory, **kwargs,
     )
     t_register = time.perf_counter() - t2
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from .io import MethodOutput, compute_features, instance_optimisation
 from .multilevel import run_multilevel
 
 __all__ = ["METHODS", "run_method"]
+
+logger = logging.getLogger(__name__)
 
 METHODS = METHOD_NAMES
 
@@ -100,6 +103,8 @@ def run_method(
         fixed_feats, moving_feats = [ff], [mf]
     _sync(fixed)
     timings = {"features": time.perf_counter() - t0}
+    logger.info("%sstage features: %.2fs (working grid %s)", f"{name} " if name else "", timings["features"],
+                tuple(fixed_feats[-1].shape[2:]))
     if discrete:
         t1 = time.perf_counter()
         coarse = coupled_convex(fixed_feats[0], moving_feats[0], config.convex)
@@ -117,4 +122,5 @@ def run_method(
         image_shape=tuple(fixed.shape[2:]), spacing=spacing, handlers=handlers, name=name,
     )
     out.timings = {**timings, **out.timings}
+    logger.info("%sstage optimisation: %.2fs (%d steps)", f"{name} " if name else "", out.timings["optimisation"], out.steps)
     return out
