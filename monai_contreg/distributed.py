@@ -135,7 +135,7 @@ def check_launch(
         return f"--{arg.replace('_', '-')}" if cli else arg
 
     def fail(arg: str, msg: str) -> ValueError:
-        return ValueError(f"{opt(arg) if cli else where}: {msg}")
+        return UserInputError(f"{opt(arg) if cli else where}: {msg}")
 
     def subject(arg: str) -> str:  # the CLI message starts with the option already
         return "" if cli else f"{arg} "

@@ -203,17 +203,18 @@ def _record(path: Path, log: dict[str, Any], key: str, case: dict[str, Any] | No
     """Record one pair's outcome into ``log`` (in memory) and into the run log file ``path``: under
     :func:`locked_log`, re-read the file, apply this pair's change (and ``log``'s top-level entries), write it back
     atomically. Records written by other processes meanwhile are kept."""
-    for target in (log,):
-        if case is not None:
-            target["cases"][key] = case
-            target["failures"].pop(key, None)
-        elif failure is not None:
-            target["failures"][key] = failure
+    if case is not None:
+        log["cases"][key] = case
+        log["failures"].pop(key, None)
+    elif failure is not None:
+        log["failures"][key] = failure
     with locked_log(path):
         current = _read_log(path)
-        current.update({k: v for k, v in log.items() if k not in ("cases", "failures")})
-        current.setdefault("cases", {})
-        current.setdefault("failures", {})
+        for k, v in log.items():  # in log's order (header, cases, failures, config), as a single writer leaves it
+            if k in ("cases", "failures"):
+                current.setdefault(k, {})
+            else:
+                current[k] = v
         if case is not None:
             current["cases"][key] = case
             current["failures"].pop(key, None)
@@ -286,8 +287,9 @@ def _merge_parts(log_path: Path, header: dict[str, Any] | None, parts: list[Path
     log["failures"] = _in_order(log["failures"], order)
     _write_log(log_path, log)
     for part_path in parts:
-        with contextlib.suppress(FileNotFoundError):
-            part_path.unlink()
+        for done in (part_path, part_path.with_name(f".{part_path.name}.lock")):
+            with contextlib.suppress(FileNotFoundError):
+                done.unlink()
     return log_path
 
 

@@ -79,7 +79,8 @@ def test_two_gloo_processes_give_the_single_process_fields(dataset, single, dist
     assert {k: c["rank"] for k, c in log["cases"].items()} == {"0001_0001": 0, "0002_0002": 1, "0003_0003": 0}
     assert set(log["cases"]["0002_0002"]) == set(ref["cases"]["0002_0002"]) | {"rank"}
     assert log["failures"] == {} and log["config"] == ref["config"] and log["split"] == "registration_val"
-    assert sorted(p.name for p in out.iterdir()) == [*(f"disp_{k}.nii.gz" for k in KEYS), "evaluation.json", "runtimes.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".runtimes.json.lock", *(f"disp_{k}.nii.gz" for k in KEYS), "evaluation.json", "runtimes.json"]  # + the log's lock
     # one evaluation, written by rank 0: the single-process fields' metrics, with the run's runtimes
     assert summary.evaluation_path == out / "evaluation.json"
     res = json.loads(summary.evaluation_path.read_text())
@@ -199,4 +200,4 @@ def test_cli_evaluate_in_a_single_process_run(dataset, single, tmp_path, capsys)
     assert lines[-1].startswith("evaluation: TINY registration_val: 3 pairs, mean TRE_kp ") and lines[-1].endswith(str(target))
     assert main(["evaluate", str(dataset), str(out), "--json", str(tmp_path / "ref.json")]) == 0
     assert json.loads(target.read_text()) == json.loads((tmp_path / "ref.json").read_text())  # what `contreg evaluate` writes
-    assert not (out / "evaluation.json").exists() and not list(out.glob(".runtimes*"))
+    assert not (out / "evaluation.json").exists() and not list(out.glob(".runtimes*.tmp*"))  # the temporary is gone
