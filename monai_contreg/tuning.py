@@ -887,6 +887,8 @@ class TuneResult:
         full_run: the best config's full-length scores on the tuning pairs (when ``search_steps`` was given).
         holdout: ``{"tuned": [...], "base": [...]}`` :class:`PairMetrics` on the hold-out pairs (when asked).
         outcomes: count of trials per outcome (:func:`trial_outcome`).
+        rank: the process's rank under ``torchrun`` (only rank 0 writes the outputs and fills the fields above
+            ``n_finished``); 0 otherwise.
     """
 
     study_name: str
@@ -903,6 +905,7 @@ class TuneResult:
     full_run: list[PairMetrics] | None = None
     holdout: dict[str, list[PairMetrics]] | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
 
 
 def _select_pairs(where: str, ds, split: str, wanted: Sequence[str] | None, what: str):
@@ -1242,11 +1245,12 @@ def tune(
         backend=backend or "gloo",
     )
     is_main = not torchrun or int(os.environ.get("RANK", "0")) == 0
-    if nproc_per_node is not None:
-        _prepare_study(job)
+    if distributed:
         from .distributed import _quiet_launcher
 
         _quiet_launcher()
+    if nproc_per_node is not None:
+        _prepare_study(job)
         port = master_port or _free_port()
         with idist.Parallel(backend=job.backend, nproc_per_node=nproc_per_node, master_port=port) as parallel:
             parallel.run(_spawned, job, tie, on_trial)
@@ -1258,7 +1262,8 @@ def tune(
         _worker(0, job, on_trial, tie, prefix=False)
     if not is_main:
         study = _load_study(job)
-        return TuneResult(name, storage, obj, direction, len(_finished(study.get_trials(deepcopy=False))))
+        return TuneResult(name, storage, obj, direction, len(_finished(study.get_trials(deepcopy=False))),
+                          rank=int(os.environ.get("RANK", "0")))
     return _finish(job, stem, out, params, tie, tune_pairs, hold_pairs, final_run, say, preset)
 
 
