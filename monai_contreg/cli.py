@@ -526,6 +526,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         threads=args.threads or None, heartbeat=args.heartbeat, holdout=_pair_list(args.holdout),
         final_run=not args.no_final_run,
     )
+    if res.rank != 0:  # torchrun's other ranks: rank 0 writes the outputs and sums up
+        return 0
     return 0 if res.best is not None else 1  # 1: no feasible trial, no config written (the message says so)
 
 

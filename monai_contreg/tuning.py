@@ -34,7 +34,8 @@ sampled values, and measures each field with the metric code of ``contreg evalua
   :func:`scale_schedule`); the best config is written at full length and its full-length run is reported.
 
 Storage is any Optuna RDB URL (default: a SQLite file beside the output). The study is loaded if it exists,
-so the same call resumes an interrupted search: finished trials are kept, a trial that was running when its
+so the same call resumes an interrupted search (or extends it with a larger ``n_trials``; other SDlogJ/folding
+limits re-judge the stored trials without running them again): finished trials are kept, a trial that was running when its
 process died is marked failed (heartbeat) and its parameters are queued again, and the search stops when
 ``n_trials`` trials have finished (completed or pruned). Several workers (``nproc_per_node`` spawned processes,
 or ranks of ``torchrun``) share one study; each takes trials until the total reaches ``n_trials``.
@@ -510,8 +511,6 @@ def _signature(job: _Job) -> dict[str, Any]:
         "pairs": list(job.keys),
         "split": job.split,
         "search_steps": job.search_steps,
-        "max_sdlogj": job.max_sdlogj,
-        "max_folding": job.max_folding,
         "base": _method_dict(job.base),
     }
 
@@ -648,17 +647,25 @@ def _finished(trials) -> list:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
-def trial_outcome(trial) -> str:
+def trial_outcome(trial, limits: tuple[float, float] | None = None) -> str:
     """``"feasible"``, ``"infeasible"`` (over the SDlogJ/folding limits), ``"pruned"``, ``"diverged"``,
     ``"invalid"`` (a combination the config rejects), ``"interrupted"`` (its process died), ``"running"``,
-    ``"waiting"`` or ``"failed"`` of a finished or pending Optuna trial."""
+    ``"waiting"`` or ``"failed"`` of a finished or pending Optuna trial.
+
+    ``limits``: ``(max_sdlogj, max_folding)`` to judge a completed trial by its stored maxima
+    (``user_attrs["sdlogj_max"]``, ``["folding_max"]``); default: the constraints stored when it ran."""
     from optuna.trial import TrialState
 
     error = trial.user_attrs.get("error_kind")
     if error:
         return str(error)
     if trial.state == TrialState.COMPLETE:
-        return "feasible" if all(c <= 0 for c in _constraints(trial)) else "infeasible"
+        ua = trial.user_attrs
+        if limits is not None and "sdlogj_max" in ua and "folding_max" in ua:
+            ok = ua["sdlogj_max"] <= limits[0] and ua["folding_max"] <= limits[1]
+        else:
+            ok = all(c <= 0 for c in _constraints(trial))
+        return "feasible" if ok else "infeasible"
     if trial.state == TrialState.PRUNED:
         return "pruned"
     if trial.state == TrialState.RUNNING:
@@ -670,12 +677,15 @@ def trial_outcome(trial) -> str:
     return "interrupted" if trial.state == TrialState.FAIL else str(trial.state.name).lower()
 
 
-def select_best_trial(trials: Sequence[Any], direction: str = "minimize", tie_tolerance: float = 0.0):
+def select_best_trial(trials: Sequence[Any], direction: str = "minimize", tie_tolerance: float = 0.0,
+                      limits: tuple[float, float] | None = None):
     """The best feasible completed trial: best value; values within ``tie_tolerance`` of it are ties, won by the
-    shortest registration time (``user_attrs["seconds"]``), then the lower trial number. ``None`` if none."""
+    shortest registration time (``user_attrs["seconds"]``), then the lower trial number. ``None`` if none.
+    ``limits``: see :func:`trial_outcome`."""
     from optuna.trial import TrialState
 
-    feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and trial_outcome(t) == "feasible"]
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+                and trial_outcome(t, limits) == "feasible"]
     if not feasible:
         return None
     sign = 1.0 if direction == "minimize" else -1.0
@@ -796,10 +806,11 @@ def _image_shape(path) -> tuple[int, int, int]:
     return tuple(shape(Path(path)))[:3]
 
 
-def format_trial(trial, n_trials: int, done: int, best, objective: str, rank_prefix: str = "") -> str:
+def format_trial(trial, n_trials: int, done: int, best, objective: str, rank_prefix: str = "",
+                 limits: tuple[float, float] | None = None) -> str:
     """The progress line of one trial."""
     unit = " mm" if objective == "tre" else ""
-    outcome = trial_outcome(trial)
+    outcome = trial_outcome(trial, limits)
     head = f"{rank_prefix}trial {trial.number} [{done}/{n_trials}] {outcome}"
     if trial.value is not None and outcome in ("feasible", "infeasible"):
         head += f" {objective} {trial.value:.4f}{unit}"
@@ -837,8 +848,9 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
         if frozen.user_attrs.get("surplus"):
             return
         trials = study.get_trials(deepcopy=False)
-        best = select_best_trial(trials, job.direction, tie_tolerance)
-        line = format_trial(frozen, job.n_trials, len(_finished(trials)), best, job.objective, rank_prefix)
+        best = select_best_trial(trials, job.direction, tie_tolerance, (job.max_sdlogj, job.max_folding))
+        line = format_trial(frozen, job.n_trials, len(_finished(trials)), best, job.objective, rank_prefix,
+                            (job.max_sdlogj, job.max_folding))
         (on_trial or _print)(line)
 
     ran = 0
@@ -887,6 +899,8 @@ class TuneResult:
         full_run: the best config's full-length scores on the tuning pairs (when ``search_steps`` was given).
         holdout: ``{"tuned": [...], "base": [...]}`` :class:`PairMetrics` on the hold-out pairs (when asked).
         outcomes: count of trials per outcome (:func:`trial_outcome`).
+        rank: the process's rank under ``torchrun`` (only rank 0 writes the outputs and fills the fields above
+            ``n_finished``); 0 otherwise.
     """
 
     study_name: str
@@ -903,6 +917,7 @@ class TuneResult:
     full_run: list[PairMetrics] | None = None
     holdout: dict[str, list[PairMetrics]] | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
 
 
 def _select_pairs(where: str, ds, split: str, wanted: Sequence[str] | None, what: str):
@@ -1022,9 +1037,11 @@ def write_best_config(path: str | Path, config: RegistrationConfig, header: Sequ
     return p
 
 
-def write_trials_csv(path: str | Path, trials: Sequence[Any], param_keys: Sequence[str]) -> Path:
-    """One row per trial: number, state, outcome, value, SDlogJ/folding maxima, seconds, per-pair objective,
-    times, worker, parameters (``surplus`` rows, never run, are left out)."""
+def write_trials_csv(path: str | Path, trials: Sequence[Any], param_keys: Sequence[str],
+                     limits: tuple[float, float] | None = None) -> Path:
+    """One row per trial: number, state, outcome (judged with ``limits``, see :func:`trial_outcome`), value,
+    SDlogJ/folding maxima, seconds, per-pair objective, times, worker, parameters (``surplus`` rows, never run,
+    are left out)."""
     from .io.atomic import atomic_path
 
     pair_keys: list[str] = []
@@ -1045,7 +1062,7 @@ def write_trials_csv(path: str | Path, trials: Sequence[Any], param_keys: Sequen
             ua = t.user_attrs
             pairs = ua.get("pairs", {})
             w.writerow([
-                t.number, t.state.name, trial_outcome(t), "" if t.value is None else t.value,
+                t.number, t.state.name, trial_outcome(t, limits), "" if t.value is None else t.value,
                 ua.get("sdlogj_max", ""), ua.get("folding_max", ""), ua.get("seconds", ""), bool(ua.get("baseline", False)),
                 *[_blank(pairs.get(k, {}).get("tre")) for k in pair_keys],
                 *[_blank(pairs.get(k, {}).get("dice")) for k in pair_keys],
@@ -1242,11 +1259,12 @@ def tune(
         backend=backend or "gloo",
     )
     is_main = not torchrun or int(os.environ.get("RANK", "0")) == 0
-    if nproc_per_node is not None:
-        _prepare_study(job)
+    if distributed:
         from .distributed import _quiet_launcher
 
         _quiet_launcher()
+    if nproc_per_node is not None:
+        _prepare_study(job)
         port = master_port or _free_port()
         with idist.Parallel(backend=job.backend, nproc_per_node=nproc_per_node, master_port=port) as parallel:
             parallel.run(_spawned, job, tie, on_trial)
@@ -1258,7 +1276,8 @@ def tune(
         _worker(0, job, on_trial, tie, prefix=False)
     if not is_main:
         study = _load_study(job)
-        return TuneResult(name, storage, obj, direction, len(_finished(study.get_trials(deepcopy=False))))
+        return TuneResult(name, storage, obj, direction, len(_finished(study.get_trials(deepcopy=False))),
+                          rank=int(os.environ.get("RANK", "0")))
     return _finish(job, stem, out, params, tie, tune_pairs, hold_pairs, final_run, say, preset)
 
 
@@ -1279,20 +1298,21 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
     study = _load_study(job)
     trials = study.get_trials(deepcopy=False)
     finished = _finished(trials)
+    limits = (job.max_sdlogj, job.max_folding)
     result = TuneResult(job.study_name, job.storage, job.objective, job.direction, len(finished))
     counts: dict[str, int] = {}
     for t in trials:
-        o = trial_outcome(t)
+        o = trial_outcome(t, limits)
         if o != "surplus":
             counts[o] = counts.get(o, 0) + 1
     result.outcomes = counts
-    result.csv_path = write_trials_csv(stem.parent / f"{stem.name}.trials.csv", trials, [p.key for p in params])
+    result.csv_path = write_trials_csv(stem.parent / f"{stem.name}.trials.csv", trials, [p.key for p in params], limits)
     result.plot_paths, notes = write_plots(study, stem)
     say(f"study {job.study_name!r} ({job.storage}): {len(finished)} of {job.n_trials} trials finished "
         f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
     for n in notes:
         say(n)
-    best = select_best_trial(trials, job.direction, tie)
+    best = select_best_trial(trials, job.direction, tie, limits)
     result.best = best
     unit = " mm" if job.objective == "tre" else ""
     summary: dict[str, Any] = {

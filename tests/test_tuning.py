@@ -172,6 +172,15 @@ def test_infeasible_study_writes_no_config(dataset, tmp_path, capsys):
         assert t.user_attrs["constraints"][0] == pytest.approx(t.user_attrs["sdlogj_max"] - 0.0001)
     rows = (tmp_path / "best.trials.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",infeasible," in r for r in rows[1:])
+    # other limits on the same study re-judge the stored trials: no trial runs again, a config is written
+    sd = sorted(t.user_attrs["sdlogj_max"] for t in _finished(study))
+    code = main(["tune", str(dataset), "-o", str(out), "--trials", "2", "--space", _space_file(tmp_path),
+                 "--max-sdlogj", str((sd[0] + sd[1]) / 2), "--threads", "1", *sum((["--set", s] for s in SHORT), [])])
+    text = capsys.readouterr().out
+    assert code == 0 and out.is_file() and "trial " not in text.split("study ")[0]
+    assert "1 feasible, 1 infeasible" in text and len(study.get_trials()) == 2
+    best = min(_finished(study), key=lambda t: t.user_attrs["sdlogj_max"])
+    assert f"best: trial {best.number} " in text
 
 
 def _space_file(tmp_path: Path) -> str:
