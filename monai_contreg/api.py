@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .data.transforms import normalisation_transforms
 from .errors import MissingFileError, UserInputError, describe_read_error
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
+from .io.geometry_checks import GeometryWarning, affine_shear, nifti_geometry_disagreement
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
@@ -248,9 +250,12 @@ def _as_image(
         if not p.exists():
             raise MissingFileError(f"{where}: {name} file {str(p)!r} does not exist.")
         try:
-            return load_image(p, reader=reader, series=series, strict_series=False)
+            img = load_image(p, reader=reader, series=series, strict_series=False)
         except Exception as exc:  # the reader's own exception, unwrapped to say what is wrong with the file
             raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}") from exc
+        if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
+            _warn_geometry(where, name, nifti_geometry_disagreement(p))
+        return img
     if not isinstance(value, (np.ndarray, torch.Tensor)):
         raise TypeError(
             f"{where}: {name} must be a file path, numpy array, torch tensor or MetaTensor, got {type(value).__name__}."
@@ -273,9 +278,19 @@ def _as_image(
             )
         aff = array_affine
         t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if affine_shear(aff) > 1e-3:
+        _warn_geometry(where, name, f"its affine has non-orthogonal axes (largest |cos| {affine_shear(aff):.4f}); "
+                                    "ITK/ANTs/Slicer cannot represent this grid and would apply an exported transform elsewhere")
     out = MetaTensor(t.detach().reshape(1, *shape[-3:]).to(torch.float64 if t.dtype == torch.float64 else torch.float32))
     out.affine = torch.as_tensor(aff, dtype=torch.float64)
     return out
+
+
+def _warn_geometry(where: str, name: str, note: str | None) -> None:
+    if note:
+        msg = f"{where}: {name} {note}"
+        logger.warning(msg)
+        warnings.warn(msg, GeometryWarning, stacklevel=4)
 
 
 def _grid_text(t: MetaTensor) -> str:

@@ -89,6 +89,8 @@ class PairOutcome:
         steps: Adam steps taken.
         error: the error message on failure.
         timings: the registration's timings (seconds: ``load``, ``features``, ``optimisation``, ``total``).
+        kernels: the implementation of the similarity that ran: ``"compiled"`` (CPU kernels), ``"pytorch"``, or both
+            joined by ``+`` (see :attr:`monai_contreg.api.RegistrationResult.kernels`).
     """
 
     key: str
@@ -100,6 +102,7 @@ class PairOutcome:
     steps: int = 0
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    kernels: str = ""
 
 
 @dataclass
@@ -351,6 +354,7 @@ def _run_pairs(
                 "device": str(device or "default"),
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "timings": outcome.timings,
+                "kernels": outcome.kernels,
                 **(case_extra or {}),
             }, None)
         elif outcome.status == "failed":
@@ -492,7 +496,7 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         pair.key, "done", path=path, seconds=float(res.timings.get("total", time.perf_counter() - t0)),
         wall_seconds=time.perf_counter() - t0,
         final_loss=None if losses[-1] is None else float(losses[-1]), steps=int(res.steps),
-        timings={k: float(v) for k, v in res.timings.items()},
+        timings={k: float(v) for k, v in res.timings.items()}, kernels=str(getattr(res, "kernels", "") or ""),
     )
 
 

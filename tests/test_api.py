@@ -30,6 +30,9 @@ def test_register_arrays_improves_tre(pair):
     assert res.steps == 40 and len(res.history["loss"]) == 40
     assert set(res.timings) >= {"load", "features", "optimisation", "total"}
     assert res.jacobian_statistics()["folding_percent"] < 0.1
+    from monai_contreg.kernels import extension_status
+
+    assert res.kernels == ("compiled" if extension_status().startswith("compiled") else "pytorch")
 
 
 def test_register_files_and_metatensor_agree(pair, tmp_path):

@@ -47,6 +47,10 @@ def test_run_writes_fields_and_runtime_log(run_out):
     case = log["cases"]["0001_0001"]
     assert case["steps"] == 3 and 0 < case["seconds"] <= case["wall_seconds"] and np.isfinite(case["final_loss"])
     assert log["config"]["optim"]["schedule"]["total_steps"] == 3
+    from monai_contreg.kernels import extension_status
+
+    # which implementation ran is recorded per pair
+    assert case["kernels"] == ("compiled" if extension_status().startswith("compiled") else "pytorch")
 
 
 def test_resume_after_kill_redoes_only_the_missing_pair(dataset, run_out, tmp_path):

@@ -114,11 +114,22 @@ class WarpedSSD:
         self._mcl = channels_last(self.moving).to(low) if self.fused else None
         self._fcl = channels_last(self.fixed).to(low) if self.fused else None
 
-    def __call__(self, ddf: torch.Tensor, return_warped: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(loss, warped)`` for a ``(1, 3, h, w, d)`` DDF on the features' grid (``warped`` ``None`` if not asked)."""
+    def path(self, ddf: torch.Tensor, autograd: bool = False) -> str:
+        """Which implementation :meth:`__call__` runs for ``ddf``: ``"compiled"`` or ``"pytorch"``."""
+        use = self.fused and not autograd and ddf.dtype == self.moving.dtype and ddf.device.type == "cpu"
+        return "compiled" if use else "pytorch"
+
+    def __call__(
+        self, ddf: torch.Tensor, return_warped: bool = True, autograd: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(loss, warped)`` for a ``(1, 3, h, w, d)`` DDF on the features' grid (``warped`` ``None`` if not asked).
+
+        ``autograd=True`` takes the ``grid_sample`` path even where the compiled one is available, so that a loss
+        on ``warped`` back-propagates to the DDF (the compiled path returns ``warped`` without a gradient).
+        """
         if tuple(ddf.shape) != (1, 3, *self.moving.shape[2:]):
             raise ValueError(f"WarpedSSD: ddf must be (1, 3, {', '.join(map(str, self.moving.shape[2:]))}), got {tuple(ddf.shape)}.")
-        if self.fused and ddf.dtype == self.moving.dtype and ddf.device.type == "cpu":
+        if self.path(ddf, autograd) == "compiled":
             return compiled_warp_ssd(ddf, self._mcl, self._fcl, self.padding_mode == "zeros", return_warped)
         warped = grid_sample_3d(self.moving, ddf_to_sampling_grid(ddf), "bilinear", self.padding_mode)
         return ssd(warped, self.fixed), warped if return_warped else None

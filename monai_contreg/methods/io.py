@@ -50,6 +50,9 @@ class MethodOutput:
         timings: seconds per stage (``features``, ``optimisation``, ...).
         steps: Adam steps actually taken.
         stopped_early: whether the plateau stop ended the run.
+        kernels: the similarity's implementation that ran the steps: ``"compiled"`` (the CPU kernels of
+            :mod:`monai_contreg.kernels`), ``"pytorch"`` (``grid_sample`` and autograd), ``"compiled+pytorch"``
+            if both did, ``""`` without Adam steps.
     """
 
     field: DisplacementField
@@ -58,6 +61,7 @@ class MethodOutput:
     timings: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     stopped_early: bool = False
+    kernels: str = ""
 
 
 def compute_features(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +175,7 @@ def instance_optimisation(
         timings={"optimisation": elapsed},
         steps=int(engine.state.iteration),
         stopped_early=bool(getattr(engine.state, "stopped_early", False)),
+        kernels="+".join(sorted(getattr(engine.state, "kernels", set()))),
     )
 
 

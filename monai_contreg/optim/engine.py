@@ -102,9 +102,13 @@ def create_registration_engine(
         optimizer.zero_grad(set_to_none=True)
         ddf = field()
         if warped_ssd is not None:
-            # the warped features are only materialised when a LOSS_COMPUTED handler may look at them
-            sim, warped = warped_ssd(ddf, return_warped=_has_handlers(engine, RegistrationEvents.LOSS_COMPUTED))
+            # the warped features are only materialised when a LOSS_COMPUTED handler may look at them; such a
+            # handler may add a loss on them, which needs their gradient: the autograd (grid_sample) path then
+            handlers = _has_handlers(engine, RegistrationEvents.LOSS_COMPUTED)
+            engine.state.kernels.add(warped_ssd.path(ddf, autograd=handlers))
+            sim, warped = warped_ssd(ddf, return_warped=handlers, autograd=handlers)
         else:
+            engine.state.kernels.add("pytorch")
             warped = grid_sample_3d(moving_features, ddf_to_sampling_grid(ddf), "bilinear", padding_mode)
             sim = similarity(warped, fixed_features)
         reg = reg_fn(ddf) if reg_weight else ddf.new_zeros(())
@@ -126,4 +130,5 @@ def create_registration_engine(
     engine.state.optimizer = optimizer
     engine.state.step_tensors = None
     engine.state.extra_loss = None
+    engine.state.kernels = set()  # implementations of the similarity that ran: "compiled", "pytorch"
     return engine

@@ -227,6 +227,15 @@ def affine_to_itk_geometry(affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if np.any(spacing <= 0):
         raise UserInputError(f"affine_to_itk_geometry: affine has a zero-length axis, spacing {spacing.tolist()}.")
     direction = flip @ a[:3, :3] / spacing
+    shear = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if shear > 1e-4:
+        from ..errors import UserInputError
+
+        raise UserInputError(
+            f"affine_to_itk_geometry: the grid's voxel axes are not orthogonal (largest |cos| between axes "
+            f"{shear:.4g}); ITK's direction matrix is orthonormal, so ITK, ANTs and Slicer would place this grid "
+            "elsewhere: not written."
+        )
     origin = flip @ a[:3, 3]
     return origin, spacing, direction
 

@@ -204,8 +204,9 @@ def test_evaluate_split_layout_and_files(tiny_with_fields, tmp_path):
     assert c0["TRE_kp"]["mean"] == pytest.approx(c0["TRE_kp_initial"]["mean"])  # zero field
     assert c0["LogJacDetStd"]["mean"] == pytest.approx(0.0, abs=1e-9) and c0["runtime"]["mean"] == 12.5
     assert "runtime" not in res["cases"]["0002_0002"] and res["aggregates"]["runtime"]["n"] == 1
-    for m in ("TRE_kp", "TRE_kp_official", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95"):
+    for m in ("TRE_kp", "TRE_kp_official", "LogJacDetStd", "SDlogJ", "folding_percent", "Dice", "HD95", "HD95_mm"):
         assert set(res["aggregates"][m]) >= {"mean", "std", "30"}
+    assert res["settings"]["masked_evaluation"] is True and res["settings"]["unmasked_cases"] == []
     write_evaluation_json(res, tmp_path / "r.json")
     back = json.loads((tmp_path / "r.json").read_text())
     assert back["cases"]["0002_0002"]["Dice"]["mean"] == pytest.approx(res["cases"]["0002_0002"]["Dice"]["mean"])
@@ -232,3 +233,16 @@ def test_cli_evaluate(tiny_with_fields, tmp_path, capsys):
     assert (tmp_path / "e.json").is_file() and (tmp_path / "e.csv").is_file()
     rc = main(["evaluate", str(ds), str(tmp_path / "missing")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_masked_sdlogj_fallback_is_reported():
+    """A fixed mask empty inside the 2-voxel border: the statistics cover the whole grid and the report says so."""
+    ddf = torch.zeros((1, 3, *SHAPE), dtype=torch.float64)
+    mask = torch.zeros((1, *SHAPE))
+    mask[0, :2] = 1  # only in the cropped border
+    seen = {}
+    res = evaluate_field(ddf, {"fixed_mask": mask}, fixed_spacing=(1, 1, 1), moving_spacing=(1, 1, 1), report=seen)
+    assert seen == {"masked": False} and res["LogJacDetStd"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    mask[0, 5:9, 5:9, 5:9] = 1
+    evaluate_field(ddf, {"fixed_mask": mask}, fixed_spacing=(1, 1, 1), moving_spacing=(1, 1, 1), report=seen)
+    assert seen == {"masked": True}

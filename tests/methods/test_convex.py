@@ -100,7 +100,7 @@ def test_integer_shift_found_exactly_grid6_via_register():
     fixed, moving = _shifted_pair((6, -6, 0), size=48, margin=6)
     cfg = get_preset("convex").with_overrides(["convex.disp_hw=2"])
     assert cfg.convex.grid_spacing == 6
-    result = register(fixed[0, 0], moving[0, 0], config=cfg)
+    result = register(fixed[0, 0], moving[0, 0], config=cfg, assume_unit_spacing=True)
     expected = torch.tensor([6.0, -6.0, 0.0]).view(1, 3, 1, 1, 1).expand(1, 3, 48, 48, 48)
     assert torch.equal(result.ddf.as_tensor(), expected)
     assert result.working_ddf.shape == (1, 3, 8, 8, 8) and result.steps == 0

@@ -169,13 +169,14 @@ def test_fused_step_equals_grid_sample_step():
                 engine.add_event_handler(Ev.LOSS_COMPUTED, lambda e: shapes.append(tuple(e.state.step_tensors["warped"].shape)))
 
         try:
-            out = instance_optimisation(ff, mf, cfg, init_ddf=init, handlers=[Look()])
+            # a LOSS_COMPUTED handler switches to the autograd path: the compiled run has none
+            out = instance_optimisation(ff, mf, cfg, init_ddf=init, handlers=[] if fused else [Look()])
         except RuntimeError as exc:  # fused=True where the compiled kernels cannot be built
             assert "fused=True needs" in str(exc)
             pytest.skip(str(exc))
         fields[fused] = out.field().detach()
-        seen[fused] = shapes[0]
-    assert seen[True] == seen[False] == (1, 12, 24, 20, 22)
+        seen[fused] = out.kernels
+    assert seen == {True: "compiled", False: "pytorch"} and shapes[0] == (1, 12, 24, 20, 22)
     assert (fields[True] - fields[False]).abs().max() < 1e-6
     assert fields[True][0, 1].mean() > 1.0  # it moved towards the 2-voxel shift
 
@@ -217,3 +218,25 @@ def test_plateau_early_stopping_resets_per_run_and_saves_state():
     assert other.state_dict() == {"best": 1.0, "wait": 2}
     with pytest.raises(KeyError, match="PlateauEarlyStopping.load_state_dict: missing keys"):
         other.load_state_dict({"best": 1.0})
+
+
+def test_extra_loss_on_warped_reaches_the_field_on_the_default_path():
+    """A LOSS_COMPUTED handler adding a loss on step_tensors["warped"] changes the result (no silent no-op)."""
+    img = smooth_volume()
+    cfg = _shift_config(steps=5)  # engine.fused default: the compiled kernels where available
+    ff, mf = compute_features(img, torch.roll(img, 1, 2), cfg)
+    base = instance_optimisation(ff, mf, cfg)
+
+    class Pull:
+        def attach(self, engine):
+            def add(e):
+                e.state.extra_loss = 50.0 * e.state.step_tensors["warped"].mean()
+
+            engine.add_event_handler(RegistrationEvents.LOSS_COMPUTED, add)
+
+    pulled = instance_optimisation(ff, mf, cfg, handlers=[Pull()])
+    assert pulled.kernels == "pytorch"
+    from monai_contreg.kernels import extension_status
+
+    assert base.kernels == ("compiled" if extension_status().startswith("compiled") else "pytorch")
+    assert (pulled.field() - base.field()).abs().max() > 1e-2  # before: identical fields (no gradient on warped)
