@@ -197,7 +197,8 @@ def register_native(
         fixed, moving: file paths (NIfTI, NRRD, MetaImage, a DICOM series folder, anything ITK or nibabel
             reads), MetaTensors (their affines are used) or arrays ``(H, W, D)`` (identity affine).
         fixed_mask, moving_mask: optional masks of the same kinds, each on its own grid (an array mask takes
-            its image's affine); resampled with nearest neighbour.
+            its image's affine); resampled with nearest neighbour. Missing ones are segmented on the working
+            grid when the preset masks (``preprocess.auto_mask``, see :func:`~monai_contreg.api.register`).
         working_spacing: spacing (mm) of the working grid, one number (isotropic) or three; ``None``: the
             fixed image's smallest spacing. The working grid covers the fixed image's field of view with its
             orientation.
