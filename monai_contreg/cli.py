@@ -577,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("register", help="register one pair and write a Learn2Reg displacement field")
-    p.add_argument("fixed", help="fixed image file")
-    p.add_argument("moving", help="moving image file")
+    p.add_argument("fixed", help="fixed image file or DICOM folder")
+    p.add_argument("moving", help="moving image file or DICOM folder (same grid as the fixed image)")
     p.add_argument("-o", "--output", required=True, help="output field: .nii.gz, .nii or .npz (Learn2Reg layout)")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")

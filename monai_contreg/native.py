@@ -107,7 +107,9 @@ def register_native(
         fixed, moving: file paths (NIfTI, NRRD, MetaImage, a DICOM series folder, anything ITK or nibabel
             reads), MetaTensors (their affines are used) or arrays ``(H, W, D)`` with ``spacing``/``affine``.
         fixed_mask, moving_mask: optional masks of the same kinds, each on its image's grid (checked; an array
-            mask takes its image's grid); resampled with nearest neighbour, zeros outside.
+            mask takes its image's grid); resampled with nearest neighbour, zeros outside. Missing ones are
+            segmented on the working grid when the preset masks (``preprocess.auto_mask``, see
+            :func:`~monai_contreg.api.register`).
         spacing, affine, assume_unit_spacing: the geometry of plain-array inputs (see :func:`~monai_contreg.api.register`).
         working_spacing: spacing (mm) of the working grid, one number (isotropic) or three; ``None``: the
             config's ``field.design_spacing`` (isotropic; 1.5 mm in every preset), whatever the images' spacing, so

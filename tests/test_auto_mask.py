@@ -75,3 +75,17 @@ def test_cli_mask_and_no_auto_mask(pair, tmp_path, capsys):
     nib.save(nib.Nifti1Image(water, AFFINE), str(tmp_path / "w.nii.gz"))
     assert main(["mask", str(tmp_path / "w.nii.gz"), "-o", str(tmp_path / "wm.nii.gz")]) == 1
     assert "does not look like a chest CT" in capsys.readouterr().err
+
+
+def test_readme_recipe_mask_of_a_dicom_folder(tmp_path, capsys):
+    """README 'Clinical CT': contreg mask on a DICOM folder (CT with rescale intercept, -3024 padding, a localiser)."""
+    from monai_contreg.io.images import save_dicom_series
+
+    img, expected = chest_phantom(padding=-3024.0)
+    aff = np.diag([-2.5, -2.5, 2.5, 1.0])  # LPS identity orientation, as scanners write axial series
+    save_dicom_series(tmp_path / "ct", img, aff, "1.2.826.0.1.3680043.8.498.77.2", series_number=2, rescale=(1.0, -1024.0))
+    save_dicom_series(tmp_path / "ct", img[::8, ::8, ::20], np.diag([-20.0, -20.0, 50.0, 1.0]),
+                      "1.2.826.0.1.3680043.8.498.77.1", series_number=1)
+    assert main(["mask", str(tmp_path / "ct"), "-o", str(tmp_path / "lungs.nii.gz")]) == 0
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "lungs.nii.gz")).dataobj) > 0, expected)
+    assert "lungs 616 mL" in capsys.readouterr().out
