@@ -272,10 +272,10 @@ def test_constant_images_refused(pair, tmp_path, capsys):
                       "--fixed-mask", _save(tmp_path / "m.nii.gz", mask), *SETS)
     assert rc == 2
     _one_error(err, r"register: fixed image is constant inside its mask \(every voxel [0-9.]+ after preprocessing")
-    with pytest.raises(UserInputError, match=r"register: moving image is constant"):
+    with pytest.raises(UserInputError, match=r"prepare_pair: moving image is constant"):
         from monai_contreg.api import prepare_pair
 
-        prepare_pair(_smooth(), np.zeros((24, 24, 24), np.float32))
+        prepare_pair(_smooth(), np.zeros((24, 24, 24), np.float32), spacing=1.5)
 
 
 # ------------------------------------------------------------------------------------------------- options

@@ -432,7 +432,7 @@ class RegistrationConfig:
             >>> RegistrationConfig().with_overrides(["engine.fused=maybe"])
             Traceback (most recent call last):
             ...
-            ValueError: RegistrationConfig: config.engine.fused expects bool | None, got 'maybe'.
+            monai_contreg.errors.UserInputError: RegistrationConfig: config.engine.fused expects bool | None, got 'maybe'.
         """
         import yaml
 

@@ -12,7 +12,8 @@ from monai_contreg import register
 from monai_contreg.methods.presets import get_preset, preset_names
 from tests.data.test_lung_mask import chest_phantom
 
-FEW_STEPS = ["optim.schedule.total_steps=3", "optim.schedule.constant_steps=3", "optim.schedule.cosine_end=3"]
+FEW_STEPS = ["optim.schedule.total_steps=3", "optim.schedule.constant_steps=3", "optim.schedule.cosine_end=3",
+             "engine.divergence_check=false"]  # 3 steps of a lr-15 schedule: features and plumbing, not convergence
 AFFINE = torch.as_tensor(np.diag([2.5, 2.5, 2.5, 1.0]))
 
 

@@ -79,11 +79,11 @@ _MEASURE = textwrap.dedent('''
                                            "optim.schedule.cosine_end=3", "optim.schedule.peak_lr=1"])
     f = (np.random.default_rng(0).random(shape, dtype=np.float32) * 1000 - 1000)
     m = np.roll(f, 2, axis=0)
-    register(f[:16, :16, :16].copy(), m[:16, :16, :16].copy(), config=cfg)  # warm-up: kernels, allocator
+    register(f[:16, :16, :16].copy(), m[:16, :16, :16].copy(), config=cfg, spacing=1.5)  # warm-up: kernels, allocator
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current resident size
     base = status("VmRSS:")
-    register(f, m, config=cfg)
+    register(f, m, config=cfg, spacing=1.5)
     print(json.dumps({"measured": status("VmHWM:") - base, "estimate": estimate_memory(shape, cfg).total}))
 ''')
 

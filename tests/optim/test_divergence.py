@@ -89,24 +89,24 @@ def test_huge_learning_rate_raises_diverged_error_naming_the_fix():
          "optim.keep_in_image=false"]
     )
     with pytest.raises(RegistrationDivergedError, match=r"step 10 \(lr 1000\) diverged: .*engine.divergence_.*" + FIX):
-        register(f, m, config=cfg)
+        register(f, m, config=cfg, spacing=1.5)
     # the in-image bound keeps the field inside the image; the guard still catches the run
     cfg.optim.keep_in_image = True
     cfg.optim.schedule.total_steps = cfg.optim.schedule.constant_steps = cfg.optim.schedule.cosine_end = 20
     with pytest.raises(RegistrationDivergedError, match=r"diverged: .*" + FIX):
-        register(f, m, config=cfg)
+        register(f, m, config=cfg, spacing=1.5)
     # without the guard the same run ends silently
     cfg.engine.divergence_check = False
-    assert register(f, m, config=cfg).steps == 20
+    assert register(f, m, config=cfg, spacing=1.5).steps == 20
 
 
 def test_convex_method_gets_the_final_check():
     f, m, _, _, _ = _smooth_pair(24, sigma=2.0)
     cfg = get_preset("convex").with_overrides(["convex.grid_spacing=2", "convex.disp_hw=2"])
-    register(f, m, config=cfg)  # a plausible field
+    register(f, m, config=cfg, spacing=1.5)  # a plausible field
     cfg.engine.divergence_final_max_displacement = 0.01  # any shift of a coarse voxel is then implausible
     with pytest.raises(RegistrationDivergedError, match="coupled convex stage diverged"):
-        register(f, m, config=cfg)
+        register(f, m, config=cfg, spacing=1.5)
 
 
 @pytest.mark.parametrize("n, masked", [(48, False), (64, True)])
@@ -115,7 +115,7 @@ def test_io_preset_recovers_a_small_smooth_motion(n, masked):
     field stays in the image and the run converges (mean error below a tenth of the 2.2-voxel motion)."""
     f, m, u0, mask, mmask = _smooth_pair(n)
     kw = {"fixed_mask": mask, "moving_mask": mmask} if masked else {}
-    res = register(f, m, config="io", **kw)
+    res = register(f, m, config="io", spacing=1.5, **kw)
     assert res.steps == 270
     assert _error(res, u0, mask) < 0.22
     assert res.history["loss"][-1] < 0.2 * res.history["loss"][0]
@@ -153,7 +153,7 @@ def test_batch_run_reports_a_diverged_pair_failed_and_writes_nothing_for_it(tmp_
                  "optim.schedule.peak_lr=1000", "optim.keep_in_image=false"]
     summary = run_split(ds, "val", tmp_path / "out", get_preset("io").with_overrides(diverging))
     assert summary.failed == ["0001_0001"] and not summary.done
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runtimes.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")) == ["runtimes.json"]
     log = json.loads((tmp_path / "out" / "runtimes.json").read_text())
     assert log["failures"]["0001_0001"].startswith("RegistrationDivergedError: registration at step 10")
     # the CLI: exit 1 for the run, the pair's line names the cause
