@@ -12,6 +12,11 @@
   (lambda 1.25, 3 smoothing passes, half resolution) on unmasked images in raw intensities, as the reference sees them.
 * ``convex+io``: the paper's schedule (``io``) started from the discrete stage's field.
 * ``refine``: constant learning rate 1 for 80 steps, for refining a given initial field.
+
+Every preset was set on 1.5 mm images and says so in ``field.design_spacing`` (mm); its other constants are in
+voxels (see :class:`~monai_contreg.methods.config.FieldConfig`), and
+:func:`~monai_contreg.native.register_native` registers at that spacing unless told otherwise. Every preset keeps
+the field inside the image (``optim.keep_in_image``) and runs the divergence guard (``engine.divergence_*``).
 """
 
 from __future__ import annotations
