@@ -204,6 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.master_port is not None:
         raise UserInputError("--master-port: only used with --nproc-per-node (spawned processes).")
     cfg = _config(args)
+    if distributed and not args.progress:  # ranks share the terminal: no per-step bars unless asked
+        cfg.engine.progress = False
     evaluate = (args.eval_json or True) if args.evaluate else False
     if args.eval_json and not args.evaluate:
         raise UserInputError("--eval-json: give --evaluate too (it says where the evaluation is written).")

@@ -156,6 +156,9 @@ class EngineConfig:
             loosely during the run (the paper's high early learning rate makes big transient excursions that the
             decay phase may still repair) and strictly at the end.
         divergence_every: check every this many steps during the run.
+        divergence_min_steps: the loss tests apply from this step on, and at the end only to runs at least this
+            long: Adam's first steps move every parameter by about the learning rate, so the loss of a run of a few
+            steps says little (the displacement and folding tests always apply).
         divergence_loss_ratio: during the run, a loss above this multiple of the first step's loss (the loss of
             the initial field) means the run is lost.
         divergence_max_displacement: during the run, a displacement along an axis beyond this fraction of the image
@@ -184,6 +187,7 @@ class EngineConfig:
     fused: bool | None = None
     divergence_check: bool = True
     divergence_every: int = 10
+    divergence_min_steps: int = 20
     divergence_loss_ratio: float = 100.0
     divergence_max_displacement: float = 1.0
     divergence_final_loss_ratio: float = 2.0
@@ -484,6 +488,8 @@ class RegistrationConfig:
                 raise UserInputError(f"RegistrationConfig: engine.{name} must be >= 0, got {getattr(self.engine, name)}.")
         if not (self.field.design_spacing > 0 and self.field.design_spacing < float("inf")):
             raise UserInputError(f"RegistrationConfig: field.design_spacing must be a positive number (mm), got {self.field.design_spacing}.")
+        if self.engine.divergence_min_steps < 0:
+            raise UserInputError(f"RegistrationConfig: engine.divergence_min_steps must be >= 0, got {self.engine.divergence_min_steps}.")
         if self.engine.divergence_every < 1:
             raise UserInputError(f"RegistrationConfig: engine.divergence_every must be >= 1, got {self.engine.divergence_every}.")
         for name in ("divergence_loss_ratio", "divergence_max_displacement", "divergence_final_loss_ratio",

@@ -142,7 +142,7 @@ def instance_optimisation(
             loss_ratio=ecfg.divergence_loss_ratio, max_displacement=ecfg.divergence_max_displacement,
             final_loss_ratio=ecfg.divergence_final_loss_ratio,
             final_max_displacement=ecfg.divergence_final_max_displacement, max_folding=ecfg.divergence_max_folding,
-            every=ecfg.divergence_every,
+            every=ecfg.divergence_every, min_steps=ecfg.divergence_min_steps,
         ).attach(engine)
     if ecfg.log_every:
         LossLogger(ecfg.log_every, sched.total_steps, name).attach(engine)

@@ -14,6 +14,11 @@
 * ``refine``: constant learning rate 1 for 80 steps, for refining a given initial field.
 * ``accurate``: beyond the paper: multi-resolution instance optimisation (:mod:`monai_contreg.methods.multilevel`)
   ending on a full-resolution field; settings chosen on nlst_synth pairs 0101 and 0102 only (README, "accurate").
+
+Every preset was set on 1.5 mm images and says so in ``field.design_spacing`` (mm); its other constants are in
+voxels (see :class:`~monai_contreg.methods.config.FieldConfig`), and
+:func:`~monai_contreg.native.register_native` registers at that spacing unless told otherwise. Every preset keeps
+the field inside the image (``optim.keep_in_image``) and runs the divergence guard (``engine.divergence_*``).
 """
 
 from __future__ import annotations

@@ -146,6 +146,8 @@ class DivergenceGuard:
             unit-free, the same on every grid).
         final_loss_ratio, final_max_displacement, max_folding: the tests at the end.
         every: check period in steps.
+        min_steps: the loss tests apply from this step on (at the end: to runs at least this long); Adam's first
+            steps move every parameter by about the learning rate, so a few-step run's loss says little.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class DivergenceGuard:
         final_max_displacement: float = 0.25,
         max_folding: float = 10.0,
         every: int = 10,
+        min_steps: int = 20,
     ) -> None:
         for name, v in (("loss_ratio", loss_ratio), ("max_displacement", max_displacement),
                         ("final_loss_ratio", final_loss_ratio), ("final_max_displacement", final_max_displacement),
@@ -170,6 +173,9 @@ class DivergenceGuard:
         self.final_max_displacement = float(final_max_displacement)
         self.max_folding = float(max_folding)
         self.every = int(every)
+        if min_steps < 0:
+            raise ValueError(f"DivergenceGuard: min_steps must be >= 0, got {min_steps}.")
+        self.min_steps = int(min_steps)
         self.first_loss: float | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -184,7 +190,7 @@ class DivergenceGuard:
     def _check_loss(self, engine: Engine, ratio: float, option: str, final: bool) -> None:
         loss = float(engine.state.output["loss"])
         first = self.first_loss
-        if first is None or not loss > ratio * first + 1e-6 * max(abs(first), 1e-6):
+        if engine.state.iteration < self.min_steps or first is None or not loss > ratio * first + 1e-6 * max(abs(first), 1e-6):
             return
         what = "ended at" if final else "rose to"
         raise RegistrationDivergedError(
