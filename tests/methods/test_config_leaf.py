@@ -12,7 +12,7 @@ LEAVES = {"_validation", "modes", "errors", "optim.schedule"}
 
 def _package_imports(path: Path) -> set[str]:
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = ".".join(path.relative_to(PKG).parent.parts[: len(path.relative_to(PKG).parent.parts) - node.level + 1])
             out.add(".".join(p for p in (base, node.module or "") if p))
