@@ -21,7 +21,7 @@ from .kernels import load_extension
 from .methods.config import RegistrationConfig
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
-from .preflight import check_informative
+from .preflight import ImageHeader, check_geometry, check_informative
 from .spatial.conventions import ddf_to_learn2reg, spacing_from_affine
 from .spatial.warp import warp_image, warp_labels
 
@@ -156,6 +156,10 @@ def prepare_pair(
         if loaded[k].ndim != 4 or loaded[k].shape[0] != 1:
             raise UserInputError(f"{where}: {k} must hold one 3-D volume, got shape {tuple(loaded[k].shape)}.")
         check_finite(where, k, loaded[k].as_tensor())
+        affine = loaded[k].affine if isinstance(loaded[k], MetaTensor) else torch.eye(4)
+        header = ImageHeader(Path(v) if kinds[k] == "file" else None, tuple(loaded[k].shape[1:]),
+                             np.asarray(torch.as_tensor(affine).double().reshape(4, 4)[:3, :3]))
+        check_geometry(where, k, header)  # non-singular geometry, >= MIN_SIZE voxels per axis
     shapes = {k: tuple(t.shape[-3:]) for k, t in loaded.items()}
     if len(set(shapes.values())) != 1:
         raise UserInputError(f"{where}: all inputs must share one grid; got shapes {shapes}.")
