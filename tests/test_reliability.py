@@ -371,10 +371,14 @@ def _fast():
 def test_lock_serialises_writers(tmp_path):
     log = tmp_path / "runtimes.json"
     order = []
+    def other():
+        with locked_log(log):
+            order.append("other")
+
     with locked_log(log):
-        t = threading.Thread(target=lambda: (locked_log(log).__enter__(), order.append("other")))
+        t = threading.Thread(target=other)
         t.start()
-        t.join(0.3)
+        t.join(0.3)  # blocked on the lock meanwhile
         order.append("first")
     t.join(5)
     assert order == ["first", "other"]
