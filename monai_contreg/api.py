@@ -35,7 +35,7 @@ from .methods.memory import check_memory
 from .methods.presets import get_preset, resolve_config
 from .methods.run import run_method
 from .modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
-from .preflight import check_informative
+from .preflight import ImageHeader, check_geometry, check_informative
 from .spatial.conventions import (
     ddf_to_learn2reg,
     ddf_voxel_to_world,
@@ -338,6 +338,9 @@ def load_inputs(
     for key, value in (("fixed", fixed), ("moving", moving)):
         out[key] = _as_image(where, key, value, arr_aff, reader, series)
         check_finite(where, key, out[key].as_tensor())
+        header = ImageHeader(Path(value) if isinstance(value, (str, Path)) else None, tuple(out[key].shape[1:]),
+                             _affine_of(out[key])[:3, :3])
+        check_geometry(where, key, header)  # non-singular geometry, >= MIN_SIZE voxels per axis
     check_series_used(where, series, (out["fixed"], out["moving"]))
     for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
         if value is None:

@@ -127,6 +127,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .evaluation.metrics import keypoint_tre
 
     cfg = _config(args)
+    if args.out:
+        check_output_dir("demo", "--out", args.out)
     t0 = time.perf_counter()
     pair = make_demo_pair(seed=args.seed)
     print(
@@ -284,6 +286,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     check_input_file("evaluate", "dataset", args.dataset)
     check_input_file("evaluate", "fields", args.fields)
+    if args.runtimes:
+        check_input_file("evaluate", "--runtimes", args.runtimes)
     for option, path in (("--json", args.json), ("--csv", args.csv)):
         if path:
             check_output_file("evaluate", option, path)

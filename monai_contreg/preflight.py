@@ -76,13 +76,13 @@ class ImageHeader:
     """What an image's header says, read without its voxels.
 
     Attributes:
-        path: the file.
+        path: the file (``None`` for an array).
         shape: the array shape as stored (3 or more entries; spatial first).
         linear: the 3x3 voxel-to-world linear part (direction times spacing, mm per voxel), or ``None`` when the
             header gives none (a DICOM folder, checked when loaded).
     """
 
-    path: Path
+    path: Path | None
     shape: tuple[int, ...]
     linear: np.ndarray | None
 
@@ -172,7 +172,7 @@ def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = M
     """
     if header.linear is None:  # a DICOM folder: checked when loaded
         return header
-    label = f"{name} file {str(header.path)!r}"
+    label = name if header.path is None else f"{name} file {str(header.path)!r}"
     shape = header.shape
     if len(shape) < 3 or any(int(s) != 1 for s in shape[3:]):
         raise UserInputError(f"{where}: {label} must hold one 3-D volume, its header gives shape {shape}.")

@@ -371,10 +371,14 @@ def _fast():
 def test_lock_serialises_writers(tmp_path):
     log = tmp_path / "runtimes.json"
     order = []
+    def other():
+        with locked_log(log):
+            order.append("other")
+
     with locked_log(log):
-        t = threading.Thread(target=lambda: (locked_log(log).__enter__(), order.append("other")))
+        t = threading.Thread(target=other)
         t.start()
-        t.join(0.3)
+        t.join(0.3)  # blocked on the lock meanwhile
         order.append("first")
     t.join(5)
     assert order == ["first", "other"]
@@ -411,3 +415,15 @@ def test_two_concurrent_runs_keep_every_pair(tmp_path):
     keys = ["0001_0001", "0002_0002", "0003_0003", "0004_0004"]
     assert sorted(log["cases"]) == keys and log["failures"] == {}
     assert sorted(p.name for p in out.glob("disp_*.nii.gz")) == [f"disp_{k}.nii.gz" for k in keys]
+
+
+def test_readme_error_example(pair, tmp_path, capsys, monkeypatch):
+    """The README's 'Errors and exit codes' example prints exactly the line shown there."""
+    assert Path(pair[0]) == tmp_path / "fixed.nii.gz" and Path(pair[1]) == tmp_path / "moving.nii.gz"
+    (tmp_path / "outdir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Errors and exit codes", 1)[1].split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    command, expected = block[0].removeprefix("$ contreg ").split(), block[1]
+    rc = main(command)
+    assert rc == 2 and capsys.readouterr().err == expected + "\n"
