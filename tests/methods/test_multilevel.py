@@ -146,3 +146,15 @@ def test_second_feature_scale_concatenates_a_second_dilation():
     assert ff.shape == (1, 24, 12, 10, 11) and mf.shape == ff.shape
     torch.testing.assert_close(ff[:, :12], downsample(mind_ssc(fixed, 1, 2), 2))
     torch.testing.assert_close(mf[:, 12:], downsample(mind_ssc(moving, 1, 3), 2))
+
+
+def test_check_finite_counts_every_bad_value_of_a_large_tensor():
+    from monai_contreg._validation import check_finite
+
+    x = torch.zeros(1, 3, 200, 100, 80)  # 4.8 M values: checked in slabs
+    assert check_finite("f", "x", x) is x
+    x[0, 1, 150, 3, 7] = float("nan")
+    x[0, 2, 5, 99, 79] = float("inf")
+    x[0, 0, 199, 0, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"f: x contains 3 NaN or infinite value\(s\) out of 4800000"):
+        check_finite("f", "x", x)
