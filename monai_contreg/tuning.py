@@ -633,7 +633,7 @@ def _prepare_study(job: _Job) -> None:
     else:
         if study.direction != (optuna.study.StudyDirection.MINIMIZE if job.direction == "minimize" else optuna.study.StudyDirection.MAXIMIZE):
             old = {**old, "direction": str(study.direction)}
-        diff = sorted(k for k in set(sig) | set(old) if sig.get(k) != old.get(k))
+        diff = sorted(k for k in [*sig, "direction"] if sig.get(k) != old.get(k))  # keys of this version only
         if diff:
             raise UserInputError(
                 f"tune: study {job.study_name!r} in {job.storage} was made with different settings ({', '.join(diff)}); "
