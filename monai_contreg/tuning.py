@@ -1343,7 +1343,7 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         if job.search_steps and final_run:
             say(f"re-running trial {best.number} at full length ({cfg.optim.schedule.total_steps} steps) on the tuning pairs")
             full = evaluate_configs(job.dataset, job.split, {"tuned": cfg}, job.keys, device=job.device, threads=job.threads,
-                                   dice=job.objective == "dice")
+                                    on_pair=lambda name, m: say(_pair_line(name, m)), dice=job.objective == "dice")
             result.full_run = full["tuned"]
             s = summarize(full["tuned"])
             summary["full_run"] = s
@@ -1351,7 +1351,8 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         if hold_pairs:
             say(f"hold-out: {', '.join(p.key for p in hold_pairs)}: tuned vs base ({preset}), full length")
             cmp = evaluate_configs(job.dataset, job.split, {"tuned": cfg, "base": job.base}, [p.key for p in hold_pairs],
-                                   device=job.device, threads=job.threads, dice=job.objective == "dice")
+                                   device=job.device, threads=job.threads, dice=job.objective == "dice",
+                                   on_pair=lambda name, m: say(_pair_line(name, m)))
             result.holdout = cmp
             summary["holdout"] = {k: summarize(v) for k, v in cmp.items()}
             for k in ("base", "tuned"):
@@ -1363,6 +1364,11 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         tmp.write_text(json.dumps(summary, indent=2, default=str))
     say(f"wrote {result.csv_path}, {', '.join(str(p) for p in result.plot_paths) or 'no plots'}, {result.summary_path}")
     return result
+
+
+def _pair_line(name: str, m: PairMetrics) -> str:
+    score = f"TRE {m.tre:.3f} mm" if m.tre is not None else f"Dice {m.dice:.4f}"
+    return f"  {name} {m.key}: {score}, SDlogJ {m.sdlogj:.4f}, folding {m.folding_percent:.4f}%, {m.steps} steps, {m.seconds:.1f}s"
 
 
 def _summary_line(label: str, s: dict[str, Any], objective: str) -> str:
