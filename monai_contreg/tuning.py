@@ -43,7 +43,7 @@ or ranks of ``torchrun``) share one study; each takes trials until the total rea
 Example:
     >>> from monai_contreg.tuning import tune
     >>> result = tune("../shared/data/nlst_synth", "val", "tuned/best.yaml", pairs=["0101", "0102"],
-    ...               n_trials=8, search_steps=60, holdout=["0103", "0104"], threads=1)
+    ...               n_trials=8, search_steps=100, holdout=["0103", "0104"], threads=1)
     >>> result.best.number, result.config_path   # tuned/best.yaml, tuned/best.trials.csv, tuned/best.*.png
 """
 
