@@ -43,7 +43,7 @@ or ranks of ``torchrun``) share one study; each takes trials until the total rea
 Example:
     >>> from monai_contreg.tuning import tune
     >>> result = tune("../shared/data/nlst_synth", "val", "tuned/best.yaml", pairs=["0101", "0102"],
-    ...               n_trials=8, search_steps=60, holdout=["0103", "0104"], threads=1)
+    ...               n_trials=8, search_steps=100, holdout=["0103", "0104"], threads=1)
     >>> result.best.number, result.config_path   # tuned/best.yaml, tuned/best.trials.csv, tuned/best.*.png
 """
 
@@ -633,7 +633,7 @@ def _prepare_study(job: _Job) -> None:
     else:
         if study.direction != (optuna.study.StudyDirection.MINIMIZE if job.direction == "minimize" else optuna.study.StudyDirection.MAXIMIZE):
             old = {**old, "direction": str(study.direction)}
-        diff = sorted(k for k in set(sig) | set(old) if sig.get(k) != old.get(k))
+        diff = sorted(k for k in [*sig, "direction"] if sig.get(k) != old.get(k))  # keys of this version only
         if diff:
             raise UserInputError(
                 f"tune: study {job.study_name!r} in {job.storage} was made with different settings ({', '.join(diff)}); "
@@ -1343,7 +1343,7 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         if job.search_steps and final_run:
             say(f"re-running trial {best.number} at full length ({cfg.optim.schedule.total_steps} steps) on the tuning pairs")
             full = evaluate_configs(job.dataset, job.split, {"tuned": cfg}, job.keys, device=job.device, threads=job.threads,
-                                   dice=job.objective == "dice")
+                                    on_pair=lambda name, m: say(_pair_line(name, m)), dice=job.objective == "dice")
             result.full_run = full["tuned"]
             s = summarize(full["tuned"])
             summary["full_run"] = s
@@ -1351,7 +1351,8 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         if hold_pairs:
             say(f"hold-out: {', '.join(p.key for p in hold_pairs)}: tuned vs base ({preset}), full length")
             cmp = evaluate_configs(job.dataset, job.split, {"tuned": cfg, "base": job.base}, [p.key for p in hold_pairs],
-                                   device=job.device, threads=job.threads, dice=job.objective == "dice")
+                                   device=job.device, threads=job.threads, dice=job.objective == "dice",
+                                   on_pair=lambda name, m: say(_pair_line(name, m)))
             result.holdout = cmp
             summary["holdout"] = {k: summarize(v) for k, v in cmp.items()}
             for k in ("base", "tuned"):
@@ -1363,6 +1364,11 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         tmp.write_text(json.dumps(summary, indent=2, default=str))
     say(f"wrote {result.csv_path}, {', '.join(str(p) for p in result.plot_paths) or 'no plots'}, {result.summary_path}")
     return result
+
+
+def _pair_line(name: str, m: PairMetrics) -> str:
+    score = f"TRE {m.tre:.3f} mm" if m.tre is not None else f"Dice {m.dice:.4f}"
+    return f"  {name} {m.key}: {score}, SDlogJ {m.sdlogj:.4f}, folding {m.folding_percent:.4f}%, {m.steps} steps, {m.seconds:.1f}s"
 
 
 def _summary_line(label: str, s: dict[str, Any], objective: str) -> str:

@@ -351,7 +351,7 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     short = " ".join(f"--set {o}" for o in SHORT[:3])  # the full-length runs: 6 steps
     subs = [("../shared/data/nlst_synth", str(ds)), ("0101,0102", "0001"), ("0103,0104", "0002"),
-            ("--trials 12", "--trials 2"), ("--trials 16", "--trials 3"), ("--search-steps 60", "--search-steps 3"),
+            ("--trials 8", "--trials 2"), ("--trials 12", "--trials 3"), ("--search-steps 100", "--search-steps 3"),
             ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short)]
     for command in commands:
         for a, b in subs:
