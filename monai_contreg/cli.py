@@ -441,7 +441,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     from .spatial.conventions import spacing_from_affine
 
     if not str(args.output).lower().endswith(IMAGE_WRITE_FORMATS):
-        raise ValueError(f"-o/--output: path {args.output!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
+        raise UserInputError(f"-o/--output: path {args.output!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
     t0 = time.perf_counter()
     img = load_image(args.image, series=args.series or None)
     try:

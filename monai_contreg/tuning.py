@@ -65,7 +65,7 @@ from typing import Any
 
 import torch
 
-from .errors import RegistrationDivergedError, UserInputError
+from .errors import MissingFileError, RegistrationDivergedError, UserInputError
 from .methods.config import RegistrationConfig
 
 __all__ = [
@@ -287,7 +287,7 @@ def load_search_space(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"--space: search-space file {str(p)!r} does not exist.")
+        raise MissingFileError(f"--space: search-space file {str(p)!r} does not exist.")
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(p.read_text())

@@ -101,7 +101,7 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
 
     p = Path(folder)
     if not p.exists():
-        raise FileNotFoundError(f"list_dicom_series: folder {str(p)!r} does not exist.")
+        raise MissingFileError(f"list_dicom_series: folder {str(p)!r} does not exist.")
     if not p.is_dir():
         raise UserInputError(f"list_dicom_series: {str(p)!r} is not a folder.")
     gen = _series_names(p)
