@@ -113,7 +113,8 @@ def run_method(
         if method == "convex":
             if config.engine.divergence_check:  # the discrete stage's equivalent of the engine's DivergenceGuard
                 check_divergence(coarse, config.engine.divergence_final_max_displacement, config.engine.divergence_max_folding,
-                                 f"{name or 'registration'}: the coupled convex stage")
+                                 f"{name or 'registration'}: the coupled convex stage",
+                                 ("engine.divergence_final_max_displacement", "engine.divergence_max_folding"))
             field = DisplacementField(coarse.shape[2:], init=coarse, smoothing_passes=0, dtype=coarse.dtype, device=coarse.device)
             return MethodOutput(field=field, timings=timings, steps=0)
         init_ddf = coarse

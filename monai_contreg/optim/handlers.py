@@ -87,7 +87,11 @@ def _folding_percent(ddf: torch.Tensor) -> float:
 
 
 def check_divergence(
-    ddf: torch.Tensor, max_displacement: float = 0.25, max_folding: float | None = 10.0, where: str = "registration"
+    ddf: torch.Tensor,
+    max_displacement: float = 0.25,
+    max_folding: float | None = 10.0,
+    where: str = "registration",
+    options: tuple[str, str] = ("", ""),
 ) -> None:
     """Raise :class:`RegistrationDivergedError` when a field is implausible for its grid.
 
@@ -96,6 +100,8 @@ def check_divergence(
         max_displacement: largest plausible ``|u_i|`` as a fraction of the grid's extent ``n_i`` along axis ``i``.
         max_folding: largest plausible share (percent) of voxels with ``det J <= 0``; ``None``: not tested.
         where: what is checked, for the message (e.g. ``"registration at step 40 (lr 15)"``).
+        options: the config options of the two bounds, named in the message (e.g.
+            ``("engine.divergence_final_max_displacement", "engine.divergence_max_folding")``).
 
     Raises:
         RegistrationDivergedError naming the failed test, the values and the fix (:data:`DIVERGENCE_FIX`).
@@ -113,7 +119,7 @@ def check_divergence(
             raise RegistrationDivergedError(
                 f"{where} diverged: the largest displacement, {float(largest[axis]):.1f} voxels along axis {axis}, is "
                 f"{float(frac[axis]):.2f} of the image extent ({int(n[axis])} voxels), beyond the plausible "
-                f"{max_displacement:g}. {DIVERGENCE_FIX}"
+                f"{max_displacement:g}{f' ({options[0]})' if options[0] else ''}. {DIVERGENCE_FIX}"
             )
         if max_folding is None:
             return
@@ -121,7 +127,7 @@ def check_divergence(
         if fold > max_folding:
             raise RegistrationDivergedError(
                 f"{where} diverged: {fold:.2f}% of the voxels fold (det J <= 0), beyond the plausible "
-                f"{max_folding:g}%. {DIVERGENCE_FIX}"
+                f"{max_folding:g}%{f' ({options[1]})' if options[1] else ''}. {DIVERGENCE_FIX}"
             )
 
 
@@ -204,16 +210,16 @@ class DivergenceGuard:
         if engine.state.iteration % self.every:
             return
         self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)
-        check_divergence(engine.state.field(), self.max_displacement, None,
-                         f"{self._where(engine)} (engine.divergence_max_displacement)")
+        check_divergence(engine.state.field(), self.max_displacement, None, self._where(engine),
+                         ("engine.divergence_max_displacement", ""))
 
     def _final(self, engine: Engine) -> None:
         if engine.state.output is None:
             return
         self._check_loss(engine, self.final_loss_ratio, "engine.divergence_final_loss_ratio", final=True)
         check_divergence(engine.state.field(), self.final_max_displacement, self.max_folding,
-                         f"{self._where(engine)}, end of run (engine.divergence_final_max_displacement, "
-                         "engine.divergence_max_folding)")
+                         f"{self._where(engine)}, end of run",
+                         ("engine.divergence_final_max_displacement", "engine.divergence_max_folding"))
 
 
 class KeepInImage:
