@@ -192,7 +192,8 @@ def _space_file(tmp_path: Path) -> str:
 # -------------------------------------------------------------------------------------------- resume, workers
 def test_resume_from_the_sqlite_file_keeps_trials_and_reaches_n(dataset, tmp_path):
     out = tmp_path / "t" / "best.yaml"
-    kw = dict(base=BASE, space=SPACE, threads=1, on_trial=lambda line: None, on_line=lambda line: None)
+    kw = dict(base=BASE, space=SPACE, threads=1, on_trial=lambda line: None, on_line=lambda line: None,
+              max_sdlogj=1e9, max_folding=100.0)  # resume is under test here, not feasibility
     first = tune(dataset, "val", out, n_trials=2, **kw)
     db = out.parent / "best.study.db"
     assert db.is_file() and first.n_finished == 2
@@ -349,7 +350,9 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     commands = _readme_commands()
     assert [c.split()[1] for c in commands] == ["tune", "run", "tune"]
     monkeypatch.chdir(tmp_path)
-    short = " ".join(f"--set {o}" for o in SHORT[:3])  # the full-length runs: 6 steps
+    # the full-length runs: 6 steps; the default space's rates carry a 16-voxel working grid's field most of the
+    # way across it in so few steps, which the divergence guard stops: off here (the plumbing is under test)
+    short = " ".join(f"--set {o}" for o in [*SHORT[:3], "engine.divergence_check=false"])
     subs = [("../shared/data/nlst_synth", str(ds)), ("0101,0102", "0001"), ("0103,0104", "0002"),
             ("--trials 8", "--trials 2"), ("--trials 12", "--trials 3"), ("--search-steps 100", "--search-steps 3"),
             ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short)]

@@ -54,7 +54,8 @@ def test_cli_max_memory_error(tmp_path, capsys):
 
     from monai_contreg.cli import main
 
-    nib.save(nib.Nifti1Image(np.zeros((24, 24, 24), np.float32), np.eye(4)), str(tmp_path / "f.nii.gz"))
+    img = np.random.default_rng(0).random((24, 24, 24), dtype=np.float32) * 1000 - 1000  # structure, not constant
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "f.nii.gz"))
     rc = main(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "f.nii.gz"), "-o", str(tmp_path / "d.nii.gz"),
                "--max-memory", "100K"])
     err = capsys.readouterr().err
