@@ -355,7 +355,8 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     short = " ".join(f"--set {o}" for o in [*SHORT[:3], "engine.divergence_check=false"])
     subs = [("../shared/data/nlst_synth", str(ds)), ("0101,0102", "0001"), ("0103,0104", "0002"),
             ("--trials 8", "--trials 2"), ("--trials 12", "--trials 3"), ("--search-steps 100", "--search-steps 3"),
-            ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short)]
+            ("-o tuned/best.yaml", "--max-sdlogj 1e9 --max-folding 100 -o tuned/best.yaml " + short),
+            ("--config tuned/best.yaml", "--config tuned/best.yaml --set engine.divergence_check=false")]
     for command in commands:
         for a, b in subs:
             command = command.replace(a, b)
