@@ -523,6 +523,8 @@ def _pair_list(text: str | None) -> list[str] | None:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
 
+    # pre-flight: the best config (and its CSV/plots/study beside it) can be written, before any trial runs
+    check_output_file("tune", "-o/--output", args.output)
     res = tune(
         args.dataset, args.split, args.output, preset=args.preset, base=_config(args), space=args.space,
         pairs=_pair_list(args.pairs), n_trials=args.trials, objective=args.objective, max_sdlogj=args.max_sdlogj,

@@ -5,6 +5,7 @@ Tiny synthetic Learn2Reg folders (32^3 demo pairs) and schedules of a few steps 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -332,6 +333,11 @@ def test_cli_errors_name_the_option(dataset, tmp_path, capsys):
     assert "unknown objective 'ssd'" in capsys.readouterr().err
     assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--preset", "convexadam"]) == 2
     assert "no default search space" in capsys.readouterr().err
+    # pre-flight: an output path that is a folder is refused before any trial (nothing written there)
+    (tmp_path / "outdir").mkdir()
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "outdir"), "--space", _space_file(tmp_path)]) == 2
+    assert re.search(r"contreg tune: error: tune: -o/--output '.*outdir' is an existing folder", capsys.readouterr().err)
+    assert list((tmp_path / "outdir").iterdir()) == []
 
 
 def _readme_commands() -> list[str]:
