@@ -540,7 +540,26 @@ def _storage(url: str, heartbeat: int):
             names = inspect.signature(optuna.storages.RDBStorage).parameters
             key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
             kwargs[key] = retry_cls(max_retry=3)
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return _open_rdb(url, kwargs)
+
+
+def _open_rdb(url: str, kwargs: dict[str, Any], attempts: int = 8):
+    """``optuna.storages.RDBStorage(url, **kwargs)``, retried when another process initialises the same new database.
+
+    Two processes opening a new SQLite study at once may both find its ``alembic_version`` table empty and both stamp
+    it; the second fails with a UNIQUE-constraint ``IntegrityError`` (or a locked-database ``OperationalError``).
+    Opened again, it finds the schema in place.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * (attempt + 1))
 
 
 def _native_constraints() -> bool:
