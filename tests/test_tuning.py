@@ -242,7 +242,8 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path):
             except Exception:  # the study is being created
                 continue
             done = [t for t in trials if t.state == TrialState.COMPLETE]
-            running = [t for t in trials if t.state == TrialState.RUNNING]
+            # a running trial that has drawn its parameters (killed before that, it has none to run again)
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
             if done and running:
                 killed_number = running[0].number
                 os.kill(proc.pid, signal.SIGKILL)
