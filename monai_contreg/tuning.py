@@ -613,6 +613,58 @@ def FeasibleMedianPruner(**kwargs: Any):  # noqa: N802 - a class, built lazily (
     return _feasible_median_pruner()(**kwargs)
 
 
+class _TrialStartLock:
+    """An inter-process lock around the start of a trial, for studies in a SQLite file.
+
+    Optuna takes a queued (``WAITING``) trial -- the enqueued baseline, or a retry of an interrupted trial -- with a
+    ``SELECT ... FOR UPDATE``, which SQLite ignores: two workers could both take the same queued trial, run it, and
+    the second then failed with Optuna's "Cannot tell a COMPLETE trial" (optuna/optuna#4621). Held from before
+    ``study.optimize`` until the objective starts (the trial is then ``RUNNING`` and owned), and around the check for
+    stale trials, it makes taking a trial one step per file. An exclusive ``flock`` on ``<database>.lock``, released by
+    the kernel when the holder dies (SIGKILL included). Other storages (PostgreSQL, MySQL) lock the row themselves:
+    there, and where ``fcntl`` is missing, it does nothing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.path: Path | None = None
+        self._fd: int | None = None
+        try:
+            import fcntl  # noqa: F401 - POSIX only
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+        except Exception:  # no fcntl, or a URL sqlalchemy will reject later with its own message
+            return
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            self.path = Path(parsed.database + ".lock")
+
+    def acquire(self) -> None:
+        if self.path is None or self._fd is not None:
+            return
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release if held (idempotent: the objective and the worker's ``finally`` both call it)."""
+        if self._fd is None:
+            return
+        import fcntl
+
+        fd, self._fd = self._fd, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> _TrialStartLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 def _load_study(job: _Job, seed_offset: int = 0, create: bool = False):
     import optuna
 
@@ -721,6 +773,7 @@ class _Objective:
         self.rank = rank
         self.params = parse_search_space(job.space, job.base)
         self.cache = _PairCache(job.dataset, job.split, job.keys, with_labels=job.objective == "dice")
+        self.on_start: Callable[[], None] = lambda: None  # the worker's trial-start lock release
 
     def config(self, values: dict[str, Any]) -> RegistrationConfig:
         try:
@@ -743,6 +796,7 @@ class _Objective:
     def __call__(self, trial) -> float:
         import optuna
 
+        self.on_start()  # the trial is RUNNING and this worker's: other workers may take the next one
         if self._surplus(trial):  # another worker took the last trial meanwhile
             trial.set_user_attr("surplus", True)
             raise _Surplus()
@@ -872,10 +926,12 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
                             (job.max_sdlogj, job.max_folding))
         (on_trial or _print)(line)
 
+    start_lock = _TrialStartLock(job.storage)
+    objective.on_start = start_lock.release
     ran = 0
     while True:
         if job.heartbeat:
-            with warnings.catch_warnings():
+            with start_lock, warnings.catch_warnings():  # one worker marks a stale trial failed and queues its retry
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -888,7 +944,11 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[report], gc_after_trial=True)
+            start_lock.acquire()  # released by the objective once the trial is taken
+            try:
+                study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[report], gc_after_trial=True)
+            finally:
+                start_lock.release()
         ran += 1
 
 

@@ -270,8 +270,6 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path):
     assert (tmp_path / "best.yaml").is_file()
 
 
-@pytest.mark.skip(reason="known race (issue 15): about one run in three, a worker fails with optuna's 'Cannot tell a "
-                         "COMPLETE trial' (or an alembic_version IntegrityError) when two workers share one SQLite study")
 def test_two_worker_processes_share_one_study(dataset, tmp_path):
     out = tmp_path / "best.yaml"
     res = tune(dataset, "val", out, base=BASE, space=SPACE, n_trials=4, nproc_per_node=2, threads=1,

@@ -6,7 +6,7 @@ import torch
 
 from .._validation import check_ddf
 
-__all__ = ["jacobian_determinant"]
+__all__ = ["folding_percent", "jacobian_determinant"]
 
 
 def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
@@ -36,3 +36,37 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
         + j[:, 0, 2] * (j[:, 1, 0] * j[:, 2, 1] - j[:, 1, 1] * j[:, 2, 0])
     )
     return det.unsqueeze(1)
+
+
+def folding_percent(ddf: torch.Tensor, slab: int = 16) -> float:
+    """Percentage of voxels with ``det J <= 0`` (:func:`jacobian_determinant`), computed in slabs along ``H``.
+
+    Equal to ``100 * mean(jacobian_determinant(ddf) <= 0)`` exactly: each slab of ``slab`` rows is differentiated
+    with a one-row halo on each side (central differences inside, the image's own one-sided ones at its border),
+    so the temporaries are those of ``slab + 2`` rows instead of ~30 field-sized buffers (about 1 GiB for a
+    224 x 192 x 224 float32 field).
+
+    Args:
+        ddf: ``(B, 3, H, W, D)`` DDF in voxels, every spatial size >= 2.
+        slab: rows of ``H`` per slab (>= 1).
+
+    Returns:
+        The percentage over all ``B * H * W * D`` voxels (0-100).
+
+    Raises:
+        ValueError: a DDF that is not ``(B, 3, H, W, D)``, a spatial size below 2, or ``slab < 1``.
+    """
+    check_ddf("folding_percent", "ddf", ddf)
+    if min(ddf.shape[2:]) < 2:
+        raise ValueError(f"folding_percent: every spatial size must be >= 2, got {tuple(ddf.shape[2:])}.")
+    if int(slab) < 1:
+        raise ValueError(f"folding_percent: slab must be >= 1, got {slab}.")
+    h = ddf.shape[2]
+    folded = 0
+    with torch.no_grad():
+        for start in range(0, h, int(slab)):
+            stop = min(h, start + int(slab))
+            lo, hi = max(0, start - 1), min(h, stop + 1)
+            det = jacobian_determinant(ddf[:, :, lo:hi])[:, :, start - lo : stop - lo]
+            folded += int((det <= 0).sum())
+    return 100.0 * folded / (ddf.shape[0] * ddf.shape[2] * ddf.shape[3] * ddf.shape[4])
