@@ -211,6 +211,7 @@ def _record(path: Path, log: dict[str, Any], key: str, case: dict[str, Any] | No
         log["failures"].pop(key, None)
     elif failure is not None:
         log["failures"][key] = failure
+        log["cases"].pop(key, None)  # an earlier run's record of this pair (its field is gone, see _run_pair)
     with locked_log(path):
         current = _read_log(path)
         for k, v in log.items():  # in log's order (header, cases, failures, config), as a single writer leaves it
@@ -223,6 +224,7 @@ def _record(path: Path, log: dict[str, Any], key: str, case: dict[str, Any] | No
             current["failures"].pop(key, None)
         elif failure is not None:
             current["failures"][key] = failure
+            current["cases"].pop(key, None)
         _write_log(path, current)
 
 
@@ -490,6 +492,11 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
             logger.exception("%s: registration failed", pair.key)
         dt = time.perf_counter() - t0
         error = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if existing is not None and existing.exists():
+            # --overwrite asked for this run's field: an earlier run's field left beside the others would be read by
+            # `contreg evaluate` / the submission as if it were this run's
+            existing.unlink()
+            error += f" (the earlier field {existing.name} was removed: --overwrite)"
         return PairOutcome(pair.key, "failed", seconds=dt, wall_seconds=dt, error=error)
     losses = (res.history or {}).get("loss") or [None]
     return PairOutcome(

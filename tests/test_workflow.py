@@ -85,6 +85,24 @@ def test_a_failing_pair_does_not_stop_the_others(dataset, tmp_path):
     assert not (tmp_path / "out" / "disp_0001_0001.nii.gz").exists()
 
 
+def test_overwrite_of_a_pair_that_now_fails_removes_its_earlier_field(dataset, run_out, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run_out, out)
+
+    def diverges(*args, **kwargs):
+        if kwargs["name"] == "0001_0001":
+            raise RuntimeError("boom")
+        return register(*args, **kwargs)
+
+    summary = run_split(dataset, "val", out, CFG, register_fn=diverges, overwrite=True)
+    assert summary.failed == ["0001_0001"] and summary.done == ["0002_0002"]
+    # the earlier run's field of the failed pair is not left to be evaluated as this run's
+    assert not (out / "disp_0001_0001.nii.gz").exists() and (out / "disp_0002_0002.nii.gz").exists()
+    log = json.loads((out / "runtimes.json").read_text())
+    assert list(log["cases"]) == ["0002_0002"]
+    assert log["failures"] == {"0001_0001": "RuntimeError: boom (the earlier field disp_0001_0001.nii.gz was removed: --overwrite)"}
+
+
 def test_cli_run_reports_failures_with_nonzero_exit(dataset, tmp_path, capsys):
     broken = tmp_path / "ds"
     shutil.copytree(dataset, broken)
