@@ -89,19 +89,20 @@ def _convex_io() -> RegistrationConfig:
 
 
 def _accurate() -> RegistrationConfig:
-    """The paper's half-resolution run (``io``), then 60 full-resolution steps at lr 1 -> 0.25 (box width 5).
+    """100 half-resolution steps at lr 1 (``io-lr1``), then 40 full-resolution steps at lr 1 -> 0.25 (box width 5).
 
-    Chosen on nlst_synth pairs 0101 and 0102 only (README, "Beyond the paper"): of the variants tried there, the
-    width-5 smoothing on the full-resolution level gave the lowest SDlogJ on 0101 at a TRE within 0.012 mm.
+    Chosen on nlst_synth pairs 0101 and 0102 only (README, "Beyond the paper"): the paper's 270-step schedule on the
+    half-resolution level and 60 full-resolution steps gave the same TRE to 0.002 mm there at about 1.6x the time;
+    20 or 30 full-resolution steps lost 0.005-0.008 mm on 0101; width-5 smoothing gave the lowest SDlogJ on 0101.
     """
     coarse = LevelConfig(
         grid_factor=2,
-        schedule=PiecewiseSchedule(peak_lr=15.0, constant_steps=70, cosine_end=180, linear_start_lr=1.5, final_lr=0.5, total_steps=270),
+        schedule=PiecewiseSchedule(peak_lr=1.0, constant_steps=100, cosine_end=100, linear_start_lr=1.0, final_lr=1.0, total_steps=100),
         reg_weight=1.75,
     )
     fine = LevelConfig(
         grid_factor=1,
-        schedule=PiecewiseSchedule(peak_lr=1.0, constant_steps=0, cosine_end=0, linear_start_lr=1.0, final_lr=0.25, total_steps=60),
+        schedule=PiecewiseSchedule(peak_lr=1.0, constant_steps=0, cosine_end=0, linear_start_lr=1.0, final_lr=0.25, total_steps=40),
         reg_weight=1.75,
         smoothing_kernel=5,
     )
