@@ -463,6 +463,40 @@ def test_a_tiny_tune_of_accurate_with_its_default_space(dataset, tmp_path):
     assert cfg.multilevel.levels[0].schedule.total_steps == 270
 
 
+def _gloo_missing() -> str:
+    """Why torchrun with gloo cannot run here ('' when it can)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if not dist.is_gloo_available():
+        return "this torch build has no gloo backend"
+    return ""
+
+
+@pytest.mark.skipif(bool(_gloo_missing()), reason=_gloo_missing() or "gloo available")
+def test_torchrun_ranks_share_one_study(dataset, tmp_path):
+    """`torchrun --nproc-per-node 2 -m monai_contreg.cli tune ...`: each rank is a worker (RANK/WORLD_SIZE/LOCAL_RANK,
+    ignite.distributed), the ranks take distinct trials of one study until 4 have finished, rank 0 writes the outputs."""
+    out = tmp_path / "best.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "monai_contreg.cli", "tune", str(dataset), "-o", str(out), "--trials", "4", "--threads", "1",
+           "--space", _space_file(tmp_path), "--max-sdlogj", "1e9", "--max-folding", "100",
+           *sum((["--set", s] for s in SHORT), [])]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = _study(tmp_path / "best.study.db", "contreg-TINY-registration_val-io")
+    finished = _finished(study)
+    assert len(finished) == 4 and len({t.number for t in finished}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    assert {t.user_attrs["worker"] for t in finished} <= {0, 1}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.user_attrs.get("surplus") for t in study.get_trials())
+    trial_lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\[worker [01]\] trial \d+ \[\d/4\] ", ln)]
+    assert len(trial_lines) == 4, proc.stdout  # two ranks: each line names its worker
+    assert proc.stdout.count("4 of 4 trials finished") == 1 and out.is_file()  # rank 0 alone sums up
+
+
 # ------------------------------------------------------------------------------------------- outputs, CLI
 def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_path, capsys):
     out = tmp_path / "tuned" / "best.yaml"
