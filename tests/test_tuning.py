@@ -572,6 +572,7 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)
     commands = _readme_commands()
     assert [c.split()[1] for c in commands] == ["tune", "run", "tune"]
+    assert "--nproc-per-node 2" in commands[2]  # the study is continued by two worker processes
     monkeypatch.chdir(tmp_path)
     # the full-length runs: 6 steps; the default space's rates carry a 16-voxel working grid's field most of the
     # way across it in so few steps, which the divergence guard stops: off here (the plumbing is under test)
@@ -590,5 +591,6 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     assert len(_finished(study)) == 3  # the second tune command continued the first one's study
     assert (tmp_path / "tuned" / "best.yaml").is_file() and (tmp_path / "out_tuned" / "evaluation.json").is_file()
     assert "re-running trial" in out and "base, hold-out: TRE" in out
+    assert re.search(r"^\[worker [01]\] trial 2 \[3/3\] ", out, re.M), out  # the third trial, by a spawned worker
     summary = json.loads((tmp_path / "tuned" / "best.summary.json").read_text())
     assert summary["finished"] == 3 and summary["full_run"]["pairs"]["0001_0001"]["steps"] == 6  # full length
