@@ -226,7 +226,8 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
 
     Args:
         space: ``{dotted key: range or choices}``: ``{"low": a, "high": b[, "log": true][, "step": s]}``,
-            ``{"choices": [...]}`` or a list (choices).
+            ``{"choices": [...]}`` or a list (choices). A key may index a level of a multi-level config
+            (``multilevel.levels.1.reg_weight``).
         base: the config the values are applied to (default: the ``io`` preset); every bound and choice is
             applied to it with :meth:`RegistrationConfig.with_overrides`, so values it rejects are errors here.
         where: prefix of error messages (``--space FILE``, ``tune``).
@@ -235,7 +236,8 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
         A list of :class:`SearchParam`.
 
     Raises:
-        UserInputError: naming the key: unknown key, a section instead of a field, an empty space, bad bounds
+        UserInputError: naming the key: unknown key, a level index that is not an integer or out of range (with
+        the valid indices), a section or the list of levels instead of a field, an empty space, bad bounds
         (not numbers, ``low >= high``, ``log`` with ``low <= 0``), empty or duplicate choices, a value the
         config rejects (with the config's message).
     """

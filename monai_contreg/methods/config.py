@@ -2,8 +2,10 @@
 
 A :class:`RegistrationConfig` nests one dataclass per concern. It round-trips through plain dicts (YAML/JSON,
 MONAI bundles) with :meth:`RegistrationConfig.from_dict` / :meth:`RegistrationConfig.to_dict`, and accepts
-dotted overrides (``"optim.steps=100"``) with :meth:`RegistrationConfig.with_overrides`. Unknown keys are
-errors that name the key and suggest the nearest valid one.
+dotted overrides (``"optim.steps=100"``) with :meth:`RegistrationConfig.with_overrides`; a part that is an
+integer picks one level of ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"``, counted from 0, coarse to
+fine). Unknown keys are errors that name the key and suggest the nearest valid one; a level index that is not an
+integer or is out of range is an error naming the key and the valid indices.
 """
 
 from __future__ import annotations
@@ -477,7 +479,13 @@ class RegistrationConfig:
         """Apply dotted overrides (``"section.option=value"`` strings, or a dict of them) to a copy.
 
         Values are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``) and checked
-        against the option's type (a bool option takes only ``true``/``false``).
+        against the option's type (a bool option takes only ``true``/``false``). An integer part indexes
+        ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"`` changes level 1 only; the other levels and
+        the number of levels are kept).
+
+        Raises:
+            UserInputError: a malformed override, an unknown key (with the nearest valid one), a level index that
+            is not an integer or out of range (with the valid indices), a value of the wrong type or range.
 
         Example:
             >>> cfg = RegistrationConfig().with_overrides(["optim.schedule.total_steps=100", "preprocess.use_masks=false"])
