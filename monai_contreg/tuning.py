@@ -41,11 +41,12 @@ sampled values, and measures each field with the metric code of ``contreg evalua
   median pruner fed by an ignite handler (:class:`OptunaPruningHandler`): the TRE every ``report_every`` steps
   of each pair (objective ``tre``), or the running mean after each pair (``dice``); the median is taken over
   the feasible completed trials only (:func:`FeasibleMedianPruner`), so that trials are not stopped for being
-  behind trials that broke the limits;
+  behind trials that broke the limits. Step ``s`` of level ``l`` of pair ``i`` is reported at index
+  ``(i * levels + l) * 100000 + s`` (``levels`` = 1 for a single-level config), the same in every trial whatever
+  its schedule lengths, so the median compares like with like;
 * ``search_steps``: trials run a schedule shortened to this many steps (breakpoints scaled in proportion,
   :func:`scale_schedule`; a multi-level config's longest level gets this many steps, the others in proportion);
-  the best config is written at full length and its full-length run is reported. The pruner's step index runs
-  across a pair's levels.
+  the best config is written at full length and its full-length run is reported.
 
 Storage is any Optuna RDB URL (default: a SQLite file beside the output). The study is loaded if it exists,
 so the same call resumes an interrupted search (or extends it with a larger ``n_trials``; other SDlogJ/folding
@@ -129,6 +130,9 @@ _ACCURATE_SPACE: dict[str, Any] = {
     "multilevel.levels.1.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
     "multilevel.levels.1.smoothing_kernel": {"choices": [3, 5, 7]},
 }
+
+#: Spacing of the pruner's step indices between pairs and levels (one level of a trial: at most this many steps).
+_REPORT_STRIDE = 100_000
 
 #: Default search spaces by preset name (dotted config keys -> ranges/choices; full-length schedule steps).
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
@@ -510,18 +514,22 @@ class OptunaPruningHandler:
         image_shape: that grid ``(H, W, D)``.
         spacing: its voxel size (mm).
         every: reporting period (steps).
-        offset: added to the step number (pair ``p`` of a trial reports at ``p * steps + step``, so that every
-            trial's value at one index comes from the same pair and step).
-        prune_from: first step (of this pair, counted across levels) at which the trial may be pruned.
-        level_offsets: multi-level registration (one engine per level, each counting its steps from 1): the steps
-            run before level ``i`` (``[0, steps of level 0, ...]``), added to level ``i``'s step (``engine.state.level``,
-            set by the multi-level runner); default ``(0,)``: one level. Once the trial is pruned, the engines of
-            the remaining levels stop as they start.
+        offset: added to the reported index (:func:`tune` gives pair ``p`` the offset ``p * levels * stride``, so
+            that every trial's value at one index comes from the same pair, level and step).
+        prune_from: first step of this pair, counted across its levels, at which the trial may be pruned.
+        level_offsets: multi-level registration (one engine per level, each counting its steps from 1; the level
+            is ``engine.state.level``, set by the multi-level runner): the steps run before level ``i``
+            (``[0, steps of level 0, ...]``); level ``i``'s step ``s`` is step ``level_offsets[i] + s`` of the pair.
+            Default ``(0,)``: one level. Once the trial is pruned, the engines of the remaining levels stop as they
+            start.
+        level_stride: the reported index of level ``i``'s step ``s`` is ``offset + i * level_stride + s`` (a fixed
+            stride keeps indices comparable between trials whose levels run different numbers of steps);
+            ``None``: ``offset + level_offsets[i] + s`` (consecutive).
     """
 
     def __init__(self, trial: Any, fixed_points: torch.Tensor, moving_points: torch.Tensor, image_shape: Sequence[int],
                  spacing: Sequence[float], every: int, offset: int = 0, prune_from: int = 0,
-                 level_offsets: Sequence[int] = (0,)) -> None:
+                 level_offsets: Sequence[int] = (0,), level_stride: int | None = None) -> None:
         from .optim.handlers import KeypointTREMonitor
 
         self.trial = trial
@@ -529,6 +537,7 @@ class OptunaPruningHandler:
         self.offset = int(offset)
         self.prune_from = int(prune_from)
         self.level_offsets = tuple(int(o) for o in level_offsets) or (0,)
+        self.level_stride = None if level_stride is None else int(level_stride)
         self.reported: list[tuple[int, float]] = []
         self.pruned: tuple[int, float] | None = None
 
@@ -543,17 +552,15 @@ class OptunaPruningHandler:
         if self.pruned is not None:  # a later level of a pruned multi-level registration: do not run it
             engine.terminate()
 
-    def _step(self, engine, step: int) -> int:
-        level = int(getattr(engine.state, "level", 0) or 0)
-        return self.level_offsets[min(level, len(self.level_offsets) - 1)] + int(step)
-
     def __call__(self, engine) -> None:
         step, tre = engine.state.tre_history[-1]
-        step = self._step(engine, step)
-        self.trial.report(tre, self.offset + step)
-        self.reported.append((self.offset + step, tre))
-        if step >= self.prune_from and self.trial.should_prune():
-            self.pruned = (step, tre)
+        level = min(int(getattr(engine.state, "level", 0) or 0), len(self.level_offsets) - 1)
+        pair_step = self.level_offsets[level] + int(step)
+        index = self.offset + (pair_step if self.level_stride is None else level * self.level_stride + int(step))
+        self.trial.report(tre, index)
+        self.reported.append((index, tre))
+        if pair_step >= self.prune_from and self.trial.should_prune():
+            self.pruned = (pair_step, tre)
             engine.terminate()
 
 
@@ -898,6 +905,8 @@ class _Objective:
         level_steps = schedule_steps(cfg)
         steps = sum(level_steps)  # of one pair, over its levels
         level_offsets = [sum(level_steps[:k]) for k in range(len(level_steps))]
+        # reported index of pair i, level l, step s: (i * levels + l) * stride + s, the same in every trial
+        stride = max(_REPORT_STRIDE, max(level_steps) + 1)
         for i, pair in enumerate(self.cache.pairs):
             data = self.cache.data(pair)
             handlers = []
@@ -906,7 +915,8 @@ class _Objective:
                 shape = tuple(data["fixed_mask"].shape[-3:]) if "fixed_mask" in data else _image_shape(pair.fixed)
                 handlers.append(OptunaPruningHandler(
                     trial, kp[0], kp[1], shape, _spacings(pair)[0], min(job.report_every, max(level_steps)),
-                    offset=i * steps, prune_from=int(math.ceil(job.prune_fraction * steps)), level_offsets=level_offsets,
+                    offset=i * len(level_steps) * stride, prune_from=int(math.ceil(job.prune_fraction * steps)),
+                    level_offsets=level_offsets, level_stride=stride,
                 ))
             try:
                 m = _register_and_measure(pair, data, cfg, job.device, handlers, dice=job.objective == "dice",

@@ -453,7 +453,9 @@ def test_a_tiny_tune_of_accurate_with_its_default_space(dataset, tmp_path):
     assert all(sorted(t.params) == keys for t in trials)
     assert trials[0].user_attrs.get("baseline") and trials[0].params["multilevel.levels.1.smoothing_kernel"] == 5
     assert trials[0].user_attrs["pairs"]["0001_0001"]["steps"] == 5  # 270 + 60 steps scaled to 4 + 1
-    assert sorted(trials[0].intermediate_values) == [1, 2, 3, 4, 5]  # reports count across the two levels
+    # reports at (pair * levels + level) * 100000 + step: level 1's step 1 has the same index in every trial
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3, 4, 100001]
+    assert set(trials[1].intermediate_values) <= {1, 2, 3, 4, 100001, 100002}
     best = res.best
     cfg = RegistrationConfig.from_file(out)
     fine = cfg.multilevel.levels[1]
