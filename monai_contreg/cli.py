@@ -554,12 +554,13 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--pairs", help="tune on these pairs of the split only: keys or fixed case ids, comma-separated (0101,0102)")
     p.add_argument("--holdout", help="after the search, compare the tuned config with the base on these pairs (full length)")
     p.add_argument("--space", help="search space YAML/JSON: dotted config keys -> {low, high[, log, step]} or choices "
-                                   "(default: the preset's default space)")
+                                   "(multilevel.levels.1.reg_weight: a field of level 1; default: the preset's default space, io and accurate have one)")
     p.add_argument("--objective", default="auto", help="auto (tre with keypoints, else dice), tre or dice")
     p.add_argument("--max-sdlogj", type=float, default=0.1, help="feasible trials keep every pair's SDlogJ <= this (default: 0.1)")
     p.add_argument("--max-folding", type=float, default=0.0, help="... and every pair's folding %% <= this (default: 0)")
     p.add_argument("--search-steps", type=int, help="trials run schedules shortened to this many steps (breakpoints "
-                                                     "scaled); the winner is re-run at full length")
+                                                     "scaled; a multi-level config: its longest level, the others in "
+                                                     "proportion); the winner is re-run at full length")
     p.add_argument("--no-final-run", action="store_true", help="skip the winner's full-length re-run")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///f.db, postgresql://...); default: OUT.study.db beside the output")
     p.add_argument("--study", help="study name (default: contreg-<dataset>-<split>-<preset>)")

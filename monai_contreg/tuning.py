@@ -10,8 +10,20 @@ A *search space* maps dotted keys of :class:`~monai_contreg.methods.config.Regis
 
 The value type (int or float) follows the config field. Unknown keys, sections given as keys, empty or
 reversed ranges and values the config rejects are :class:`~monai_contreg.errors.UserInputError` naming the key.
-:data:`DEFAULT_SPACES` holds the default space of the ``io`` preset (also used for ``io-authors`` and
-``convex+io``, which share its schedule); any other preset is tuned with a space given by the caller.
+A part that is an integer picks a level of a multi-level config (``multilevel.levels.1.reg_weight``: level 1,
+counted from 0, coarse to fine); an index that is not an integer or out of range is an error naming the key and
+the valid indices. :data:`DEFAULT_SPACES` holds the default space of the ``io`` preset (also used for
+``io-authors`` and ``convex+io``, which share its schedule) and of ``accurate``::
+
+    multilevel.levels.0.schedule.peak_lr: {low: 3, high: 30, log: true}        # half-resolution level
+    multilevel.levels.0.reg_weight: {low: 0.75, high: 3.0, log: true}
+    multilevel.levels.0.mind_dilation: [1, 2, 3]
+    multilevel.levels.1.schedule.linear_start_lr: {low: 0.25, high: 4, log: true}  # full resolution: its lr
+    multilevel.levels.1.schedule.total_steps: {low: 30, high: 120}
+    multilevel.levels.1.reg_weight: {low: 0.75, high: 3.0, log: true}
+    multilevel.levels.1.smoothing_kernel: [3, 5, 7]
+
+Any other preset is tuned with a space given by the caller.
 
 Each trial registers every tuning pair (:func:`monai_contreg.api.register`) with the base config plus the
 sampled values, and measures each field with the metric code of ``contreg evaluate``
@@ -29,9 +41,12 @@ sampled values, and measures each field with the metric code of ``contreg evalua
   median pruner fed by an ignite handler (:class:`OptunaPruningHandler`): the TRE every ``report_every`` steps
   of each pair (objective ``tre``), or the running mean after each pair (``dice``); the median is taken over
   the feasible completed trials only (:func:`FeasibleMedianPruner`), so that trials are not stopped for being
-  behind trials that broke the limits;
+  behind trials that broke the limits. Step ``s`` of level ``l`` of pair ``i`` is reported at index
+  ``(i * levels + l) * 100000 + s`` (``levels`` = 1 for a single-level config), the same in every trial whatever
+  its schedule lengths, so the median compares like with like;
 * ``search_steps``: trials run a schedule shortened to this many steps (breakpoints scaled in proportion,
-  :func:`scale_schedule`); the best config is written at full length and its full-length run is reported.
+  :func:`scale_schedule`; a multi-level config's longest level gets this many steps, the others in proportion);
+  the best config is written at full length and its full-length run is reported.
 
 Storage is any Optuna RDB URL (default: a SQLite file beside the output). The study is loaded if it exists,
 so the same call resumes an interrupted search (or extends it with a larger ``n_trials``; other SDlogJ/folding
@@ -81,6 +96,7 @@ __all__ = [
     "load_search_space",
     "parse_search_space",
     "scale_schedule",
+    "schedule_steps",
     "select_best_trial",
     "trial_outcome",
     "tune",
@@ -102,10 +118,27 @@ _IO_SPACE: dict[str, Any] = {
     "features.mind_dilation": {"choices": [1, 2, 3]},
 }
 
-#: Default search spaces by preset name (dotted config keys -> ranges/choices; full-length schedule steps).
-DEFAULT_SPACES: dict[str, dict[str, Any]] = {"io": _IO_SPACE, "io-authors": _IO_SPACE, "convex+io": _IO_SPACE}
+# the ``accurate`` preset: level 0 = the half-resolution run (io's schedule), level 1 = the full-resolution level
+# (lr linear from linear_start_lr at step 0 to 0.25; its peak_lr holds for step 0 only, so linear_start_lr is
+# the one that sets its rates)
+_ACCURATE_SPACE: dict[str, Any] = {
+    "multilevel.levels.0.schedule.peak_lr": {"low": 3.0, "high": 30.0, "log": True},
+    "multilevel.levels.0.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
+    "multilevel.levels.0.mind_dilation": {"choices": [1, 2, 3]},
+    "multilevel.levels.1.schedule.linear_start_lr": {"low": 0.25, "high": 4.0, "log": True},
+    "multilevel.levels.1.schedule.total_steps": {"low": 30, "high": 120},
+    "multilevel.levels.1.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
+    "multilevel.levels.1.smoothing_kernel": {"choices": [3, 5, 7]},
+}
 
-_STEP_KEYS = ("constant_steps", "cosine_end", "total_steps")
+#: Spacing of the pruner's step indices between pairs and levels (one level of a trial: at most this many steps).
+_REPORT_STRIDE = 100_000
+
+#: Default search spaces by preset name (dotted config keys -> ranges/choices; full-length schedule steps).
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "io": _IO_SPACE, "io-authors": _IO_SPACE, "convex+io": _IO_SPACE, "accurate": _ACCURATE_SPACE,
+}
+
 
 
 # --------------------------------------------------------------------------------------------- search space
@@ -168,9 +201,21 @@ class SearchParam:
 
 
 def _config_value(cfg: RegistrationConfig, key: str) -> Any:
+    """The value of a dotted key in ``cfg``; a part that is an integer indexes a list of levels
+    (``multilevel.levels.1.reg_weight``).
+
+    Raises:
+        AttributeError: no such field, or an index that is not an integer or out of range (the caller asks
+        :meth:`RegistrationConfig.with_overrides` for the message naming the key).
+    """
     node: Any = cfg
     for part in key.split("."):
-        node = getattr(node, part)
+        if isinstance(node, (list, tuple)):
+            if not part.isdigit() or int(part) >= len(node):
+                raise AttributeError(part)
+            node = node[int(part)]
+        else:
+            node = getattr(node, part)
     return node
 
 
@@ -185,7 +230,8 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
 
     Args:
         space: ``{dotted key: range or choices}``: ``{"low": a, "high": b[, "log": true][, "step": s]}``,
-            ``{"choices": [...]}`` or a list (choices).
+            ``{"choices": [...]}`` or a list (choices). A key may index a level of a multi-level config
+            (``multilevel.levels.1.reg_weight``).
         base: the config the values are applied to (default: the ``io`` preset); every bound and choice is
             applied to it with :meth:`RegistrationConfig.with_overrides`, so values it rejects are errors here.
         where: prefix of error messages (``--space FILE``, ``tune``).
@@ -194,7 +240,8 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
         A list of :class:`SearchParam`.
 
     Raises:
-        UserInputError: naming the key: unknown key, a section instead of a field, an empty space, bad bounds
+        UserInputError: naming the key: unknown key, a level index that is not an integer or out of range (with
+        the valid indices), a section or the list of levels instead of a field, an empty space, bad bounds
         (not numbers, ``low >= high``, ``log`` with ``low <= 0``), empty or duplicate choices, a value the
         config rejects (with the config's message).
     """
@@ -218,6 +265,12 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
         if dataclasses.is_dataclass(current):
             names = [f"{key}.{f.name}" for f in dataclasses.fields(current)]
             raise UserInputError(f"{where}: {key!r} is a section, not a field; search one of its fields: {names}.")
+        if isinstance(current, tuple) and all(dataclasses.is_dataclass(c) for c in current) and current:
+            names = [f"{key}.{i}.{f.name}" for i in range(len(current)) for f in dataclasses.fields(current[i])][:4]
+            raise UserInputError(
+                f"{where}: {key!r} is a list of {len(current)} levels (indices {list(range(len(current)))}), not a field; "
+                f"search a field of one level, e.g. {names}."
+            )
         if isinstance(spec, (list, tuple)):
             spec = {"choices": list(spec)}
         if not isinstance(spec, Mapping):
@@ -316,27 +369,49 @@ def default_search_space(preset: str) -> dict[str, Any]:
     return json.loads(json.dumps(DEFAULT_SPACES[preset]))
 
 
-def scale_schedule(config: RegistrationConfig, steps: int) -> RegistrationConfig:
-    """A copy of ``config`` whose schedule runs ``steps`` steps, breakpoints scaled in proportion.
+def _scaled(sched, steps: int):
+    """``sched`` (a :class:`~monai_contreg.optim.schedule.PiecewiseSchedule`) at ``steps`` steps, breakpoints
+    scaled by ``steps / total_steps`` and rounded; a constant schedule stays constant."""
+    f = steps / sched.total_steps
+    constant = sched.constant_steps >= sched.total_steps
+    cs = steps if constant else min(steps, int(round(sched.constant_steps * f)))
+    ce = max(cs, min(steps, int(round(sched.cosine_end * f))))
+    return dataclasses.replace(sched, constant_steps=cs, cosine_end=ce, cosine_period=sched.cosine_period * f, total_steps=steps)
 
-    ``constant_steps`` and ``cosine_end`` are scaled by ``steps / total_steps`` and rounded (a constant schedule,
-    ``constant_steps >= total_steps``, stays constant), ``cosine_period`` is scaled; learning rates are unchanged.
+
+def schedule_steps(config: RegistrationConfig) -> list[int]:
+    """The Adam steps a config runs: one entry per level of a multi-level config (coarse to fine), else
+    ``[optim.schedule.total_steps]``."""
+    if config.multilevel.levels:
+        return [lv.schedule.total_steps for lv in config.multilevel.levels]
+    return [config.optim.schedule.total_steps]
+
+
+def scale_schedule(config: RegistrationConfig, steps: int) -> RegistrationConfig:
+    """A copy of ``config`` whose schedules are shortened (or lengthened) to ``steps``, breakpoints in proportion.
+
+    Single-level config: ``optim.schedule`` runs ``steps`` steps; ``constant_steps`` and ``cosine_end`` are
+    scaled by ``steps / total_steps`` and rounded (a constant schedule, ``constant_steps >= total_steps``, stays
+    constant), ``cosine_period`` is scaled; learning rates are unchanged.
+
+    Multi-level config (``multilevel.levels``, e.g. preset ``accurate``): ``steps`` is the length of the longest
+    level, and every level's schedule is scaled by the same factor ``steps / max(level total_steps)`` (each
+    rounded, at least 1 step), so the levels keep their proportions: ``accurate``'s 270 + 60 steps become
+    100 + 22 at ``steps=100``. ``optim.schedule`` (unused by such a config) is set to ``steps`` as well.
 
     Raises:
         UserInputError: ``steps`` < 1.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UserInputError(f"scale_schedule: steps must be an integer >= 1, got {steps!r}.")
-    sched = config.optim.schedule
-    f = steps / sched.total_steps
-    constant = sched.constant_steps >= sched.total_steps
-    cs = steps if constant else min(steps, int(round(sched.constant_steps * f)))
-    ce = max(cs, min(steps, int(round(sched.cosine_end * f))))
-    new = dataclasses.replace(
-        sched, constant_steps=cs, cosine_end=ce, cosine_period=sched.cosine_period * f, total_steps=steps
-    )
     out = RegistrationConfig.from_dict({}, config)
-    out.optim.schedule = new
+    out.optim.schedule = _scaled(config.optim.schedule, steps)
+    if out.multilevel.levels:
+        f = steps / max(lv.schedule.total_steps for lv in out.multilevel.levels)
+        out.multilevel.levels = tuple(
+            dataclasses.replace(lv, schedule=_scaled(lv.schedule, max(1, int(round(lv.schedule.total_steps * f)))))
+            for lv in out.multilevel.levels
+        )
     out.validate()
     return out
 
@@ -439,19 +514,30 @@ class OptunaPruningHandler:
         image_shape: that grid ``(H, W, D)``.
         spacing: its voxel size (mm).
         every: reporting period (steps).
-        offset: added to the step number (pair ``p`` of a trial reports at ``p * steps + step``, so that every
-            trial's value at one index comes from the same pair and step).
-        prune_from: first step (of this pair) at which the trial may be pruned.
+        offset: added to the reported index (:func:`tune` gives pair ``p`` the offset ``p * levels * stride``, so
+            that every trial's value at one index comes from the same pair, level and step).
+        prune_from: first step of this pair, counted across its levels, at which the trial may be pruned.
+        level_offsets: multi-level registration (one engine per level, each counting its steps from 1; the level
+            is ``engine.state.level``, set by the multi-level runner): the steps run before level ``i``
+            (``[0, steps of level 0, ...]``); level ``i``'s step ``s`` is step ``level_offsets[i] + s`` of the pair.
+            Default ``(0,)``: one level. Once the trial is pruned, the engines of the remaining levels stop as they
+            start.
+        level_stride: the reported index of level ``i``'s step ``s`` is ``offset + i * level_stride + s`` (a fixed
+            stride keeps indices comparable between trials whose levels run different numbers of steps);
+            ``None``: ``offset + level_offsets[i] + s`` (consecutive).
     """
 
     def __init__(self, trial: Any, fixed_points: torch.Tensor, moving_points: torch.Tensor, image_shape: Sequence[int],
-                 spacing: Sequence[float], every: int, offset: int = 0, prune_from: int = 0) -> None:
+                 spacing: Sequence[float], every: int, offset: int = 0, prune_from: int = 0,
+                 level_offsets: Sequence[int] = (0,), level_stride: int | None = None) -> None:
         from .optim.handlers import KeypointTREMonitor
 
         self.trial = trial
         self.monitor = KeypointTREMonitor(fixed_points, moving_points, image_shape, spacing, every)
         self.offset = int(offset)
         self.prune_from = int(prune_from)
+        self.level_offsets = tuple(int(o) for o in level_offsets) or (0,)
+        self.level_stride = None if level_stride is None else int(level_stride)
         self.reported: list[tuple[int, float]] = []
         self.pruned: tuple[int, float] | None = None
 
@@ -459,14 +545,22 @@ class OptunaPruningHandler:
         from ignite.engine import Events
 
         self.monitor.attach(engine)
+        engine.add_event_handler(Events.STARTED, self._skip_if_pruned)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.monitor.every), self)
+
+    def _skip_if_pruned(self, engine) -> None:
+        if self.pruned is not None:  # a later level of a pruned multi-level registration: do not run it
+            engine.terminate()
 
     def __call__(self, engine) -> None:
         step, tre = engine.state.tre_history[-1]
-        self.trial.report(tre, self.offset + step)
-        self.reported.append((self.offset + step, tre))
-        if step >= self.prune_from and self.trial.should_prune():
-            self.pruned = (step, tre)
+        level = min(int(getattr(engine.state, "level", 0) or 0), len(self.level_offsets) - 1)
+        pair_step = self.level_offsets[level] + int(step)
+        index = self.offset + (pair_step if self.level_stride is None else level * self.level_stride + int(step))
+        self.trial.report(tre, index)
+        self.reported.append((index, tre))
+        if pair_step >= self.prune_from and self.trial.should_prune():
+            self.pruned = (pair_step, tre)
             engine.terminate()
 
 
@@ -808,7 +902,11 @@ class _Objective:
         except _Invalid as exc:
             return self._reject(trial, "invalid", str(exc))
         metrics: list[PairMetrics] = []
-        steps = cfg.optim.schedule.total_steps
+        level_steps = schedule_steps(cfg)
+        steps = sum(level_steps)  # of one pair, over its levels
+        level_offsets = [sum(level_steps[:k]) for k in range(len(level_steps))]
+        # reported index of pair i, level l, step s: (i * levels + l) * stride + s, the same in every trial
+        stride = max(_REPORT_STRIDE, max(level_steps) + 1)
         for i, pair in enumerate(self.cache.pairs):
             data = self.cache.data(pair)
             handlers = []
@@ -816,8 +914,9 @@ class _Objective:
             if job.objective == "tre" and kp is not None and job.report_every:
                 shape = tuple(data["fixed_mask"].shape[-3:]) if "fixed_mask" in data else _image_shape(pair.fixed)
                 handlers.append(OptunaPruningHandler(
-                    trial, kp[0], kp[1], shape, _spacings(pair)[0], min(job.report_every, steps), offset=i * steps,
-                    prune_from=int(math.ceil(job.prune_fraction * steps)),
+                    trial, kp[0], kp[1], shape, _spacings(pair)[0], min(job.report_every, max(level_steps)),
+                    offset=i * len(level_steps) * stride, prune_from=int(math.ceil(job.prune_fraction * steps)),
+                    level_offsets=level_offsets, level_stride=stride,
                 ))
             try:
                 m = _register_and_measure(pair, data, cfg, job.device, handlers, dice=job.objective == "dice",
@@ -1420,7 +1519,7 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
                            "sdlogj_max": best.user_attrs.get("sdlogj_max"), "seconds": best.user_attrs.get("seconds")}
         if job.search_steps and final_run:
-            say(f"re-running trial {best.number} at full length ({cfg.optim.schedule.total_steps} steps) on the tuning pairs")
+            say(f"re-running trial {best.number} at full length ({' + '.join(map(str, schedule_steps(cfg)))} steps) on the tuning pairs")
             full = evaluate_configs(job.dataset, job.split, {"tuned": cfg}, job.keys, device=job.device, threads=job.threads,
                                     on_pair=lambda name, m: say(_pair_line(name, m)), dice=job.objective == "dice")
             result.full_run = full["tuned"]

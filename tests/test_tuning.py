@@ -26,7 +26,10 @@ from monai_contreg.tuning import (
     default_search_space,
     load_search_space,
     parse_search_space,
+    OptunaPruningHandler,
+    _TrialStartLock,
     scale_schedule,
+    schedule_steps,
     select_best_trial,
     trial_outcome,
     tune,
@@ -73,14 +76,13 @@ def test_parse_search_space_types_follow_the_config_fields():
     assert by["optim.reg_weight"].kind == "float" and not by["optim.reg_weight"].log
     assert by["optim.schedule.constant_steps"].contains(70) and not by["optim.schedule.constant_steps"].contains(75)
     assert not by["optim.schedule.peak_lr"].contains(31.0)
-    # the default spaces parse against their presets, and the io preset's own values lie inside them
+    # the default spaces parse against their presets, and the io and accurate presets' own values lie inside them
+    from monai_contreg.tuning import _config_value
+
     for preset in DEFAULT_SPACES:
         cfg = get_preset(preset)
         for p in parse_search_space(default_search_space(preset), cfg):
-            node = cfg
-            for part in p.key.split("."):
-                node = getattr(node, part)
-            assert p.contains(node) or preset != "io", (preset, p.key)
+            assert p.contains(_config_value(cfg, p.key)) or preset not in ("io", "accurate"), (preset, p.key)
 
 
 @pytest.mark.parametrize("space, match", [
@@ -139,6 +141,158 @@ def test_scale_schedule_shortens_in_proportion():
     assert (const.total_steps, const.constant_steps) == (10, 10) and const.values() == [1.0] * 10
     with pytest.raises(UserInputError, match="steps must be an integer >= 1"):
         scale_schedule(get_preset("io"), 0)
+
+
+def test_level_keys_in_the_search_space():
+    acc = get_preset("accurate")
+    params = parse_search_space({"multilevel.levels.1.reg_weight": {"low": 0.5, "high": 3.0},
+                                 "multilevel.levels.1.smoothing_kernel": [3, 5, 7],
+                                 "multilevel.levels.0.schedule.total_steps": {"low": 50, "high": 300}}, acc)
+    assert [(p.key, p.kind) for p in params] == [("multilevel.levels.1.reg_weight", "float"),
+                                                 ("multilevel.levels.1.smoothing_kernel", "categorical"),
+                                                 ("multilevel.levels.0.schedule.total_steps", "int")]
+    with pytest.raises(UserInputError) as err:
+        parse_search_space({"multilevel.levels.2.reg_weight": [1.0, 2.0]}, acc)
+    assert str(err.value) == (
+        "search space: unknown key 'multilevel.levels.2.reg_weight': RegistrationConfig: config.multilevel.levels.2: "
+        "level index 2 is out of range; valid indices of config.multilevel.levels: [0, 1] (its levels, coarse to fine).")
+    with pytest.raises(UserInputError) as err:
+        parse_search_space({"multilevel.levels.x.reg_weight": [1.0, 2.0]}, acc)
+    assert str(err.value) == (
+        "search space: unknown key 'multilevel.levels.x.reg_weight': RegistrationConfig: config.multilevel.levels.x: "
+        "level index 'x' is not an integer; valid indices of config.multilevel.levels: [0, 1] (its levels, coarse to fine).")
+    with pytest.raises(UserInputError, match=r"unknown option config\.multilevel\.levels\.1\.reg_wieght.*Did you mean 'reg_weight'"):
+        parse_search_space({"multilevel.levels.1.reg_wieght": [1.0, 2.0]}, acc)
+    with pytest.raises(UserInputError, match=r"'multilevel\.levels' is a list of 2 levels \(indices \[0, 1\]\), not a field"):
+        parse_search_space({"multilevel.levels": [1, 2]}, acc)
+    with pytest.raises(UserInputError, match=r"'multilevel\.levels\.1' is a section.*'multilevel\.levels\.1\.reg_weight'"):
+        parse_search_space({"multilevel.levels.1": [1, 2]}, acc)
+    with pytest.raises(UserInputError, match=r"multilevel\.levels\.1\.smoothing_kernel: value 4 is rejected by the config"):
+        parse_search_space({"multilevel.levels.1.smoothing_kernel": [3, 4]}, acc)
+    with pytest.raises(UserInputError, match=r"level index 0 is out of range; config\.multilevel\.levels is empty"):
+        parse_search_space({"multilevel.levels.0.reg_weight": [1.0, 2.0]})  # io: a single-level config
+
+
+def test_default_space_of_accurate_parses_and_holds_the_preset():
+    acc = get_preset("accurate")
+    params = parse_search_space(default_search_space("accurate"), acc)
+    assert all(p.key.startswith(("multilevel.levels.0.", "multilevel.levels.1.")) for p in params)
+    by = {p.key: p for p in params}
+    assert by["multilevel.levels.1.smoothing_kernel"].choices == (3, 5, 7)
+    assert by["multilevel.levels.1.schedule.total_steps"].kind == "int"
+    assert by["multilevel.levels.0.mind_dilation"].choices == (1, 2, 3)
+    from monai_contreg.tuning import _config_value
+
+    assert all(p.contains(_config_value(acc, p.key)) for p in params)  # the preset itself is trial 0
+
+
+def test_scale_schedule_shortens_every_level_of_a_multilevel_config():
+    acc = get_preset("accurate")
+    assert schedule_steps(acc) == [270, 60] and schedule_steps(get_preset("io")) == [270]
+    cfg = scale_schedule(acc, 100)
+    coarse, fine = (lv.schedule for lv in cfg.multilevel.levels)
+    assert schedule_steps(cfg) == [100, 22]  # 60 * 100 / 270 = 22.2: the levels keep their proportion
+    assert (coarse.constant_steps, coarse.cosine_end) == (26, 67)  # 70, 180 scaled by 100/270, as io's
+    assert coarse.cosine_period == pytest.approx(200 * 100 / 270)
+    assert (fine.constant_steps, fine.cosine_end, fine.linear_start_lr, fine.final_lr) == (0, 0, 1.0, 0.25)
+    assert (coarse.peak_lr, fine.peak_lr) == (15.0, 1.0)  # rates unchanged
+    assert cfg.optim.schedule.total_steps == 100
+    assert [lv.grid_factor for lv in cfg.multilevel.levels] == [2, 1] and cfg.multilevel.levels[1].smoothing_kernel == 5
+    assert schedule_steps(scale_schedule(acc, 2)) == [2, 1]  # every level keeps at least one step
+    assert schedule_steps(acc) == [270, 60]  # the preset is untouched
+    # a longer fine level sets the factor when it is the longest
+    long_fine = acc.with_overrides(["multilevel.levels.1.schedule.total_steps=540"])
+    assert schedule_steps(scale_schedule(long_fine, 100)) == [50, 100]
+
+
+class _FakeTrial:
+    """What OptunaPruningHandler calls on an Optuna trial: report and should_prune (pruning from report k on)."""
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.reports: list[tuple[int, float]] = []
+        self.prune_at = prune_at
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.prune_at is not None and len(self.reports) >= self.prune_at
+
+
+def _demo_case():
+    from monai_contreg.data.demo import make_demo_pair
+
+    pair = make_demo_pair(shape=(32, 32, 32), n_keypoints=20, seed=0, max_motion=2.0)
+    kp = (torch.as_tensor(pair.fixed_keypoints).double(), torch.as_tensor(pair.moving_keypoints).double())
+    return pair, kp
+
+
+@pytest.mark.parametrize("prune_at, steps, levels", [(None, [1, 2, 3, 4, 5, 6], [3, 3]), (2, [1, 2], [2, 0])])
+def test_pruning_handler_counts_steps_across_levels(prune_at, steps, levels):
+    """A 2-level config of 3 + 3 steps, TRE every step: the reports run 1..6 across the levels; pruned at the
+    second report (step 2 of level 0), level 0 stops there and level 1 does not run."""
+    from monai_contreg.api import register
+
+    pair, kp = _demo_case()
+    cfg = get_preset("accurate").with_overrides(
+        [f"multilevel.levels.{i}.schedule.{k}=3" for i in (0, 1) for k in ("total_steps",)]
+        + ["multilevel.levels.0.schedule.constant_steps=3", "multilevel.levels.0.schedule.cosine_end=3",
+           "engine.divergence_check=false", "engine.num_threads=1"])
+    trial = _FakeTrial(prune_at)
+    h = OptunaPruningHandler(trial, kp[0], kp[1], (32, 32, 32), (2.0, 2.0, 2.0), every=1, offset=0, prune_from=0,
+                             level_offsets=[0, 3])
+    res = register(pair.fixed, pair.moving, spacing=2.0, config=cfg, handlers=[h])
+    assert [s for s, _ in trial.reports] == steps
+    assert [int(sum(1 for lv in res.history["level"] if lv == i)) for i in (0, 1)] == levels
+    assert (h.pruned is not None) == (prune_at is not None)
+
+
+def test_trial_start_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path):
+    db = tmp_path / "s.db"
+    lock = _TrialStartLock(f"sqlite:///{db}")
+    assert lock.path == Path(f"{db}.lock")
+    probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+
+    def other_process_can_lock() -> bool:
+        rc = subprocess.run([sys.executable, "-c", probe, str(lock.path)], timeout=60).returncode
+        assert rc in (0, 3), rc
+        return rc == 0
+
+    assert other_process_can_lock()
+    with lock:
+        assert not other_process_can_lock()
+        lock.acquire()  # held already: a no-op, not a self-deadlock
+    assert other_process_can_lock()
+    lock.acquire()
+    lock.release()
+    lock.release()  # idempotent
+    assert other_process_can_lock()
+    # a holder killed with SIGKILL: the kernel releases the lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from monai_contreg.tuning import _TrialStartLock as L; "
+         "l = L(sys.argv[1]); l.acquire(); print('held', flush=True); sys.stdin.read()", f"sqlite:///{db}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not other_process_can_lock()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert other_process_can_lock()
+
+
+@pytest.mark.parametrize("url", ["postgresql://user@db.example/optuna", "mysql+pymysql://u:p@h/db", "sqlite://",
+                                 "sqlite:///:memory:"])
+def test_trial_start_lock_is_a_no_op_without_a_sqlite_file(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lock = _TrialStartLock(url)
+    assert lock.path is None
+    with lock:
+        assert lock._fd is None
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------- feasibility
@@ -283,6 +437,67 @@ def test_two_worker_processes_share_one_study(dataset, tmp_path):
                for t in study.get_trials())
 
 
+def test_a_tiny_tune_of_accurate_with_its_default_space(dataset, tmp_path):
+    """The ``accurate`` preset with its default space, schedules searched at 4 steps (levels 4 + 1): trial 0 is the
+    preset's own values, trial 1 a sample of every level key; both finish, and the YAML is the winner at full length."""
+    out = tmp_path / "best.yaml"
+    base = get_preset("accurate").with_overrides(["engine.divergence_check=false"])  # 4 steps at the space's rates
+    res = tune(dataset, "val", out, preset="accurate", base=base, pairs=["0001"], n_trials=2, search_steps=4,
+               report_every=1, threads=1, final_run=False, max_sdlogj=1e9, max_folding=100.0,
+               on_trial=lambda line: None, on_line=lambda line: None)
+    study = _study(tmp_path / "best.study.db", res.study_name)
+    trials = study.get_trials()
+    assert res.n_finished == 2 and [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    keys = sorted(default_search_space("accurate"))
+    assert all(sorted(t.params) == keys for t in trials)
+    assert trials[0].user_attrs.get("baseline") and trials[0].params["multilevel.levels.1.smoothing_kernel"] == 5
+    assert trials[0].user_attrs["pairs"]["0001_0001"]["steps"] == 5  # 270 + 60 steps scaled to 4 + 1
+    # reports at (pair * levels + level) * 100000 + step: level 1's step 1 has the same index in every trial
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3, 4, 100001]
+    assert set(trials[1].intermediate_values) <= {1, 2, 3, 4, 100001, 100002}
+    best = res.best
+    cfg = RegistrationConfig.from_file(out)
+    fine = cfg.multilevel.levels[1]
+    assert fine.reg_weight == pytest.approx(best.params["multilevel.levels.1.reg_weight"])
+    assert fine.smoothing_kernel == best.params["multilevel.levels.1.smoothing_kernel"]
+    assert fine.schedule.total_steps == best.params["multilevel.levels.1.schedule.total_steps"]  # full length
+    assert cfg.multilevel.levels[0].schedule.total_steps == 270
+
+
+def _gloo_missing() -> str:
+    """Why torchrun with gloo cannot run here ('' when it can)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if not dist.is_gloo_available():
+        return "this torch build has no gloo backend"
+    return ""
+
+
+@pytest.mark.skipif(bool(_gloo_missing()), reason=_gloo_missing() or "gloo available")
+def test_torchrun_ranks_share_one_study(dataset, tmp_path):
+    """`torchrun --nproc-per-node 2 -m monai_contreg.cli tune ...`: each rank is a worker (RANK/WORLD_SIZE/LOCAL_RANK,
+    ignite.distributed), the ranks take distinct trials of one study until 4 have finished, rank 0 writes the outputs."""
+    out = tmp_path / "best.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "monai_contreg.cli", "tune", str(dataset), "-o", str(out), "--trials", "4", "--threads", "1",
+           "--space", _space_file(tmp_path), "--max-sdlogj", "1e9", "--max-folding", "100",
+           *sum((["--set", s] for s in SHORT), [])]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = _study(tmp_path / "best.study.db", "contreg-TINY-registration_val-io")
+    finished = _finished(study)
+    assert len(finished) == 4 and len({t.number for t in finished}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    assert {t.user_attrs["worker"] for t in finished} <= {0, 1}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.user_attrs.get("surplus") for t in study.get_trials())
+    trial_lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\[worker [01]\] trial \d+ \[\d/4\] ", ln)]
+    assert len(trial_lines) == 4, proc.stdout  # two ranks: each line names its worker
+    assert proc.stdout.count("4 of 4 trials finished") == 1 and out.is_file()  # rank 0 alone sums up
+
+
 # ------------------------------------------------------------------------------------------- outputs, CLI
 def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_path, capsys):
     out = tmp_path / "tuned" / "best.yaml"
@@ -358,6 +573,7 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)
     commands = _readme_commands()
     assert [c.split()[1] for c in commands] == ["tune", "run", "tune"]
+    assert "--nproc-per-node 2" in commands[2]  # the study is continued by two worker processes
     monkeypatch.chdir(tmp_path)
     # the full-length runs: 6 steps; the default space's rates carry a 16-voxel working grid's field most of the
     # way across it in so few steps, which the divergence guard stops: off here (the plumbing is under test)
@@ -376,5 +592,6 @@ def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
     assert len(_finished(study)) == 3  # the second tune command continued the first one's study
     assert (tmp_path / "tuned" / "best.yaml").is_file() and (tmp_path / "out_tuned" / "evaluation.json").is_file()
     assert "re-running trial" in out and "base, hold-out: TRE" in out
+    assert re.search(r"^\[worker [01]\] trial 2 \[3/3\] ", out, re.M), out  # the third trial, by a spawned worker
     summary = json.loads((tmp_path / "tuned" / "best.summary.json").read_text())
     assert summary["finished"] == 3 and summary["full_run"]["pairs"]["0001_0001"]["steps"] == 6  # full length

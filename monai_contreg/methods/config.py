@@ -2,8 +2,10 @@
 
 A :class:`RegistrationConfig` nests one dataclass per concern. It round-trips through plain dicts (YAML/JSON,
 MONAI bundles) with :meth:`RegistrationConfig.from_dict` / :meth:`RegistrationConfig.to_dict`, and accepts
-dotted overrides (``"optim.steps=100"``) with :meth:`RegistrationConfig.with_overrides`. Unknown keys are
-errors that name the key and suggest the nearest valid one.
+dotted overrides (``"optim.steps=100"``) with :meth:`RegistrationConfig.with_overrides`; a part that is an
+integer picks one level of ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"``, counted from 0, coarse to
+fine). Unknown keys are errors that name the key and suggest the nearest valid one; a level index that is not an
+integer or is out of range is an error naming the key and the valid indices.
 """
 
 from __future__ import annotations
@@ -369,6 +371,52 @@ def _levels(name: str, value: Any) -> tuple[LevelConfig, ...]:
     return tuple(out)
 
 
+def _level_index(name: str, key: Any, count: int) -> int:
+    """The level index ``key`` (an int, or a string of digits as dotted keys give) checked against ``count`` levels.
+
+    Raises:
+        UserInputError: naming ``name.key``: not an integer, or outside ``0 .. count - 1``, with the valid indices.
+    """
+    valid = (f"valid indices of {name}: {list(range(count))} (its levels, coarse to fine)" if count else
+             f"{name} is empty (a single-level config): there is no level to set; give the levels first "
+             "(e.g. preset 'accurate', or a list of level mappings)")
+    if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit())):
+        raise UserInputError(f"RegistrationConfig: {name}.{key}: level index {key!r} is not an integer; {valid}.")
+    index = int(key)
+    if not 0 <= index < count:
+        raise UserInputError(f"RegistrationConfig: {name}.{key}: level index {index} is out of range; {valid}.")
+    return index
+
+
+def _patch_levels(name: str, current: Any, patch: dict[Any, Any]) -> tuple[LevelConfig, ...]:
+    """Levels ``current`` with some of them changed: ``patch`` maps a level index to a (partial) level mapping.
+
+    This is what dotted keys with an index give (``multilevel.levels.1.reg_weight=2`` becomes
+    ``{"1": {"reg_weight": 2.0}}``); levels not named are kept as they are, the count of levels does not change.
+
+    Raises:
+        UserInputError: an index that is not an integer or is out of range (naming the key and the valid indices),
+        an unknown level field (with the nearest valid one), a value the level rejects.
+    """
+    levels = list(current) if isinstance(current, (list, tuple)) else []
+    for key, value in patch.items():
+        i = _level_index(name, key, len(levels))
+        where = f"{name}.{key}"
+        if not isinstance(value, dict):
+            raise UserInputError(
+                f"RegistrationConfig: {where} must be a mapping of LevelConfig fields "
+                f"({[f.name for f in dataclasses.fields(LevelConfig)]}), got {value!r}."
+            )
+        level = copy.deepcopy(levels[i]) if isinstance(levels[i], LevelConfig) else _levels(name, [levels[i]])[0]
+        _merge(level, value, where)
+        try:
+            level.validate()
+        except ValueError as exc:
+            raise UserInputError(f"{exc} (in {where})") from None
+        levels[i] = level
+    return _levels(name, levels)
+
+
 @dataclass
 class RegistrationConfig:
     """Everything that defines a registration run.
@@ -431,7 +479,13 @@ class RegistrationConfig:
         """Apply dotted overrides (``"section.option=value"`` strings, or a dict of them) to a copy.
 
         Values are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``) and checked
-        against the option's type (a bool option takes only ``true``/``false``).
+        against the option's type (a bool option takes only ``true``/``false``). An integer part indexes
+        ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"`` changes level 1 only; the other levels and
+        the number of levels are kept).
+
+        Raises:
+            UserInputError: a malformed override, an unknown key (with the nearest valid one), a level index that
+            is not an integer or out of range (with the valid indices), a value of the wrong type or range.
 
         Example:
             >>> cfg = RegistrationConfig().with_overrides(["optim.schedule.total_steps=100", "preprocess.use_masks=false"])
@@ -532,7 +586,9 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
 
 def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
     text = getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint)
-    if "LevelConfig" in text:  # multilevel.levels: a list of (partial) level mappings
+    if "LevelConfig" in text:  # multilevel.levels: a list of (partial) level mappings, or {index: patch}
+        if isinstance(value, dict):
+            return _patch_levels(name, current, value)
         return _levels(name, value)
     if value is None:
         if "None" in text:

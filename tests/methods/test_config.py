@@ -51,3 +51,70 @@ def test_from_file(tmp_path):
     assert RegistrationConfig.from_file(p).optim.reg_weight == 2.0
     with pytest.raises(FileNotFoundError, match="config file .* does not exist"):
         RegistrationConfig.from_file(tmp_path / "none.yaml")
+
+
+def test_dotted_keys_with_a_level_index_reach_one_level():
+    acc = get_preset("accurate")
+    cfg = acc.with_overrides(["multilevel.levels.1.reg_weight=2.0", "multilevel.levels.0.schedule.peak_lr=7",
+                              "multilevel.levels.1.smoothing_kernel=7"])
+    coarse, fine = cfg.multilevel.levels
+    assert (fine.reg_weight, fine.smoothing_kernel, coarse.schedule.peak_lr) == (2.0, 7, 7.0)
+    # everything else is kept: the other level, the other fields, the number of levels; the preset is untouched
+    assert (coarse.reg_weight, coarse.grid_factor, fine.grid_factor, fine.schedule.total_steps) == (1.75, 2, 1, 60)
+    assert coarse.schedule.total_steps == 270 and len(cfg.multilevel.levels) == 2
+    assert acc.multilevel.levels[1].reg_weight == 1.75 and acc.multilevel.levels[0].schedule.peak_lr == 15.0
+    # the dict form of with_overrides, and a whole level given as a mapping, do the same
+    same = acc.with_overrides({"multilevel.levels.1.reg_weight": 2.0, "multilevel.levels.0": {"schedule": {"peak_lr": 7}}})
+    assert same.multilevel.levels[1].reg_weight == 2.0 and same.multilevel.levels[0].schedule.peak_lr == 7.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("multilevel.levels.2.reg_weight=1",
+     "RegistrationConfig: config.multilevel.levels.2: level index 2 is out of range; valid indices of "
+     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+    ("multilevel.levels.-1.reg_weight=1",
+     "RegistrationConfig: config.multilevel.levels.-1: level index -1 is out of range; valid indices of "
+     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+    ("multilevel.levels.fine.reg_weight=1",
+     "RegistrationConfig: config.multilevel.levels.fine: level index 'fine' is not an integer; valid indices of "
+     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+    ("multilevel.levels.1.reg_wieght=1",
+     "RegistrationConfig: unknown option config.multilevel.levels.1.reg_wieght; valid options of "
+     "config.multilevel.levels.1: ['grid_factor', 'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', "
+     "'second_dilation', 'smoothing_kernel', 'smoothing_passes']. Did you mean 'reg_weight'?"),
+    ("multilevel.levels.1.smoothing_kernel=4",
+     "LevelConfig: smoothing_kernel must be a positive odd integer, got 4. (in config.multilevel.levels.1)"),
+    ("multilevel.levels.1=3",
+     "RegistrationConfig: config.multilevel.levels.1 must be a mapping of LevelConfig fields (['grid_factor', "
+     "'schedule', 'reg_weight', 'mind_radius', 'mind_dilation', 'second_dilation', 'smoothing_passes', "
+     "'smoothing_kernel']), got 3."),
+])
+def test_bad_level_keys_name_the_key_and_the_valid_indices(override, message):
+    with pytest.raises(ValueError) as err:
+        get_preset("accurate").with_overrides([override])
+    assert str(err.value) == message
+
+
+def test_a_level_index_on_a_single_level_config_says_there_are_no_levels():
+    with pytest.raises(ValueError) as err:
+        get_preset("io").with_overrides(["multilevel.levels.0.reg_weight=1"])
+    assert str(err.value) == (
+        "RegistrationConfig: config.multilevel.levels.0: level index 0 is out of range; config.multilevel.levels is "
+        "empty (a single-level config): there is no level to set; give the levels first (e.g. preset 'accurate', or "
+        "a list of level mappings).")
+
+
+def test_cli_set_reaches_a_level(capsys):
+    import argparse
+
+    from monai_contreg.cli import _config
+
+    args = argparse.Namespace(preset="accurate", config=None, set=["multilevel.levels.1.reg_weight=2.5"], threads=1,
+                              quiet=True, progress=False, no_auto_mask=False)
+    assert _config(args).multilevel.levels[1].reg_weight == 2.5
+    from monai_contreg.cli import main
+
+    assert main(["register", "f.nii.gz", "m.nii.gz", "-o", "d.nii.gz", "--preset", "accurate",
+                 "--set", "multilevel.levels.3.reg_weight=1"]) == 2
+    assert "config.multilevel.levels.3: level index 3 is out of range; valid indices of config.multilevel.levels: [0, 1]" \
+        in capsys.readouterr().err
