@@ -15,7 +15,7 @@ counted from 0, coarse to fine); an index that is not an integer or out of range
 the valid indices. :data:`DEFAULT_SPACES` holds the default space of the ``io`` preset (also used for
 ``io-authors`` and ``convex+io``, which share its schedule) and of ``accurate``::
 
-    multilevel.levels.0.schedule.peak_lr: {low: 3, high: 30, log: true}        # half-resolution level
+    multilevel.levels.0.schedule.peak_lr: {low: 0.5, high: 15, log: true}     # half-resolution level
     multilevel.levels.0.reg_weight: {low: 0.75, high: 3.0, log: true}
     multilevel.levels.0.mind_dilation: [1, 2, 3]
     multilevel.levels.1.schedule.linear_start_lr: {low: 0.25, high: 4, log: true}  # full resolution: its lr
@@ -122,7 +122,7 @@ _IO_SPACE: dict[str, Any] = {
 # (lr linear from linear_start_lr at step 0 to 0.25; its peak_lr holds for step 0 only, so linear_start_lr is
 # the one that sets its rates)
 _ACCURATE_SPACE: dict[str, Any] = {
-    "multilevel.levels.0.schedule.peak_lr": {"low": 3.0, "high": 30.0, "log": True},
+    "multilevel.levels.0.schedule.peak_lr": {"low": 0.5, "high": 15.0, "log": True},
     "multilevel.levels.0.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
     "multilevel.levels.0.mind_dilation": {"choices": [1, 2, 3]},
     "multilevel.levels.1.schedule.linear_start_lr": {"low": 0.25, "high": 4.0, "log": True},
@@ -396,8 +396,8 @@ def scale_schedule(config: RegistrationConfig, steps: int) -> RegistrationConfig
 
     Multi-level config (``multilevel.levels``, e.g. preset ``accurate``): ``steps`` is the length of the longest
     level, and every level's schedule is scaled by the same factor ``steps / max(level total_steps)`` (each
-    rounded, at least 1 step), so the levels keep their proportions: ``accurate``'s 270 + 60 steps become
-    100 + 22 at ``steps=100``. ``optim.schedule`` (unused by such a config) is set to ``steps`` as well.
+    rounded, at least 1 step), so the levels keep their proportions: ``accurate``'s 100 + 40 steps become
+    50 + 20 at ``steps=50``. ``optim.schedule`` (unused by such a config) is set to ``steps`` as well.
 
     Raises:
         UserInputError: ``steps`` < 1.

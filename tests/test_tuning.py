@@ -187,7 +187,10 @@ def test_default_space_of_accurate_parses_and_holds_the_preset():
 
 
 def test_scale_schedule_shortens_every_level_of_a_multilevel_config():
-    acc = get_preset("accurate")
+    # the paper's schedule (270 steps, breakpoints 70/180) on a half-resolution level, then 60 full-resolution steps
+    acc = RegistrationConfig().with_overrides([
+        "multilevel.levels=[{grid_factor: 2}, {grid_factor: 1, smoothing_kernel: 5, schedule: {peak_lr: 1.0, "
+        "constant_steps: 0, cosine_end: 0, linear_start_lr: 1.0, final_lr: 0.25, total_steps: 60}}]"])
     assert schedule_steps(acc) == [270, 60] and schedule_steps(get_preset("io")) == [270]
     cfg = scale_schedule(acc, 100)
     coarse, fine = (lv.schedule for lv in cfg.multilevel.levels)
@@ -438,7 +441,7 @@ def test_two_worker_processes_share_one_study(dataset, tmp_path):
 
 
 def test_a_tiny_tune_of_accurate_with_its_default_space(dataset, tmp_path):
-    """The ``accurate`` preset with its default space, schedules searched at 4 steps (levels 4 + 1): trial 0 is the
+    """The ``accurate`` preset with its default space, schedules searched at 4 steps (levels 4 + 2): trial 0 is the
     preset's own values, trial 1 a sample of every level key; both finish, and the YAML is the winner at full length."""
     out = tmp_path / "best.yaml"
     base = get_preset("accurate").with_overrides(["engine.divergence_check=false"])  # 4 steps at the space's rates
@@ -451,17 +454,17 @@ def test_a_tiny_tune_of_accurate_with_its_default_space(dataset, tmp_path):
     keys = sorted(default_search_space("accurate"))
     assert all(sorted(t.params) == keys for t in trials)
     assert trials[0].user_attrs.get("baseline") and trials[0].params["multilevel.levels.1.smoothing_kernel"] == 5
-    assert trials[0].user_attrs["pairs"]["0001_0001"]["steps"] == 5  # 270 + 60 steps scaled to 4 + 1
+    assert trials[0].user_attrs["pairs"]["0001_0001"]["steps"] == 6  # 100 + 40 steps scaled to 4 + 2
     # reports at (pair * levels + level) * 100000 + step: level 1's step 1 has the same index in every trial
-    assert sorted(trials[0].intermediate_values) == [1, 2, 3, 4, 100001]
-    assert set(trials[1].intermediate_values) <= {1, 2, 3, 4, 100001, 100002}
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3, 4, 100001, 100002]
+    assert set(trials[1].intermediate_values) <= {1, 2, 3, 4, 100001, 100002, 100003, 100004}
     best = res.best
     cfg = RegistrationConfig.from_file(out)
     fine = cfg.multilevel.levels[1]
     assert fine.reg_weight == pytest.approx(best.params["multilevel.levels.1.reg_weight"])
     assert fine.smoothing_kernel == best.params["multilevel.levels.1.smoothing_kernel"]
     assert fine.schedule.total_steps == best.params["multilevel.levels.1.schedule.total_steps"]  # full length
-    assert cfg.multilevel.levels[0].schedule.total_steps == 270
+    assert cfg.multilevel.levels[0].schedule.total_steps == get_preset("accurate").multilevel.levels[0].schedule.total_steps
 
 
 def _gloo_missing() -> str:
