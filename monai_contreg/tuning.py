@@ -18,7 +18,7 @@ the valid indices. :data:`DEFAULT_SPACES` holds the default space of the ``io`` 
     multilevel.levels.0.schedule.peak_lr: {low: 0.5, high: 15, log: true}     # half-resolution level
     multilevel.levels.0.reg_weight: {low: 0.75, high: 3.0, log: true}
     multilevel.levels.0.mind_dilation: [1, 2, 3]
-    multilevel.levels.1.schedule.linear_start_lr: {low: 0.25, high: 4, log: true}  # full resolution: its lr
+    multilevel.levels.1.schedule.peak_lr: {low: 0.25, high: 4, log: true}  # full resolution: its lr
     multilevel.levels.1.schedule.total_steps: {low: 30, high: 120}
     multilevel.levels.1.reg_weight: {low: 0.75, high: 3.0, log: true}
     multilevel.levels.1.smoothing_kernel: [3, 5, 7]
@@ -118,14 +118,13 @@ _IO_SPACE: dict[str, Any] = {
     "features.mind_dilation": {"choices": [1, 2, 3]},
 }
 
-# the ``accurate`` preset: level 0 = the half-resolution run (io's schedule), level 1 = the full-resolution level
-# (lr linear from linear_start_lr at step 0 to 0.25; its peak_lr holds for step 0 only, so linear_start_lr is
-# the one that sets its rates)
+# the ``accurate`` preset: level 0 = the half-resolution run (constant lr: peak_lr), level 1 = the full-resolution
+# level (lr linear from peak_lr at step 0 to 0.25: its linear_start_lr is None, continuing from the peak)
 _ACCURATE_SPACE: dict[str, Any] = {
     "multilevel.levels.0.schedule.peak_lr": {"low": 0.5, "high": 15.0, "log": True},
     "multilevel.levels.0.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
     "multilevel.levels.0.mind_dilation": {"choices": [1, 2, 3]},
-    "multilevel.levels.1.schedule.linear_start_lr": {"low": 0.25, "high": 4.0, "log": True},
+    "multilevel.levels.1.schedule.peak_lr": {"low": 0.25, "high": 4.0, "log": True},
     "multilevel.levels.1.schedule.total_steps": {"low": 30, "high": 120},
     "multilevel.levels.1.reg_weight": {"low": 0.75, "high": 3.0, "log": True},
     "multilevel.levels.1.smoothing_kernel": {"choices": [3, 5, 7]},
@@ -616,6 +615,17 @@ def _method_dict(cfg: RegistrationConfig) -> dict[str, Any]:
     return d
 
 
+def _storage_error(url: str, exc: BaseException) -> UserInputError:
+    """A one-line error for a storage URL that cannot be opened (bad form, missing driver, unreachable file)."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):  # e.g. 'sqlite:///' (no file name): optuna finds no study record
+        reason = "no database file in the URL"
+    return UserInputError(
+        f"tune: cannot open --storage {url!r}: {reason[:300]}. Give an Optuna RDB URL such as "
+        "'sqlite:///path/study.db' (a writable folder) or 'postgresql://user@host/db' (with its driver installed)."
+    )
+
+
 def _storage(url: str, heartbeat: int):
     import inspect
 
@@ -764,18 +774,42 @@ def _load_study(job: _Job, seed_offset: int = 0, create: bool = False):
 
     # Optuna >= 5 takes constraints from Trial.set_constraint (constraints_func is deprecated there)
     extra = {} if _NATIVE_CONSTRAINTS else {"constraints_func": _constraints}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=None if job.seed is None else job.seed + seed_offset, n_startup_trials=job.startup_trials,
-            multivariate=True, **extra,
-        )
+
+    def make_sampler(offset: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=None if job.seed is None else job.seed + offset, n_startup_trials=job.startup_trials,
+                multivariate=True, **extra,
+            )
+
+    sampler = make_sampler(seed_offset)
     pruner = FeasibleMedianPruner(n_startup_trials=job.pruner_startup, n_warmup_steps=0)
-    storage = _storage(job.storage, job.heartbeat)
+    try:
+        if _TrialStartLock(job.storage).path is None and job.storage.startswith("sqlite"):
+            raise UserInputError(
+                f"tune: --storage {job.storage!r} is an in-memory SQLite database, which the workers and a resumed run "
+                "cannot share; give a file, e.g. 'sqlite:///path/study.db'."
+            )
+        storage = _storage(job.storage, job.heartbeat)
+    except UserInputError:
+        raise
+    except (ImportError, KeyError, ValueError, OSError) as exc:
+        raise _storage_error(job.storage, exc) from exc
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError / OperationalError (sqlalchemy is imported lazily)
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise _storage_error(job.storage, exc) from exc
+        raise
     if create:
         return optuna.create_study(storage=storage, study_name=job.study_name, direction=job.direction,
                                    sampler=sampler, pruner=pruner, load_if_exists=True)
-    return optuna.load_study(storage=storage, study_name=job.study_name, sampler=sampler, pruner=pruner)
+    study = optuna.load_study(storage=storage, study_name=job.study_name, sampler=sampler, pruner=pruner)
+    taken = len(study.get_trials(deepcopy=False))
+    if job.seed is not None and taken:
+        # a resumed or extended study: seeded by the trials already taken, so the sampler does not draw the seed's
+        # first values again (a resumed run repeated an earlier trial's parameters); still reproducible
+        study.sampler = make_sampler(seed_offset + 7919 * taken)
+    return study
 
 
 def _prepare_study(job: _Job) -> None:
@@ -868,6 +902,7 @@ class _Objective:
         self.params = parse_search_space(job.space, job.base)
         self.cache = _PairCache(job.dataset, job.split, job.keys, with_labels=job.objective == "dice")
         self.on_start: Callable[[], None] = lambda: None  # the worker's trial-start lock release
+        self.current: int | None = None  # number of the trial being run (re-queued on Ctrl-C)
 
     def config(self, values: dict[str, Any]) -> RegistrationConfig:
         try:
@@ -891,6 +926,7 @@ class _Objective:
         import optuna
 
         self.on_start()  # the trial is RUNNING and this worker's: other workers may take the next one
+        self.current = trial.number
         if self._surplus(trial):  # another worker took the last trial meanwhile
             trial.set_user_attr("surplus", True)
             raise _Surplus()
@@ -1011,7 +1047,7 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
 
     if job.threads:
         torch.set_num_threads(int(job.threads))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our own one-line report (no traceback on Ctrl-C)
     study = _load_study(job, seed_offset=rank)
     objective = _Objective(job, rank)
     rank_prefix = f"[worker {rank}] " if prefix else ""
@@ -1046,9 +1082,24 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
             start_lock.acquire()  # released by the objective once the trial is taken
             try:
                 study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[report], gc_after_trial=True)
+            except KeyboardInterrupt:  # Ctrl-C: Optuna marked the running trial failed; the next run retries it
+                _requeue_interrupted(study, objective.current)
+                raise
             finally:
                 start_lock.release()
         ran += 1
+
+
+def _requeue_interrupted(study, number: int | None) -> None:
+    """Queue the parameters of trial ``number`` again if it failed by an interrupt (Ctrl-C) after drawing them, so
+    the same command run again retries it first (as the heartbeat does for a killed process's trial)."""
+    from optuna.trial import TrialState
+
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.FAIL and trial.params and not trial.user_attrs.get("surplus"):
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
 def _print(line: str) -> None:

@@ -374,9 +374,10 @@ def test_resume_from_the_sqlite_file_keeps_trials_and_reaches_n(dataset, tmp_pat
         tune(dataset, "val", out, n_trials=4, **{**kw, "space": {"optim.reg_weight": {"low": 0.5, "high": 2.0}}})
 
 
-def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path):
-    """A study killed (SIGKILL) during a trial: the same command keeps the finished trials, marks the killed one
-    interrupted, runs its parameters again, and stops at N finished trials."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path, sig):
+    """A study killed (SIGKILL; or interrupted, SIGINT = Ctrl-C) during a trial: the same command keeps the finished
+    trials, marks the killed one interrupted, runs its parameters again, and stops at N finished trials."""
     out = tmp_path / "best.yaml"
     long = ["optim.schedule.total_steps=400", "optim.schedule.constant_steps=400", "optim.schedule.cosine_end=400",
             "optim.schedule.peak_lr=0.5"]
@@ -403,14 +404,18 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path):
             running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
             if done and running:
                 killed_number = running[0].number
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(proc.pid, sig)
                 break
     finally:
         if proc.poll() is None and killed_number is None:
             proc.kill()
         proc.wait(timeout=60)
     assert killed_number is not None, proc.stdout.read()[-3000:]
-    assert proc.returncode == -signal.SIGKILL
+    out_text = proc.stdout.read()
+    # SIGKILL: the heartbeat marks the trial failed later; Ctrl-C: one line, exit 130, no traceback
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), out_text[-3000:]
+    if sig == signal.SIGINT:
+        assert "interrupted (Ctrl-C)" in out_text and "Traceback" not in out_text, out_text[-3000:]
     kept = {t.number: (t.params, t.value) for t in _study(db, name).get_trials() if t.state == TrialState.COMPLETE}
     killed_params = _study(db, name).trials[killed_number].params
     time.sleep(3.5)  # > 3 heartbeats: the killed trial is stale for the next run
@@ -559,6 +564,21 @@ def test_cli_errors_name_the_option(dataset, tmp_path, capsys):
     assert main(["tune", str(dataset), "-o", str(tmp_path / "outdir"), "--space", _space_file(tmp_path)]) == 2
     assert re.search(r"contreg tune: error: tune: -o/--output '.*outdir' is an existing folder", capsys.readouterr().err)
     assert list((tmp_path / "outdir").iterdir()) == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("nonsense", r"cannot open --storage 'nonsense': Could not parse SQLAlchemy URL"),
+    ("sqlite:////nonexistent_dir_contreg/x.db", r"cannot open --storage 'sqlite:////nonexistent_dir_contreg/x.db': .*unable to open database file"),
+    ("sqlite://", r"--storage 'sqlite://' is an in-memory SQLite database, which the workers and a resumed run cannot share"),
+    ("sqlite:///", r"--storage 'sqlite:///' is an in-memory SQLite database"),
+])
+def test_a_storage_that_cannot_be_opened_is_one_line_exit_2(dataset, tmp_path, capsys, url, message):
+    rc = main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--space", _space_file(tmp_path), "--storage", url,
+               "--trials", "1", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"contreg tune: error: tune: " + message, err), err
+    assert not (tmp_path / "b.yaml").exists()
 
 
 def _readme_commands() -> list[str]:

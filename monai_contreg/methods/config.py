@@ -337,6 +337,18 @@ class MultilevelConfig:
         from ..errors import UserInputError
 
         self.levels = _levels("multilevel.levels", self.levels)
+        factors = [lv.grid_factor for lv in self.levels]
+        if any(b > a for a, b in zip(factors, factors[1:])):
+            raise UserInputError(
+                f"MultilevelConfig: multilevel.levels must run coarse to fine (grid_factor not increasing), got grid "
+                f"factors {factors}: a coarser level after a finer one undoes its detail."
+            )
+        for i, lv in enumerate(self.levels):
+            if lv.second_dilation and lv.second_dilation == lv.mind_dilation:
+                raise UserInputError(
+                    f"MultilevelConfig: multilevel.levels.{i}.second_dilation ({lv.second_dilation}) equals its "
+                    "mind_dilation: the second feature scale would duplicate the first; give another dilation or 0 (off)."
+                )
         if not isinstance(self.mask_aware, bool):
             raise UserInputError(f"MultilevelConfig: multilevel.mask_aware must be true or false, got {self.mask_aware!r}.")
         w = self.cross_weight
@@ -508,13 +520,17 @@ class RegistrationConfig:
                 parsed.append((k.strip(), yaml.safe_load(v)))
             items = parsed
         nested: dict[str, Any] = {}
+        keys = []
         for key, value in items:
             node = nested
             parts = key.split(".")
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = value
-        return RegistrationConfig.from_dict(nested, self)
+            keys.append(key)
+        out = RegistrationConfig.from_dict(nested, self)
+        _check_effective(keys, out)
+        return out
 
     def validate(self) -> None:
         """Check values (names of options, ranges); raise ``ValueError`` naming the field."""
@@ -560,6 +576,45 @@ class RegistrationConfig:
         self.optim.schedule.validate()
         self.convex.validate()
         self.multilevel.validate()
+
+
+#: Single-level settings that every level of ``multilevel.levels`` replaces by its own (dotted key -> level field).
+LEVEL_REPLACED_KEYS: dict[str, str] = {
+    "optim.schedule": "schedule",
+    "optim.reg_weight": "reg_weight",
+    "field.grid_factor": "grid_factor",
+    "field.smoothing_passes": "smoothing_passes",
+    "field.smoothing_kernel": "smoothing_kernel",
+    "features.mind_radius": "mind_radius",
+    "features.mind_dilation": "mind_dilation",
+}
+
+
+def _check_effective(keys: list[str], cfg: RegistrationConfig) -> None:
+    """Refuse dotted overrides that cannot change what ``cfg`` runs (a silently ignored setting).
+
+    On a multi-level config (``multilevel.levels`` non-empty) the single-level keys of :data:`LEVEL_REPLACED_KEYS`
+    are replaced by each level's own; without levels, ``multilevel.mask_aware``/``cross_weight`` do nothing.
+
+    Raises:
+        UserInputError: naming the key and the key to set instead.
+    """
+    n = len(cfg.multilevel.levels)
+    for key in keys:
+        if n:
+            for prefix, name in LEVEL_REPLACED_KEYS.items():
+                if key == prefix or key.startswith(prefix + "."):
+                    rest = key[len(prefix):]
+                    raise UserInputError(
+                        f"RegistrationConfig: {key} has no effect on a multi-level config (multilevel.levels, "
+                        f"{n} levels, e.g. preset 'accurate'): each level uses its own {name}; set "
+                        f"multilevel.levels.I.{name}{rest} instead (I = 0..{n - 1}, coarse to fine)."
+                    )
+        elif key.startswith("multilevel.") and key.split(".")[1] in ("mask_aware", "cross_weight"):
+            raise UserInputError(
+                f"RegistrationConfig: {key} has no effect on a single-level config (multilevel.levels is empty); "
+                "it applies to the multi-level method (preset 'accurate', or give multilevel.levels)."
+            )
 
 
 def _merge(obj: Any, data: dict[str, Any], where: str) -> None:

@@ -102,7 +102,9 @@ def _accurate() -> RegistrationConfig:
     )
     fine = LevelConfig(
         grid_factor=1,
-        schedule=PiecewiseSchedule(peak_lr=1.0, constant_steps=0, cosine_end=0, linear_start_lr=1.0, final_lr=0.25, total_steps=40),
+        # linear from peak_lr (step 0) to final_lr: linear_start_lr=None continues from the peak, so peak_lr sets
+        # the whole level's rate (a separate linear_start_lr would leave step 0 at peak_lr)
+        schedule=PiecewiseSchedule(peak_lr=1.0, constant_steps=0, cosine_end=0, linear_start_lr=None, final_lr=0.25, total_steps=40),
         reg_weight=1.75,
         smoothing_kernel=5,
     )

@@ -74,7 +74,8 @@ DIVERGENCE_FIX = (
     "Likely cause: the learning rate is too high for these images (unmasked background or a small field of view "
     "lets the early high-rate Adam steps carry the field off the anatomy). Fix: give lung masks "
     "(--fixed-mask/--moving-mask, preprocess.use_masks), use a preset with a lower rate (--preset io-lr1), or "
-    "lower the rate (--set optim.schedule.peak_lr=5)."
+    "lower the rate (--set optim.schedule.peak_lr=5; on a multi-level preset such as 'accurate', the level's own: "
+    "--set multilevel.levels.I.schedule.peak_lr=...)."
 )
 
 

@@ -34,8 +34,17 @@ def _padded(vol, outside, value):
     return MetaTensor(torch.as_tensor(np.where(outside, np.float32(value), vol)), affine=AFFINE)
 
 
+def _few_steps(preset: str) -> list[str]:
+    """FEW_STEPS for a single-level preset; for a multi-level one (``accurate``) the same on each level's schedule."""
+    levels = len(get_preset(preset).multilevel.levels)
+    if not levels:
+        return FEW_STEPS
+    return [f"multilevel.levels.{i}.{o[len('optim.'):]}" if o.startswith("optim.schedule") else o
+            for i in range(levels) for o in FEW_STEPS if o.startswith("optim.schedule") or i == 0]
+
+
 def _field(preset, fixed, moving, outside, padding, extra=()):
-    cfg = get_preset(preset).with_overrides([*FEW_STEPS, *extra])
+    cfg = get_preset(preset).with_overrides([*_few_steps(preset), *extra])
     cfg.engine.num_threads = 1
     res = register(_padded(fixed, outside, padding), _padded(moving, outside, padding), config=cfg)
     return res.ddf.as_tensor()[0].numpy()

@@ -1,5 +1,8 @@
+import re
+
 import pytest
 
+from monai_contreg.errors import UserInputError
 from monai_contreg.methods.config import RegistrationConfig
 from monai_contreg.methods.presets import get_preset, preset_names
 
@@ -60,9 +63,12 @@ def test_dotted_keys_with_a_level_index_reach_one_level():
     coarse, fine = cfg.multilevel.levels
     assert (fine.reg_weight, fine.smoothing_kernel, coarse.schedule.peak_lr) == (2.0, 7, 7.0)
     # everything else is kept: the other level, the other fields, the number of levels; the preset is untouched
-    assert (coarse.reg_weight, coarse.grid_factor, fine.grid_factor, fine.schedule.total_steps) == (1.75, 2, 1, 60)
-    assert coarse.schedule.total_steps == 270 and len(cfg.multilevel.levels) == 2
-    assert acc.multilevel.levels[1].reg_weight == 1.75 and acc.multilevel.levels[0].schedule.peak_lr == 15.0
+    before_coarse, before_fine = acc.multilevel.levels
+    assert (coarse.reg_weight, coarse.grid_factor, fine.grid_factor, fine.schedule) == (
+        before_coarse.reg_weight, before_coarse.grid_factor, before_fine.grid_factor, before_fine.schedule)
+    assert coarse.schedule.total_steps == before_coarse.schedule.total_steps and len(cfg.multilevel.levels) == 2
+    assert (before_fine.reg_weight, before_fine.smoothing_kernel) != (2.0, 7) and before_coarse.schedule.peak_lr != 7.0
+    assert acc.multilevel.levels == get_preset("accurate").multilevel.levels  # the preset is untouched
     # the dict form of with_overrides, and a whole level given as a mapping, do the same
     same = acc.with_overrides({"multilevel.levels.1.reg_weight": 2.0, "multilevel.levels.0": {"schedule": {"peak_lr": 7}}})
     assert same.multilevel.levels[1].reg_weight == 2.0 and same.multilevel.levels[0].schedule.peak_lr == 7.0
@@ -118,3 +124,29 @@ def test_cli_set_reaches_a_level(capsys):
                  "--set", "multilevel.levels.3.reg_weight=1"]) == 2
     assert "config.multilevel.levels.3: level index 3 is out of range; valid indices of config.multilevel.levels: [0, 1]" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, instead", [
+    ("optim.reg_weight", "10", "multilevel.levels.I.reg_weight"),
+    ("optim.schedule.peak_lr", "30", "multilevel.levels.I.schedule.peak_lr"),
+    ("field.grid_factor", "3", "multilevel.levels.I.grid_factor"),
+    ("field.smoothing_kernel", "5", "multilevel.levels.I.smoothing_kernel"),
+    ("features.mind_dilation", "3", "multilevel.levels.I.mind_dilation"),
+])
+def test_single_level_keys_are_refused_on_a_multilevel_config(key, value, instead):
+    # each level has its own: a single-level setting would be silently ignored by the multi-level method
+    with pytest.raises(UserInputError, match=re.escape(f"{key} has no effect on a multi-level config") + ".*"
+                       + re.escape(f"set {instead} instead (I = 0..1, coarse to fine)")):
+        get_preset("accurate").with_overrides([f"{key}={value}"])
+    assert get_preset("io").with_overrides([f"{key}={value}"])  # the single-level method uses it
+
+
+def test_multilevel_options_are_refused_without_levels_and_levels_run_coarse_to_fine():
+    with pytest.raises(UserInputError, match=r"multilevel.mask_aware has no effect on a single-level config"):
+        get_preset("convexadam").with_overrides(["multilevel.mask_aware=true"])
+    assert get_preset("accurate").with_overrides(["multilevel.mask_aware=true"]).multilevel.mask_aware
+    with pytest.raises(UserInputError, match=r"coarse to fine \(grid_factor not increasing\), got grid factors \[2, 4\]"):
+        get_preset("accurate").with_overrides(["multilevel.levels.1.grid_factor=4"])
+    with pytest.raises(UserInputError, match=r"multilevel.levels.0.second_dilation \(2\) equals its mind_dilation"):
+        get_preset("accurate").with_overrides(["multilevel.levels.0.second_dilation=2"])
+    assert get_preset("accurate").with_overrides(["multilevel.levels.0.second_dilation=3"]).multilevel.levels[0].second_dilation == 3

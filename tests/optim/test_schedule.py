@@ -53,3 +53,16 @@ def test_invalid_schedule_named():
         PiecewiseSchedule(constant_steps=100, cosine_end=50, total_steps=270)
     with pytest.raises(ValueError, match="PiecewiseSchedule: peak_lr must be a finite number"):
         PiecewiseSchedule(peak_lr=float("nan"))
+
+
+def test_accurate_full_resolution_level_is_linear_from_its_peak():
+    """The fine level's schedule continues from peak_lr (linear_start_lr None): peak_lr sets every step's rate,
+    step 0 included (a separate linear_start_lr would have left step 0 at peak_lr)."""
+    from monai_contreg.methods.presets import get_preset
+
+    fine = get_preset("accurate").multilevel.levels[1].schedule
+    values = fine.values()
+    assert values[0] == 1.0 and values[-1] == pytest.approx(1.0 + (0.25 - 1.0) * 39 / 40)
+    assert all(a > b for a, b in zip(values, values[1:]))
+    doubled = get_preset("accurate").with_overrides(["multilevel.levels.1.schedule.peak_lr=2"]).multilevel.levels[1].schedule
+    assert doubled.values()[0] == 2.0 and doubled.values()[1] == pytest.approx(2.0 + (0.25 - 2.0) / 40)
