@@ -158,3 +158,16 @@ def test_check_finite_counts_every_bad_value_of_a_large_tensor():
     x[0, 0, 199, 0, 0] = float("-inf")
     with pytest.raises(ValueError, match=r"f: x contains 3 NaN or infinite value\(s\) out of 4800000"):
         check_finite("f", "x", x)
+
+
+def test_a_diverging_level_is_named_in_the_error():
+    from monai_contreg.errors import RegistrationDivergedError
+
+    fixed, moving, _ = _pair()
+    good, runaway = _levels(2, 1, steps=25)
+    runaway = LevelConfig(grid_factor=1, reg_weight=0.0, smoothing_passes=0, schedule=PiecewiseSchedule(
+        peak_lr=1000.0, constant_steps=25, cosine_end=25, linear_start_lr=1000.0, final_lr=1000.0, total_steps=25))
+    cfg = RegistrationConfig(multilevel=MultilevelConfig(levels=(good, runaway)))
+    cfg.optim.keep_in_image = False
+    with pytest.raises(RegistrationDivergedError, match=r"^registration, level 1 \(multilevel.levels.1\), at step \d+ of that level"):
+        run_multilevel(fixed, moving, cfg)
