@@ -1268,7 +1268,8 @@ def write_best_config(path: str | Path, config: RegistrationConfig, header: Sequ
 
 def write_trials_csv(path: str | Path, trials: Sequence[Any], param_keys: Sequence[str],
                      limits: tuple[float, float] | None = None) -> Path:
-    """One row per trial: number, state, outcome (judged with ``limits``, see :func:`trial_outcome`), value,
+    """One row per trial: number, state, outcome (judged with ``limits``, see :func:`trial_outcome`), value (the
+    objective of a completed trial; blank otherwise),
     SDlogJ/folding maxima, seconds, per-pair objective, times, worker, parameters (``surplus`` rows, never run,
     are left out)."""
     from .io.atomic import atomic_path
@@ -1291,7 +1292,9 @@ def write_trials_csv(path: str | Path, trials: Sequence[Any], param_keys: Sequen
             ua = t.user_attrs
             pairs = ua.get("pairs", {})
             w.writerow([
-                t.number, t.state.name, trial_outcome(t, limits), "" if t.value is None else t.value,
+                # a pruned trial's Optuna value is its last intermediate report (one pair, part of a run): not
+                # comparable with a completed trial's objective, so left blank (its reports are in the study)
+                t.number, t.state.name, trial_outcome(t, limits), "" if t.value is None or t.state.name != "COMPLETE" else t.value,
                 ua.get("sdlogj_max", ""), ua.get("folding_max", ""), ua.get("seconds", ""), bool(ua.get("baseline", False)),
                 *[_blank(pairs.get(k, {}).get("tre")) for k in pair_keys],
                 *[_blank(pairs.get(k, {}).get("dice")) for k in pair_keys],
@@ -1417,7 +1420,9 @@ def tune(
         threads: torch CPU threads per worker (default: CPUs // workers).
         heartbeat: seconds between a running trial's heartbeats (a trial silent for 3 heartbeats is marked
             failed and its parameters re-queued).
-        holdout: pairs (keys or case ids) on which to compare the tuned config with the base at full length.
+        holdout: pairs (keys or case ids) on which to compare the tuned config with the base at full length; never
+            tuned on (without ``pairs`` the tuning pairs are the split's others; repeating one of ``pairs`` is an
+            error).
         final_run: with ``search_steps``, re-run the best config at full length on the tuning pairs.
         on_trial: receives each trial's progress line (default: print).
         on_line: receives the summary lines (default: print).
@@ -1462,10 +1467,26 @@ def tune(
         space_dict = json.loads(json.dumps(dict(space)))
     params = parse_search_space(space_dict, base_cfg, where="--space" if isinstance(space, (str, Path)) else where)
     if search_steps is not None:
+        longest = max(schedule_steps(base_cfg))
+        if search_steps > longest:
+            raise UserInputError(
+                f"{where}: search_steps ({search_steps}) is above the base config's schedule length ({longest} steps); "
+                "it shortens the schedules while searching: give fewer steps, or leave it out to search at full length."
+            )
         scale_schedule(base_cfg, search_steps)
     ds = Learn2RegDataset(dataset)
     tune_pairs = _select_pairs(where, ds, split, pairs, "--pairs")
     hold_pairs = _select_pairs(where, ds, split, holdout, "--holdout") if holdout else []
+    if hold_pairs and not pairs:  # tune on the split's other pairs: a hold-out pair is never tuned on
+        tune_pairs = [p for p in tune_pairs if p not in hold_pairs]
+        if not tune_pairs:
+            raise UserInputError(f"{where}: --holdout takes every pair of the split; leave some to tune on (or give --pairs).")
+    overlap = [p.key for p in hold_pairs if p in tune_pairs]
+    if overlap:
+        raise UserInputError(
+            f"{where}: --holdout repeats tuning pairs {overlap} of --pairs: a hold-out pair must not be tuned on "
+            "(its figures would be in-sample)."
+        )
     obj = _auto_objective(objective, tune_pairs)
     direction = "minimize" if obj == "tre" else "maximize"
     tie = (0.01 if obj == "tre" else 0.001) if tie_tolerance is None else float(tie_tolerance)

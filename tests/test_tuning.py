@@ -581,6 +581,34 @@ def test_a_storage_that_cannot_be_opened_is_one_line_exit_2(dataset, tmp_path, c
     assert not (tmp_path / "b.yaml").exists()
 
 
+def test_holdout_is_never_tuned_on_and_search_steps_only_shorten(dataset, tmp_path, capsys):
+    base = ["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--space", _space_file(tmp_path), "--threads", "1"]
+    assert main([*base, "--pairs", "0001", "--holdout", "0001"]) == 2
+    assert "--holdout repeats tuning pairs ['0001_0001'] of --pairs" in capsys.readouterr().err
+    assert main([*base, "--holdout", "0001,0002"]) == 2
+    assert "--holdout takes every pair of the split" in capsys.readouterr().err
+    assert main([*base, "--search-steps", "1000"]) == 2
+    assert "search_steps (1000) is above the base config's schedule length (270 steps)" in capsys.readouterr().err
+    assert not (tmp_path / "b.yaml").exists()
+
+
+def test_trials_csv_value_is_the_objective_of_completed_trials_only(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from monai_contreg.tuning import write_trials_csv
+
+    dist = {"optim.reg_weight": FloatDistribution(0.5, 3.0)}
+    done = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.42, params={"optim.reg_weight": 1.0},
+                                     distributions=dist, user_attrs={"constraints": [0.0, 0.0]})
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED, value=0.21, params={"optim.reg_weight": 2.0},
+                                       distributions=dist, intermediate_values={100001: 0.21})
+    path = write_trials_csv(tmp_path / "t.csv", [done, pruned], ["optim.reg_weight"])
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["state"], r["value"], r["optim.reg_weight"]) for r in rows] == [("COMPLETE", "0.42", "1.0"), ("PRUNED", "", "2.0")]
+
+
 def _readme_commands() -> list[str]:
     """The `contreg` commands of the README's tuning section, continuation lines joined."""
     text = (REPO / "README.md").read_text()
