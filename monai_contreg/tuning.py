@@ -1043,7 +1043,6 @@ def _fmt(v: Any) -> str:
 def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_tolerance: float, prefix: bool) -> int:
     """Take trials of the study until ``job.n_trials`` have finished; return how many this worker ran."""
     import optuna
-    from optuna.trial import TrialState
 
     if job.threads:
         torch.set_num_threads(int(job.threads))
@@ -1063,8 +1062,65 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
 
     start_lock = _TrialStartLock(job.storage)
     objective.on_start = start_lock.release
+    with _SigintLatch() as sigint:
+        return _take_trials(study, job, objective, start_lock, report, sigint)
+
+
+class _SigintLatch:
+    """Remember a Ctrl-C (SIGINT) even where Python swallows the ``KeyboardInterrupt`` it raises.
+
+    A SIGINT that arrives while a garbage-collection callback runs (e.g. SQLAlchemy's weakref callbacks during the
+    ``gc.collect()`` after each trial) raises inside that callback, where the interpreter prints "Exception ignored"
+    and goes on: the search then ran to its end and exited 0. The handler raises ``KeyboardInterrupt`` as the default
+    one does and also sets ``hit``, which the trial loop checks between trials. Installed only in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous: Any = None
+        self._unraisable: Any = None
+
+    def _unraisable_hook(self, unraisable) -> None:
+        # the KeyboardInterrupt lost in a gc callback: remembered (the loop re-raises it), not printed as a traceback
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.hit = True
+            return
+        self._unraisable(unraisable)
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if a SIGINT came (whether or not its first ``KeyboardInterrupt`` was lost)."""
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintLatch:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable_hook
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            sys.unraisablehook = self._unraisable
+
+
+def _take_trials(study, job: _Job, objective: _Objective, start_lock: _TrialStartLock, report, sigint: _SigintLatch) -> int:
+    """The worker's loop: take trials until ``job.n_trials`` have finished; return how many this worker ran."""
+    import optuna
+    from optuna.trial import TrialState
+
     ran = 0
     while True:
+        sigint.check()
         if job.heartbeat:
             with start_lock, warnings.catch_warnings():  # one worker marks a stale trial failed and queues its retry
                 warnings.simplefilter("ignore")
@@ -1088,6 +1144,7 @@ def _worker(rank: int, job: _Job, on_trial: Callable[[str], None] | None, tie_to
             finally:
                 start_lock.release()
         ran += 1
+        sigint.check()
 
 
 def _requeue_interrupted(study, number: int | None) -> None:

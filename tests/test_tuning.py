@@ -609,6 +609,32 @@ def test_trials_csv_value_is_the_objective_of_completed_trials_only(tmp_path):
     assert [(r["state"], r["value"], r["optim.reg_weight"]) for r in rows] == [("COMPLETE", "0.42", "1.0"), ("PRUNED", "", "2.0")]
 
 
+def test_sigint_latch_keeps_a_ctrl_c_lost_in_a_gc_callback():
+    """A KeyboardInterrupt raised inside a finaliser (as a SIGINT during the gc after a trial is) is 'ignored' by
+    Python; the latch remembers it and re-raises between trials. Handlers are restored on exit."""
+    import signal as _signal
+
+    from monai_contreg.tuning import _SigintLatch
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    before_handler, before_hook = _signal.getsignal(_signal.SIGINT), sys.unraisablehook
+    with _SigintLatch() as latch:
+        assert _signal.getsignal(_signal.SIGINT) is not before_handler
+        latch.check()  # nothing yet
+        obj = Finaliser()
+        del obj  # the interpreter swallows this KeyboardInterrupt ("Exception ignored")
+        assert latch.hit
+        with pytest.raises(KeyboardInterrupt):
+            latch.check()
+        with pytest.raises(KeyboardInterrupt):  # a real SIGINT: raised at once, and remembered
+            latch2 = _SigintLatch()
+            latch2._handler(_signal.SIGINT, None)
+    assert _signal.getsignal(_signal.SIGINT) is before_handler and sys.unraisablehook is before_hook
+
+
 def _readme_commands() -> list[str]:
     """The `contreg` commands of the README's tuning section, continuation lines joined."""
     text = (REPO / "README.md").read_text()

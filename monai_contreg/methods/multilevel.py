@@ -217,7 +217,8 @@ def run_multilevel(
         raise UserInputError("run_multilevel: config.multilevel.levels is empty; give at least one level.")
     if ml.mask_aware and fixed_mask is None:
         raise UserInputError(
-            "run_multilevel: multilevel.mask_aware needs the fixed image's mask (register(..., fixed_mask=...)); got none."
+            "run_multilevel: multilevel.mask_aware needs the fixed image's mask (--fixed-mask on the command line, "
+            "register(..., fixed_mask=...) in Python, or preprocess.auto_mask); got none."
         )
     image_shape = tuple(int(s) for s in fixed.shape[2:])
     cache: dict = {}
