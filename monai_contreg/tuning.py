@@ -717,6 +717,21 @@ def FeasibleMedianPruner(**kwargs: Any):  # noqa: N802 - a class, built lazily (
     return _feasible_median_pruner()(**kwargs)
 
 
+def _sqlite_database(url: str) -> str | None:
+    """The database file of a SQLite storage URL; ``""`` for an in-memory SQLite database (``sqlite://``,
+    ``sqlite:///``, ``:memory:``); ``None`` for another backend or a URL sqlalchemy cannot parse (it is rejected
+    later with sqlalchemy's own message)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return "" if parsed.database in (None, "", ":memory:") else parsed.database
+
+
 class _TrialStartLock:
     """An inter-process lock around the start of a trial, for studies in a SQLite file.
 
@@ -734,13 +749,11 @@ class _TrialStartLock:
         self._fd: int | None = None
         try:
             import fcntl  # noqa: F401 - POSIX only
-            from sqlalchemy.engine import make_url
-
-            parsed = make_url(url)
-        except Exception:  # no fcntl, or a URL sqlalchemy will reject later with its own message
+        except ImportError:
             return
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            self.path = Path(parsed.database + ".lock")
+        database = _sqlite_database(url)
+        if database:
+            self.path = Path(database + ".lock")
 
     def acquire(self) -> None:
         if self.path is None or self._fd is not None:
@@ -786,7 +799,7 @@ def _load_study(job: _Job, seed_offset: int = 0, create: bool = False):
     sampler = make_sampler(seed_offset)
     pruner = FeasibleMedianPruner(n_startup_trials=job.pruner_startup, n_warmup_steps=0)
     try:
-        if _TrialStartLock(job.storage).path is None and job.storage.startswith("sqlite"):
+        if _sqlite_database(job.storage) == "":
             raise UserInputError(
                 f"tune: --storage {job.storage!r} is an in-memory SQLite database, which the workers and a resumed run "
                 "cannot share; give a file, e.g. 'sqlite:///path/study.db'."

@@ -193,8 +193,9 @@ class DivergenceGuard:
         opt = getattr(engine.state, "optimizer", None)
         lr = f" (lr {opt.param_groups[0]['lr']:.4g})" if opt is not None else ""
         level = getattr(engine.state, "level", None)  # set by the multi-level method (LevelEvents)
-        where = "registration" if level is None else f"registration, level {level} (multilevel.levels.{level}),"
-        return f"{where} at step {engine.state.iteration} of that level{lr}" if level is not None else f"{where} at step {engine.state.iteration}{lr}"
+        if level is None:
+            return f"registration at step {engine.state.iteration}{lr}"
+        return f"registration, level {level} (multilevel.levels.{level}), at step {engine.state.iteration} of that level{lr}"
 
     def _check_loss(self, engine: Engine, ratio: float, option: str, final: bool) -> None:
         loss = float(engine.state.output["loss"])
