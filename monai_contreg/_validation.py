@@ -6,7 +6,6 @@ message that names the function, the argument, what was expected and what arrive
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -14,6 +13,7 @@ from typing import TypeVar
 
 import torch
 from .errors import UserInputError
+from .options import suggest
 
 __all__ = [
     "check_ddf",
@@ -26,12 +26,6 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=Enum)
-
-
-def suggest(value: str, choices: Iterable[str]) -> str:
-    """Return a ``" Did you mean 'x'?"`` hint for the choice closest to ``value`` (or ``""``)."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def choose(where: str, name: str, value: str | E, choices: type[E] | Sequence[str]) -> E | str:

@@ -53,6 +53,7 @@ from .errors import ContregError, UserInputError
 from .evaluation.learn2reg import RUNTIMES_FILE
 from .io.atomic import atomic_path
 from .methods.config import RegistrationConfig
+from .options import parse_memory
 from .workflow import (
     PairOutcome,
     RunSummary,
@@ -64,6 +65,7 @@ from .workflow import (
     evaluate_run,
     merge_rank_logs,
     rank_log_name,
+    with_max_memory,
 )
 
 __all__ = [
@@ -217,6 +219,7 @@ class _Job:
     on_pair: Callable[[PairOutcome, int, int], None] | None
     register_fn: Callable[..., Any] | None
     log_level: int
+    max_memory: int | None = None
     result_path: str | None = None
 
 
@@ -274,8 +277,8 @@ def _rank_main(local_rank: int, job: _Job) -> RunSummary:
     try:
         _run_pairs(
             list(enumerate(pairs))[rank::world], len(pairs), out, fmt=job.fmt, overwrite=job.overwrite, cfg=job.config,
-            device=device, fn=job.register_fn or register, log_path=out / rank_log_name(rank), log=log,
-            outcomes=outcomes, on_pair=job.on_pair, case_extra={"rank": rank},
+            device=device, fn=with_max_memory(job.register_fn or register, job.max_memory),
+            log_path=out / rank_log_name(rank), log=log, outcomes=outcomes, on_pair=job.on_pair, case_extra={"rank": rank},
         )
     except Exception as exc:
         logger.exception("rank %d: the run failed", rank)
@@ -373,6 +376,7 @@ def run_split_distributed(
     evaluate: bool | str | Path = False,
     on_pair: Callable[[PairOutcome, int, int], None] | None = None,
     register_fn: Callable[..., Any] | None = None,
+    max_memory: str | float | int | None = None,
 ) -> RunSummary:
     """Register every pair of a Learn2Reg split across processes (see the module docstring) into ``out_dir``.
 
@@ -398,6 +402,8 @@ def run_split_distributed(
         on_pair: called on the rank that ran the pair as ``on_pair(outcome, index in split, number of pairs)``;
             must pickle (a module-level function) when processes are spawned.
         register_fn: replaces :func:`~monai_contreg.api.register` (tests); must pickle when processes are spawned.
+        max_memory: memory each registration may use, on every rank (bytes or ``"8G"``; ``register(max_memory=)``);
+            ``None``: 80 % of the memory available to the rank.
 
     Returns:
         A :class:`~monai_contreg.workflow.RunSummary` of all pairs in split order, in the spawning process and on
@@ -427,6 +433,7 @@ def run_split_distributed(
         device=None if device is None else str(device), fmt=fmt, overwrite=bool(overwrite), evaluate=target is not False,
         eval_json=None if target in (False, None) else str(target), threads=threads or None, on_pair=on_pair,
         register_fn=register_fn, log_level=logging.getLogger().getEffectiveLevel(),
+        max_memory=None if max_memory is None else parse_memory(f"{where}: max_memory", max_memory),
     )
     if nproc_per_node is not None:
         try:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .errors import MissingFileError, UserInputError, describe_read_error
+from .options import parse_spacing
 
 __all__ = [
     "MIN_SIZE",
@@ -80,11 +81,22 @@ class ImageHeader:
         shape: the array shape as stored (3 or more entries; spatial first).
         linear: the 3x3 voxel-to-world linear part (direction times spacing, mm per voxel), or ``None`` when the
             header gives none (a DICOM folder, checked when loaded).
+        origin: world position (mm) of voxel ``(0, 0, 0)``, or ``None`` when not read.
+        frame: the world frame of ``linear`` and ``origin``: ``"RAS"`` (NIfTI, nibabel) or ``"LPS"`` (ITK).
     """
 
     path: Path | None
     shape: tuple[int, ...]
     linear: np.ndarray | None
+    origin: np.ndarray | None = None
+    frame: str = "RAS"
+
+    def ras(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(linear, origin)`` in RAS, or ``None`` when the header gives no geometry or no origin."""
+        if self.linear is None or self.origin is None:
+            return None
+        flip = np.diag([-1.0, -1.0, 1.0]) if self.frame == "LPS" else np.eye(3)
+        return flip @ self.linear, flip @ self.origin
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -133,16 +145,18 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
             img = nib.load(str(p))
             shape = tuple(int(s) for s in img.shape)
             linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+            origin, frame = np.asarray(img.affine, dtype=np.float64)[:3, 3], "RAS"
         else:
-            shape, linear = _itk_header(p)
+            shape, linear, origin = _itk_header(p)
+            frame = "LPS"
     except UserInputError:
         raise
     except Exception as exc:
         raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}.") from exc
-    return ImageHeader(p, shape, linear)
+    return ImageHeader(p, shape, linear, origin, frame)
 
 
-def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     import itk
 
     io = itk.ImageIOFactory.CreateImageIO(str(p), itk.CommonEnums.IOFileMode_ReadMode)
@@ -157,7 +171,9 @@ def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray]:
     for j in range(k):
         direction = np.asarray(io.GetDirection(j), dtype=np.float64)[:k]
         linear[:k, j] = direction * float(io.GetSpacing(j))
-    return shape, linear
+    origin = np.zeros(3)
+    origin[:k] = [float(io.GetOrigin(j)) for j in range(k)]
+    return shape, linear, origin
 
 
 def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = MIN_SIZE) -> ImageHeader:
@@ -346,24 +362,6 @@ def check_informative(
             f"{where}: {name} image is constant{inside} (every voxel {lo:g}{after}): it has no structure to register; "
             f"check the file{' and the mask' if inside else ''}."
         )
-
-
-def parse_spacing(text: str, option: str = "--working-spacing") -> float | tuple[float, float, float]:
-    """Parse a spacing option: one number or three comma-separated numbers (mm), each finite and > 0.
-
-    Raises:
-        UserInputError naming ``option`` and the text.
-    """
-    parts = [t.strip() for t in str(text).split(",")]
-    try:
-        vals = [float(t) for t in parts]
-    except ValueError:
-        vals = []
-    if len(vals) not in (1, 3) or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise UserInputError(
-            f"{option}: expected one spacing in mm or three comma-separated (e.g. 1.5 or 1.5,1.5,2), each > 0; got {text!r}."
-        )
-    return vals[0] if len(vals) == 1 else (vals[0], vals[1], vals[2])
 
 
 def check_run(where: str, dataset, split: str, out_dir: str | Path, fmt: str = ".nii.gz", *, overwrite: bool = False,

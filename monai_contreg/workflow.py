@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import logging
 import re
@@ -410,6 +411,7 @@ def run_split(
     on_pair: Callable[[PairOutcome, int, int], None] | None = None,
     register_fn: Callable[..., Any] | None = None,
     evaluate: bool | str | Path = False,
+    max_memory: str | float | int | None = None,
 ) -> RunSummary:
     """Register every pair of a Learn2Reg split and write its field into ``out_dir``.
 
@@ -428,6 +430,8 @@ def run_split(
         register_fn: replaces :func:`~monai_contreg.api.register` (tests).
         evaluate: after the last pair, evaluate the folder (:func:`evaluate_run`) and write the results JSON:
             ``True`` into ``OUT/evaluation.json``, a path there. Skipped (with a warning) when a pair failed.
+        max_memory: memory each registration may use (bytes or ``"8G"``; ``register(max_memory=)``); ``None``:
+            80 % of the available memory.
 
     Returns:
         A :class:`RunSummary`; failures are recorded there and in ``runtimes.json``, not raised.
@@ -452,7 +456,8 @@ def run_split(
     try:
         _run_pairs(
             enumerate(pairs), len(pairs), out, fmt=fmt, overwrite=overwrite, cfg=cfg, device=device,
-            fn=register_fn or register, log_path=log_path, log=log, outcomes=summary.outcomes, on_pair=on_pair, bar=bar,
+            fn=with_max_memory(register_fn or register, max_memory), log_path=log_path, log=log,
+            outcomes=summary.outcomes, on_pair=on_pair, bar=bar,
         )
     finally:
         if bar is not None:
@@ -463,6 +468,16 @@ def run_split(
         else:
             summary.evaluation, summary.evaluation_path = evaluate_run(ds, key, out, target)
     return summary
+
+
+def with_max_memory(fn: Callable[..., Any], max_memory: str | float | int | None) -> Callable[..., Any]:
+    """``fn`` (a :func:`~monai_contreg.api.register`) with ``max_memory=`` bound; ``fn`` itself for ``None``.
+    The result pickles when ``fn`` does (it is sent to spawned ranks)."""
+    if max_memory is None:
+        return fn
+    from .options import parse_memory
+
+    return functools.partial(fn, max_memory=parse_memory("max_memory", max_memory))
 
 
 def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn) -> PairOutcome:

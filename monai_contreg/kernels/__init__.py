@@ -10,8 +10,9 @@ each with a compiled CPU path and a PyTorch path that computes the same values a
 The C++ source (``csrc/contreg_cpu.cpp``) is compiled on first use with
 :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``; the build is cached under
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), as MONAI does for its own C++ extensions.
-It is compiled for the host CPU (``-march=native``); the build's name includes a hash of the source and of the
-CPU's instruction-set flags, so a cache shared by machines with different CPUs holds one build per CPU kind.
+It is compiled for the host CPU (``-march=native``); the build's name (:func:`build_name`) includes a hash of the
+source, the flags, the CPU's instruction-set flags and the torch installation (version and path), so a cache shared
+by machines with different CPUs or by several venvs holds one build per CPU kind and torch, each built once.
 Where it cannot be built the PyTorch path is used and :func:`extension_status` says why. Set
 ``CONTREG_EXTENSIONS=0`` to disable the compiled path.
 """
@@ -25,7 +26,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["extension_status", "load_extension"]
+__all__ = ["build_name", "extension_status", "load_extension"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,24 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return platform.machine() + platform.processor()
+
+
+def _torch_installation() -> str:
+    """The torch this process runs: its version and the folder it is installed in (one per venv)."""
+    import torch
+
+    return f"{torch.__version__} {Path(torch.__file__).resolve().parent}"
+
+
+def build_name(flags: list[str]) -> str:
+    """The name of the compiled kernels' build (its folder under ``$TORCH_EXTENSIONS_DIR``).
+
+    ``contreg_cpu_<hash>``, the hash over the C++ source, the compiler ``flags``, the CPU's instruction-set flags
+    (``-march=native``) and the torch installation (version and path): each venv and each CPU kind builds its own
+    once and keeps it, instead of two venvs on one machine rebuilding one folder in turn.
+    """
+    key = b"\0".join([_SOURCE.read_bytes(), " ".join(flags).encode(), _cpu_flags().encode(), _torch_installation().encode()])
+    return f"contreg_cpu_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
 def _ninja_on_path() -> None:
@@ -80,9 +99,8 @@ def load_extension() -> ModuleType | None:
                 _ninja_on_path()
 
                 flags = ["-O3", "-fopenmp", "-march=native"]
-                digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:12]
                 _STATE["module"] = load(
-                    name=f"contreg_cpu_{digest}",
+                    name=build_name(flags),
                     sources=[str(_SOURCE)],
                     extra_cflags=flags,
                     extra_ldflags=["-fopenmp"],

@@ -21,13 +21,13 @@ and ``convexadam`` presets; ``tests/methods/test_memory.py`` checks a run agains
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UserInputError
+from ..options import parse_memory
 from ..spatial.filters import pooled_shape
 from .config import RegistrationConfig
 
@@ -67,22 +67,6 @@ def format_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"
-
-
-def parse_memory(where: str, value: str | float | int) -> int:
-    """``"8G"``, ``"8GiB"``, ``"8GB"``, ``"500M"``, ``"1.5T"`` or a number of bytes -> bytes (powers of 1024).
-
-    Raises:
-        UserInputError naming ``where`` for anything else.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value > 0 and math.isfinite(value):
-            return int(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
-        if m and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-    raise UserInputError(f"{where}: expected a memory size such as 8G, 500M or 8GiB (bytes without a unit), got {value!r}.")
 
 
 def estimate_memory(
