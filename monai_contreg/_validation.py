@@ -7,7 +7,7 @@ message that names the function, the argument, what was expected and what arrive
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from typing import TypeVar
 

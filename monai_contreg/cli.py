@@ -74,7 +74,14 @@ def _argument_type(parse, option: str):
 
 _spacing_option = _argument_type(parse_spacing, "--working-spacing")
 _device_option = _argument_type(parse_device, "--device")
-_memory_option = _argument_type(lambda text, option: (parse_memory(option, text), text)[1], "--max-memory")
+
+
+def _checked_memory(text: str, option: str) -> str:
+    parse_memory(option, text)  # the text is kept: RunRequest turns it into bytes
+    return text
+
+
+_memory_option = _argument_type(_checked_memory, "--max-memory")
 
 
 def _positive_int(text: str) -> int:
@@ -105,6 +112,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         choose_name("--objective", "objective", args.objective, OBJECTIVES)
     if "points_space" in vars(args):
         choose_name("--points-space", "points space", args.points_space, POINT_SPACES)
+    if getattr(args, "nproc_per_node", None) is not None and args.nproc_per_node < 1:
+        raise UserInputError(f"--nproc-per-node: must be a whole number of processes >= 1, got {args.nproc_per_node}.")
     if getattr(args, "master_port", None) is not None and not 0 < args.master_port < 65536:
         raise UserInputError(f"--master-port: expected a TCP port number in 1..65535, got {args.master_port}.")
     if getattr(args, "eval_json", None) and not args.evaluate:
@@ -143,7 +152,7 @@ def _add_learn2reg_parsers(sub) -> None:
         "distributed", "shard the pairs over processes with ignite.distributed (rank r registers pairs r::N); "
         "under torchrun (torchrun --nproc_per_node N -m monai_contreg.cli run ...) leave --nproc-per-node out; "
         "--threads is per process (default: CPUs // processes per node)")
-    g.add_argument("--nproc-per-node", type=_positive_int, help="spawn this many processes (ranks) on this machine")
+    g.add_argument("--nproc-per-node", type=int, help="spawn this many processes (ranks) on this machine")
     g.add_argument("--backend", help="gloo (CPU processes, or GPUs) or nccl (one process per GPU, cuda:LOCAL_RANK); "
                                      "default: nccl with --device cuda, else gloo")
     g.add_argument("--master-port", type=int, help="rendezvous port of spawned processes (default: a free port)")
@@ -251,7 +260,7 @@ def _add_tune_parser(sub) -> None:
     g = p.add_argument_group("workers", "several processes on one study, each taking trials until the total is reached: "
                                         "--nproc-per-node K here, or torchrun ... -m monai_contreg.cli tune ... (also "
                                         "several machines on one --storage URL); --threads is per process")
-    g.add_argument("--nproc-per-node", type=_positive_int, help="spawn this many worker processes")
+    g.add_argument("--nproc-per-node", type=int, help="spawn this many worker processes")
     g.add_argument("--backend", help="gloo (default) or nccl")
     g.add_argument("--master-port", type=int, help="rendezvous port of spawned workers (default: a free port)")
     _common(p)
