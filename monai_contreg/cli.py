@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -116,6 +117,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserInputError(f"--nproc-per-node: must be a whole number of processes >= 1, got {args.nproc_per_node}.")
     if getattr(args, "master_port", None) is not None and not 0 < args.master_port < 65536:
         raise UserInputError(f"--master-port: expected a TCP port number in 1..65535, got {args.master_port}.")
+    if getattr(args, "sha256", None) is not None and re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256.strip()) is None:
+        raise UserInputError(f"--sha256: expected a SHA-256 digest, 64 hexadecimal digits, got {args.sha256!r}.")
     if getattr(args, "eval_json", None) and not args.evaluate:
         raise UserInputError("--eval-json: give --evaluate too (it says where the evaluation is written).")
 

@@ -70,3 +70,12 @@ def test_exit_status_constants_match_the_table():
         assert name in row.lower(), row
     for command in COMMANDS:
         assert f"`contreg {command}`" in table
+
+
+def test_warp_refuses_an_image_given_as_transform(tmp_path, capsys):
+    """A scalar image as --transform was read into vectors in silence (exit 0, a wrong output)."""
+    ct = _image(tmp_path / "ct.nii.gz", np.full((24, 24, 24), 40.0))
+    rc = main(["warp", "--transform", ct, "--image", ct, str(tmp_path / "w.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds 1 component(s) per voxel, not a displacement field image" in err
+    assert not (tmp_path / "w.nii.gz").exists()

@@ -62,6 +62,7 @@ ERRORS = {
                               "argument --working-spacing: expected one spacing in mm or three"),
     "bad --points-space": (["warp", "--field", "d.nii.gz", "--points-space", "wrld"], "Did you mean 'world'?"),
     "--eval-json alone": (["run", "ds", "-o", "out", "--eval-json", "e.json"], "--eval-json: give --evaluate too"),
+    "bad --sha256": (["download", "nlst", "dest", "--sha256", "zz"], "--sha256: expected a SHA-256 digest"),
     "missing argument": (["register", "f.nii.gz"], "the following arguments are required: moving, -o/--output"),
 }
 

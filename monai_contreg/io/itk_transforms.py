@@ -168,6 +168,27 @@ def itk_displacement_to_ddf(field) -> tuple[torch.Tensor, np.ndarray]:
     return ddf.to(torch.float32).contiguous(), affine
 
 
+def _check_vector_image(p: Path) -> None:
+    """Refuse an image file that is not a displacement image (3 components per voxel): ITK would read a scalar
+    image (a CT given as ``--transform``) into vectors without a word."""
+    import itk
+
+    io = itk.ImageIOFactory.CreateImageIO(str(p), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        return  # the read below reports it
+    io.SetFileName(str(p))
+    try:
+        io.ReadImageInformation()
+    except Exception:  # the read below reports it
+        return
+    n = int(io.GetNumberOfComponents())
+    if n != 3:
+        raise UserInputError(
+            f"load_itk_transform: {str(p)!r} holds {n} component(s) per voxel, not a displacement field image "
+            "(3 components per voxel, LPS millimetres): give an image as --image, a displacement as --transform."
+        )
+
+
 def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     """Read a displacement field transform (``.h5``) or displacement image -> (DDF voxels, fixed affine).
 
@@ -198,6 +219,8 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
                 "voxels of the fixed grid, not an ITK displacement field image (X, Y, Z, 1, 3) in LPS millimetres; "
                 "read it with monai_contreg.io.fields.load_field (contreg warp --field)."
             )
+    if fmt not in _TRANSFORM_FILES:
+        _check_vector_image(p)
     try:
         if fmt in _TRANSFORM_FILES:
             transforms = itk.transformread(str(p))
