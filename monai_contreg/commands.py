@@ -465,10 +465,17 @@ def _cmd_tune(args: argparse.Namespace, request: RunRequest) -> int:
 
     # pre-flight: the best config (and its CSV/plots/study beside it) can be written, before any trial runs
     check_output_file("tune", "-o/--output", args.output)
-    # --max-memory: tune() checks every trial's estimate against it (a keyword of tune(); passed when given)
-    memory = {} if request.max_memory is None else {"max_memory": request.max_memory}
+    base = _config(args, request)
+    memory = {}
+    if request.max_memory is not None:
+        # --max-memory: the base config on every pair of the split is refused before any trial (headers only);
+        # tune() checks each trial's own estimate against it (a keyword of tune(), passed when given)
+        from .data.learn2reg import Learn2RegDataset
+
+        _check_run_memory("tune", Learn2RegDataset(args.dataset).pairs(args.split), base, request)
+        memory["max_memory"] = request.max_memory
     res = tune(
-        args.dataset, args.split, args.output, preset=args.preset, base=_config(args, request), space=args.space,
+        args.dataset, args.split, args.output, preset=args.preset, base=base, space=args.space,
         pairs=_pair_list(args.pairs), n_trials=args.trials, objective=args.objective, max_sdlogj=args.max_sdlogj,
         max_folding=args.max_folding, search_steps=args.search_steps, storage=args.storage, study_name=args.study,
         seed=args.seed, report_every=args.report_every, tie_tolerance=args.tie_tolerance,

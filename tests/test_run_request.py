@@ -101,6 +101,13 @@ def test_max_memory_demo(capsys):
     _refused(capsys, ["demo", "--max-memory", "1K"], "demo", "(96, 80, 96) grid")
 
 
+def test_max_memory_tune(dataset, tmp_path, capsys):
+    """The base config is refused on the split's pairs before any trial runs (no study is created)."""
+    _refused(capsys, ["tune", dataset, "-o", tmp_path / "best.yaml", "--max-memory", "1K", "--trials", "1", *SETS],
+             "tune", "pair 0001_0001", "--working-spacing")
+    assert not list(tmp_path.iterdir())
+
+
 def test_max_memory_reaches_the_pairs_of_a_run(dataset, tmp_path):
     """The library runs (single and every rank of a distributed one) pass max_memory to each registration."""
     from monai_contreg.distributed import run_split_distributed
@@ -169,7 +176,7 @@ def test_threads_reach_every_rank_and_the_engine(dataset, tmp_path, monkeypatch)
     assert calls[:1] == [1]
 
 
-def test_tune_receives_the_request(monkeypatch, tmp_path, capsys):
+def test_tune_receives_the_request(dataset, monkeypatch, tmp_path, capsys):
     import monai_contreg.tuning as tuning
 
     seen = {}
@@ -180,9 +187,9 @@ def test_tune_receives_the_request(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(tuning, "tune", fake_tune)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    assert main(["tune", "ds", "-o", str(tmp_path / "b.yaml"), "--threads", "2", "--max-memory", "1K",
+    assert main(["tune", str(dataset), "-o", str(tmp_path / "b.yaml"), "--threads", "2", "--max-memory", "1G",
                  "--device", "cpu"]) == 1
-    assert (seen["threads"], seen["max_memory"], seen["device"]) == (2, 1024, "cpu")
+    assert (seen["threads"], seen["max_memory"], seen["device"]) == (2, 2**30, "cpu")
     assert seen["base"].engine.num_threads == 2
 
 
