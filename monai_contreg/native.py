@@ -33,7 +33,7 @@ import torch
 from monai.data import MetaTensor
 
 from ._validation import choose
-from .api import RegistrationResult, register
+from .api import RegistrationResult, _device, register
 from .methods.config import RegistrationConfig
 from .data.transforms import apply_intensity_floor
 from .methods.memory import check_memory
@@ -176,7 +176,7 @@ def _register_two_grids(
     f_img, m_img = (apply_intensity_floor(data[k], cfg.preprocess) for k in ("fixed", "moving"))
     t_load = time.perf_counter() - t0
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = _device(device)  # "cuda" without CUDA: a UserInputError, as on one grid
     f_aff, m_aff = _affine_np(f_img), _affine_np(m_img)
     f_shape = tuple(int(s) for s in f_img.shape[1:])
     w_aff_t, w_shape = working_grid(f_aff, f_shape, cfg.field.design_spacing if working_spacing is None else working_spacing)

@@ -209,3 +209,12 @@ def test_device_cuda_without_cuda_is_a_user_error(argv, capsys):
     assert rc == 2, err
     assert re.search(rf"^contreg {argv[0]}: error: {argv[0]}: --device 'cuda' requested but CUDA is not available "
                      r"\(torch .*\); use --device cpu or leave --device out\.$", err.strip()), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_on_the_two_grid_path(images):
+    """The API's working-grid path (two grids) refuses it as the one-grid path does (it was an AssertionError)."""
+    from monai_contreg.native import register_native
+
+    with pytest.raises(UserInputError, match=r"device 'cuda' requested but CUDA is not available"):
+        register_native(*images, device="cuda")
