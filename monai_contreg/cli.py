@@ -297,7 +297,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with tqdm(total=len(ds.pairs(args.split)), desc="evaluate", unit="pair", leave=False) as bar:
         res = evaluate_learn2reg(
             ds, args.fields, args.split, runtimes=args.runtimes or "auto", masked=not args.no_mask,
-            on_case=lambda key, case: bar.update(1),
+            on_case=lambda key, case: bar.update(1), exclude_outside_keypoints=args.exclude_outside_keypoints,
         )
     header, rows = evaluation_table(res)
     shown = [h for h in header if h in _EVAL_COLUMNS or h == "case"]
@@ -389,6 +389,9 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--report", help="write a QA report (PNG per pair + index.md) into this folder")
     p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
     p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
+    p.add_argument("--exclude-outside-keypoints", action="store_true",
+                   help="leave keypoints outside their image out of the TRE (with a warning, the count per pair in "
+                        "the JSON) instead of stopping with an error")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("download", help="download (resumably, checksum-verified) and extract a Learn2Reg dataset")
