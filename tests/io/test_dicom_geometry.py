@@ -1,6 +1,6 @@
 """DICOM series whose slices are not a straight, uniform stack: gantry tilt, missing slices, unequal spacing, stray
-orientations. Every series is written from a known geometry (``save_dicom_series``, ITK's GDCM writer; single tags
-edited with pydicom) and read back; the truth is the geometry it was written with."""
+orientations. Every series is written from a known geometry (``save_dicom_series``, or slice by slice with chosen
+positions and orientations by ITK's GDCM writer) and read back; the truth is the geometry it was written with."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monai_contreg.errors import UserInputError
-from monai_contreg.io.dicom_geometry import read_slice_headers, series_geometry
+from monai_contreg.io.dicom_geometry import SliceHeader, read_slice_headers, series_geometry
 from monai_contreg.io.geometry_checks import GeometryWarning
 from monai_contreg.io.images import load_image, save_dicom_series
 from monai_contreg.spatial.conventions import itk_geometry_to_affine
@@ -46,6 +46,41 @@ def _tilted_affine(degrees: float, about: str, step: float = 2.0) -> np.ndarray:
 def _write(folder, affine, values=None, shape=SHAPE):
     vals = _linear(_points(affine, shape)).reshape(shape) if values is None else values
     return save_dicom_series(folder, vals, affine, UID, rescale=(0.01, 0.0)), vals
+
+
+def _write_slices(folder, values, positions, orientations, pixel=(0.8, 0.7)):
+    """One DICOM file per slice ``values[:, :, k]`` (real-world values, rescale slope 0.01) at LPS ``positions[k]``
+    with Image Orientation ``orientations[k]`` (6 cosines)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(values.shape[2]):
+        sl = itk.image_from_array(np.ascontiguousarray(np.round(values[:, :, k].T / 0.01) * 0.01).astype(np.float32))
+        sl.SetSpacing([float(pixel[0]), float(pixel[1])])
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{UID}.{k + 1}", "0008|0060": "CT",
+            "0020|000d": f"{UID}.0", "0020|000e": UID, "0020|0011": "1", "0020|0013": str(k + 1),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in orientations[k]),
+            "0028|0030": f"{pixel[1]:.6f}\\{pixel[0]:.6f}", "0028|1052": "0", "0028|1053": "0.01",
+            "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",
+        }
+        tags["0020|0032"] = "\\".join(f"{v:.6f}" for v in positions[k])
+        md = sl.GetMetaDataDictionary()
+        for key, val in tags.items():
+            md[key] = val
+        io = itk.GDCMImageIO.New()
+        io.KeepOriginalUIDOn()
+        files.append(folder / f"{k + 1:04d}.dcm")
+        itk.ImageFileWriter[type(sl)].New(Input=sl, FileName=str(files[-1]), ImageIO=io).Update()
+    return files
+
+
+def _lps_stack(affine, shape=SHAPE):
+    """Per slice of a (possibly sheared) RAS affine: LPS position of its first pixel and its orientation."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    pos = np.array([flip * (affine[:3, 3] + k * affine[:3, 2]) for k in range(shape[2])])
+    r, c = flip * affine[:3, 0], flip * affine[:3, 1]
+    orient = np.concatenate([r / np.linalg.norm(r), c / np.linalg.norm(c)])
+    return pos, np.tile(orient, (shape[2], 1))
 
 
 def _point_error(img) -> tuple[float, np.ndarray]:
@@ -180,30 +215,25 @@ def test_missing_slice_is_interpolated_and_named(tmp_path, caplog):
 
 
 def test_unequal_spacing_with_tilt(tmp_path):
-    """Slices 2 mm apart, then 3 mm (positions edited), on a 5-degree tilt: resampled onto 2 mm, both named."""
-    import pydicom
-
+    """Slices 2 mm apart, then 3 mm, on a 5-degree tilt: resampled onto 2 mm, both unequal steps named."""
     aff = _tilted_affine(5.0, "x")
-    files, _ = _write(tmp_path, aff)
     th = math.radians(5.0)
-    for k in (6, 7):  # 1 mm, then 2 mm further along the tilted line: steps 3 mm
-        extra = (k - 5) * 1.0
-        ds = pydicom.dcmread(files[k])
-        x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y + extra * math.sin(th), z + extra * math.cos(th)]
-        # keep the intensities linear in position: the slice's truth moved with it
+    pos, orient = _lps_stack(aff)
+    vals = np.empty(SHAPE)
+    for k in range(SHAPE[2]):
+        extra = max(0, k - 5) * 1.0  # slices 6 and 7 (0-based) 1 and 2 mm further along the tilted line
         shifted = aff.copy()
         shifted[:3, 3] += np.array([0, -extra * math.sin(th), extra * math.cos(th)])
-        truth = _linear(_points(shifted, SHAPE)).reshape(SHAPE)[:, :, k]
-        ds.PixelData = np.round(truth.T / 0.01).astype(np.int16).tobytes()
-        ds.save_as(files[k])
+        pos[k] = np.array([-1.0, -1.0, 1.0]) * (shifted[:3, 3] + k * shifted[:3, 2])
+        vals[:, :, k] = _linear(_points(shifted, SHAPE)).reshape(SHAPE)[:, :, k]
+    _write_slices(tmp_path, vals, pos, orient)
     with pytest.warns(GeometryWarning) as rec:
         img = load_image(tmp_path)
     msg = str(rec[0].message)
     assert "gantry tilt of 5.00 degrees" in msg
-    assert "2.989 mm between '001_0006.dcm' (instance 6) and '001_0007.dcm' (instance 7)" in msg
-    assert "2.989 mm between '001_0007.dcm' (instance 7) and '001_0008.dcm' (instance 8)" in msg
-    assert img.shape[3] == int((7 * 2 + 2) * math.cos(th) / (2 * math.cos(th)) + 1e-6) + 1
+    assert "2.989 mm between '0006.dcm' (instance 6) and '0007.dcm' (instance 7)" in msg
+    assert "2.989 mm between '0007.dcm' (instance 7) and '0008.dcm' (instance 8)" in msg
+    assert img.shape[3] == 9  # (7 x 2 + 2) mm along the tilted line = 8 x 1.9924 mm along the normal
     err, _ = _point_error(img)
     assert err < 0.01
 
@@ -219,27 +249,25 @@ def test_wide_gap_is_refused_naming_the_slices(tmp_path):
 
 
 def test_stray_orientation_missing_position_and_duplicate_are_refused(tmp_path):
-    import pydicom
-
-    files, _ = _write(tmp_path / "a", _tilted_affine(0.0, "x"))
-    ds = pydicom.dcmread(files[3])
-    ds.ImageOrientationPatient = [0.999848, 0.017452, 0.0, -0.017452, 0.999848, 0.0]  # turned 1 degree
-    ds.save_as(files[3])
-    with pytest.raises(UserInputError, match=r"do not share one orientation: '001_0004.dcm' \(instance 4\) differs "
+    aff = _tilted_affine(0.0, "x")
+    vals = _linear(_points(aff, SHAPE)).reshape(SHAPE)
+    pos, orient = _lps_stack(aff)
+    turned = orient.copy()
+    turned[3] = [0.999848, 0.017452, 0.0, -0.017452, 0.999848, 0.0]  # slice 4 turned by 1 degree
+    _write_slices(tmp_path / "a", vals, pos, turned)
+    with pytest.raises(UserInputError, match=r"do not share one orientation: '0004.dcm' \(instance 4\) differs "
                                              r"from the other 7 slices' .* turned by up to 1.00 degrees"):
         load_image(tmp_path / "a")
-    files, _ = _write(tmp_path / "b", _tilted_affine(0.0, "x"))
-    ds = pydicom.dcmread(files[2])
-    del ds.ImagePositionPatient
-    ds.save_as(files[2])
-    with pytest.raises(UserInputError, match=r"'001_0003.dcm' \(instance 3\) carry no Image Position"):
-        load_image(tmp_path / "b")
-    files, _ = _write(tmp_path / "c", _tilted_affine(0.0, "x"))
-    ds = pydicom.dcmread(files[2])
-    ds.ImagePositionPatient = pydicom.dcmread(files[1]).ImagePositionPatient
-    ds.save_as(files[2])
-    with pytest.raises(UserInputError, match=r"slices at one position \(1 pair\(s\)\): '001_0002.dcm' \(instance 2\) "
-                                             r"and '001_0003.dcm' \(instance 3\)"):
+    # GDCM's writer always writes a position: a header without one is built directly
+    heads = read_slice_headers(_write_slices(tmp_path / "b", vals, pos, orient))
+    heads[2] = SliceHeader(heads[2].file, None, heads[2].orientation, heads[2].pixel_spacing, 3, heads[2].size)
+    with pytest.raises(UserInputError, match=r"'0003.dcm' \(instance 3\) carry no Image Position"):
+        series_geometry(heads)
+    twice = pos.copy()
+    twice[2] = twice[1]
+    _write_slices(tmp_path / "c", vals, twice, orient)
+    with pytest.raises(UserInputError, match=r"slices at one position \(1 pair\(s\)\): '0002.dcm' \(instance 2\) "
+                                             r"and '0003.dcm' \(instance 3\)"):
         load_image(tmp_path / "c")
 
 
