@@ -183,7 +183,7 @@ class SeriesGeometry:
                 "interpolation between neighbouring slices).")
 
 
-def _axis_names(headers: Sequence[SliceHeader], idx: Sequence[int]) -> str:
+def _slice_names(headers: Sequence[SliceHeader], idx: Sequence[int]) -> str:
     shown = ", ".join(headers[i].name() for i in idx[:6])
     return shown + (f" and {len(idx) - 6} more" if len(idx) > 6 else "")
 
@@ -207,7 +207,7 @@ def series_geometry(headers: Sequence[SliceHeader], where: str = "load_image", m
     missing = [i for i, h in enumerate(hs) if h.position is None or h.orientation is None]
     if missing:
         raise UserInputError(
-            f"{where}: DICOM slice(s) {_axis_names(hs, missing)} carry no Image Position/Orientation (Patient) "
+            f"{where}: DICOM slice(s) {_slice_names(hs, missing)} carry no Image Position/Orientation (Patient) "
             "(0020,0032 / 0020,0037): the series' geometry is unknown; not read.")
     orients = np.array([h.orientation for h in hs], dtype=np.float64)
     # the orientation most slices share (a stray slice is the odd one out, not the rest)
@@ -220,7 +220,7 @@ def series_geometry(headers: Sequence[SliceHeader], where: str = "load_image", m
 
         worst = max(max(angle(orients[i][:3], ref[:3]), angle(orients[i][3:], ref[3:])) for i in odd)
         raise UserInputError(
-            f"{where}: the slices of the DICOM series do not share one orientation: {_axis_names(hs, odd)} "
+            f"{where}: the slices of the DICOM series do not share one orientation: {_slice_names(hs, odd)} "
             f"{'differs' if len(odd) == 1 else 'differ'} from the other {len(hs) - len(odd)} slices' Image "
             f"Orientation (Patient) {np.round(ref, 6).tolist()} (rows or columns turned by up to {worst:.2f} "
             "degrees): not one volume; remove the stray slices or export the series again.")
@@ -337,7 +337,8 @@ def resample_series(slices: np.ndarray, geometry: SeriesGeometry, fill: float | 
         # slice k on the target's in-plane pixels: target (i, j) is slice k's pixel (i + i0 - a_k, j + j0 - b_k)
         if k not in cache:
             off = (i0 - geometry.offsets[k, 0], j0 - geometry.offsets[k, 1])
-            cache.clear() if len(cache) > 2 else None
+            if len(cache) > 2:  # the target slices advance through the source: two at a time are needed
+                cache.clear()
             cache[k] = affine_transform(vals[:, :, k], np.eye(2), offset=off, output_shape=(nx, ny), order=1,
                                         mode="constant", cval=cval)
         return cache[k]

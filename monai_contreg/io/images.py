@@ -10,7 +10,10 @@ to RAS millimetres, the frame every function of :mod:`monai_contreg.spatial.conv
 A DICOM folder may hold several series (a CT and a localiser, as clinical exports often do):
 :func:`list_dicom_series` lists them (one entry per series and geometry, as ITK's ``GDCMSeriesFileNames``
 groups the files), and :func:`load_image` reads the one with the most slices unless ``series`` names another
-(its Series Instance UID), logging which one it read.
+(its Series Instance UID), logging which one it read. The series' geometry comes from every slice's own Image
+Position/Orientation (Patient) (:mod:`monai_contreg.io.dicom_geometry`): a straight, uniform stack is read as ITK
+reads it (checked to agree); a gantry tilt, unequal spacing or missing slices are resampled onto an orthogonal,
+uniform grid with a warning naming the tilt in degrees and the slices, never stacked straight in silence.
 
 Writing: :func:`save_image` writes NIfTI with nibabel and ``.nrrd``/``.mha`` with ITK (RAS -> LPS), atomically.
 """
