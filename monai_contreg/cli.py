@@ -179,6 +179,9 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--report", help="write a QA report (PNG per pair + index.md) into this folder")
     p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
     p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
+    p.add_argument("--exclude-outside-keypoints", action="store_true",
+                   help="leave keypoints outside their image out of the TRE (with a warning, the count per pair in "
+                        "the JSON) instead of stopping with an error")
     p.set_defaults(handler="_cmd_evaluate")
 
     p = sub.add_parser("download", help="download (resumably, checksum-verified) and extract a Learn2Reg dataset")

@@ -257,7 +257,7 @@ def _cmd_evaluate(args: argparse.Namespace, request: RunRequest) -> int:
     with tqdm(total=len(ds.pairs(args.split)), desc="evaluate", unit="pair", leave=False) as bar:
         res = evaluate_learn2reg(
             ds, args.fields, args.split, runtimes=args.runtimes or "auto", masked=not args.no_mask,
-            on_case=lambda key, case: bar.update(1),
+            on_case=lambda key, case: bar.update(1), exclude_outside_keypoints=args.exclude_outside_keypoints,
         )
     header, rows = evaluation_table(res)
     shown = [h for h in header if h in _EVAL_COLUMNS or h == "case"]

@@ -14,7 +14,10 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 from ..errors import MissingFileError, UserInputError
 
-__all__ = ["LoadKeypointsD", "LoadKeypointsDict", "LoadKeypointsd", "load_keypoints", "save_keypoints"]
+__all__ = [
+    "LoadKeypointsD", "LoadKeypointsDict", "LoadKeypointsd", "describe_outside", "keypoints_outside", "load_keypoints",
+    "save_keypoints",
+]
 
 
 def _header_rows(path: Path) -> int:
@@ -52,6 +55,33 @@ def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
     if not np.isfinite(arr).all():
         raise UserInputError(f"load_keypoints: {name} file {str(p)!r} contains NaN or infinite coordinates.")
     return torch.from_numpy(arr)
+
+
+def keypoints_outside(points: torch.Tensor | np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Which keypoints lie outside an image of ``shape``: ``(N,)`` bool.
+
+    A keypoint is a voxel coordinate (array-axis order); voxel ``j`` of an axis of ``n`` voxels covers
+    ``[j - 0.5, j + 0.5]``, so the image covers ``[-0.5, n - 0.5]`` along each axis and a point beyond that on
+    any axis lies outside it (a field there is extrapolated, not interpolated).
+
+    Raises:
+        UserInputError: ``points`` not ``(N, 3)`` or ``shape`` not three sizes.
+    """
+    arr = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3 or len(tuple(shape)) != 3:
+        raise UserInputError(f"keypoints_outside: expected (N, 3) points and a 3-D shape, got {arr.shape} and {tuple(shape)}.")
+    hi = np.asarray([int(n) for n in shape], dtype=np.float64) - 0.5
+    return np.any((arr < -0.5) | (arr > hi), axis=1)
+
+
+def describe_outside(points: torch.Tensor | np.ndarray, outside: np.ndarray, shape: Sequence[int], show: int = 3) -> str:
+    """``"3 of 40 keypoints lie outside the image (shape (16, 16, 16): voxel coordinates -0.5 .. n - 0.5), e.g. row 2
+    (20.0, 3.0, 4.0)"``: the count and the first ``show`` rows (1-based data rows, header not counted)."""
+    arr = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
+    rows = np.flatnonzero(outside)
+    eg = ", ".join(f"row {r + 1} {tuple(round(float(v), 3) for v in arr[r])}" for r in rows[:show])
+    return (f"{len(rows)} of {len(arr)} keypoints lie outside the image (shape {tuple(int(n) for n in shape)}: voxel "
+            f"coordinates -0.5 .. n - 0.5 per axis), e.g. {eg}{' ...' if len(rows) > show else ''}")
 
 
 def save_keypoints(path: str | Path, points: torch.Tensor | np.ndarray) -> None:

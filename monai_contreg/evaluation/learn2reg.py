@@ -22,6 +22,14 @@ Per pair (``"FFFF_MMMM"``), each metric is ``{"mean": value, "detailed": value o
   voxels; :func:`~monai_contreg.evaluation.metrics.hd95_learn2reg`); ``HD95_mm``: this package's voxel-surface
   figure in millimetres (:func:`~monai_contreg.evaluation.metrics.hd95`).
 * ``runtime``: seconds, when the run logged it (``runtimes.json`` beside the fields).
+* ``keypoints_excluded`` (only with ``exclude_outside_keypoints``): how many keypoint pairs were left out of the
+  TRE because the fixed point lies outside the fixed image or the moving point outside the moving image
+  (:func:`~monai_contreg.data.keypoints.keypoints_outside`); ``detailed`` lists their rows (1-based).
+
+Keypoints outside their image are an error (:class:`~monai_contreg.errors.UserInputError` naming the keypoint
+file and the count): the field is not defined there, and a TRE over them scores an extrapolation (an exact field
+scored 0.48 mm on such points). ``exclude_outside_keypoints=True`` (``contreg evaluate --exclude-outside-keypoints``)
+leaves those pairs out with a warning instead.
 
 ``aggregates[metric]`` holds ``mean``, ``std`` (population), ``30``, ``median``, ``min``, ``max`` and ``n`` over the
 pairs' means (NaN-aware). ``30`` is the official robustness figure: the 70th percentile for TRE and LogJacDetStd
@@ -47,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.keypoints import describe_outside, keypoints_outside
 from ..data.learn2reg import Learn2RegDataset, Learn2RegPair, image_affine, locate_fields
 from ..errors import MissingFileError, UserInputError
 from ..io.atomic import atomic_path
@@ -276,6 +285,7 @@ def evaluate_learn2reg(
     official_tre: bool = True,
     check_shape: bool = True,
     on_case: Callable[[str, dict[str, Any]], None] | None = None,
+    exclude_outside_keypoints: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the fields of every pair of a split.
 
@@ -289,13 +299,17 @@ def evaluate_learn2reg(
         official_tre: also report ``TRE_kp_official``.
         check_shape: check every field against the dataset's ``tensorImageShape`` before evaluating.
         on_case: called with ``(case key, case results)`` after each pair (progress reporting).
+        exclude_outside_keypoints: leave keypoint pairs whose fixed point lies outside the fixed image or whose
+            moving point lies outside the moving image out of the TRE, with a warning, and report their count per
+            pair (``keypoints_excluded``); ``False``: such keypoints are an error.
 
     Returns:
         ``{"name", "split", "eval_version", "settings", "aggregates", "cases"}`` (JSON-serialisable).
 
     Raises:
         FileNotFoundError: missing dataset, description or fields (all missing fields listed);
-        ValueError: unknown split, fields of the wrong shape.
+        ValueError: unknown split, fields of the wrong shape; UserInputError: keypoints outside their image
+        (without ``exclude_outside_keypoints``; the message names the file and the count) or, with it, none left.
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
@@ -316,7 +330,8 @@ def evaluate_learn2reg(
             t0 = time.perf_counter()
             seen: dict[str, Any] = {}
             try:
-                cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre, seen)
+                cases[pair.key] = _evaluate_pair(ds, pair, found[pair.key], masked, official_tre, seen,
+                                                 exclude_outside_keypoints)
             except UserInputError as exc:  # name the pair and where its field came from
                 raise UserInputError(
                     f"evaluate_learn2reg: pair {pair.key} (field {found[pair.key].name} in {str(fields)!r}): {exc}"
@@ -336,14 +351,15 @@ def evaluate_learn2reg(
                      "tre_interpolation": "linear",
                      "tre_official_interpolation": "cubic spline (scipy map_coordinates)" if official_tre else None,
                      "jacobian_border": 2, "hd95_units": "voxels (official surface_distance)", "hd95_mm_units": "mm",
-                     "label_padding": "zeros"},
+                     "label_padding": "zeros", "exclude_outside_keypoints": bool(exclude_outside_keypoints)},
         "aggregates": aggregate(cases),
         "cases": cases,
     }
 
 
 def _evaluate_pair(
-    ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool, report: dict | None = None
+    ds: Learn2RegDataset, pair: Learn2RegPair, field: Path, masked: bool, official_tre: bool, report: dict | None = None,
+    exclude_outside: bool = False,
 ) -> dict:
     ddf, _ = load_field(field)
     bad = int((~torch.isfinite(ddf)).sum())
@@ -365,11 +381,46 @@ def _evaluate_pair(
             f"evaluate_learn2reg: field {field.name} has grid {tuple(ddf.shape[2:])}, the fixed image {pair.fixed.name} "
             f"has {fixed_shape}."
         )
-    return evaluate_field(
+    excluded = None
+    if "fixed_keypoints" in data and "moving_keypoints" in data:
+        excluded = _outside_keypoints(pair, data, fixed_shape, _image_shape(pair.moving), exclude_outside)
+    out = evaluate_field(
         ddf, data, fixed_spacing=spacing_from_affine(image_affine(pair.fixed)),
         moving_spacing=spacing_from_affine(image_affine(pair.moving)), masked=masked, official_tre=official_tre,
         report=report,
     )
+    if exclude_outside and excluded is not None:
+        out["keypoints_excluded"] = _metric(float(len(excluded)), [int(r) + 1 for r in excluded])
+    return out
+
+
+def _outside_keypoints(pair: Learn2RegPair, data: dict, fixed_shape, moving_shape, exclude: bool) -> np.ndarray:
+    """Check both keypoint files against their images; drop the outside pairs from ``data`` (``exclude``) or raise.
+
+    Returns the 0-based rows left out.
+    """
+    fk, mk = data["fixed_keypoints"], data["moving_keypoints"]
+    f_out, m_out = keypoints_outside(fk, fixed_shape), keypoints_outside(mk, moving_shape)
+    notes = [f"{which} keypoints {str(path)!r}: {describe_outside(pts, out, shape)}"
+             for which, path, pts, out, shape in (("fixed", pair.fixed_keypoints, fk, f_out, fixed_shape),
+                                                  ("moving", pair.moving_keypoints, mk, m_out, moving_shape))
+             if out.any()]
+    drop = f_out | m_out
+    if not notes:
+        return np.flatnonzero(drop)
+    if not exclude:
+        raise UserInputError(
+            "; ".join(notes) + ". The field is not defined there (a TRE would score its extrapolation): fix the "
+            "keypoint files (voxel coordinates of their own image, array-axis order) or pass "
+            "--exclude-outside-keypoints (exclude_outside_keypoints=True) to leave those pairs out.")
+    if drop.all():
+        raise UserInputError("; ".join(notes) + ": no keypoint pair is left to score.")
+    logger.warning("evaluate_learn2reg: pair %s: %s; %d of %d keypoint pairs left out of the TRE "
+                   "(--exclude-outside-keypoints).", pair.key, "; ".join(notes), int(drop.sum()), len(drop))
+    keep = torch.as_tensor(~drop)
+    for k in ("fixed_keypoints", "moving_keypoints"):
+        data[k] = data[k][keep]
+    return np.flatnonzero(drop)
 
 
 def _image_shape(path: Path) -> tuple[int, ...]:

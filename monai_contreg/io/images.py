@@ -10,7 +10,10 @@ to RAS millimetres, the frame every function of :mod:`monai_contreg.spatial.conv
 A DICOM folder may hold several series (a CT and a localiser, as clinical exports often do):
 :func:`list_dicom_series` lists them (one entry per series and geometry, as ITK's ``GDCMSeriesFileNames``
 groups the files), and :func:`load_image` reads the one with the most slices unless ``series`` names another
-(its Series Instance UID), logging which one it read.
+(its Series Instance UID), logging which one it read. The series' geometry comes from every slice's own Image
+Position/Orientation (Patient) (:mod:`monai_contreg.io.dicom_geometry`): a straight, uniform stack is read as ITK
+reads it (checked to agree); a gantry tilt, unequal spacing or missing slices are resampled onto an orthogonal,
+uniform grid with a warning naming the tilt in degrees and the slices, never stacked straight in silence.
 
 Writing: :func:`save_image` writes NIfTI with nibabel and ``.nrrd``/``.mha`` with ITK (RAS -> LPS), atomically.
 """
@@ -33,6 +36,8 @@ from .._validation import check_suffix, choose
 from ..errors import MissingFileError, UserInputError, describe_read_error
 from ..spatial.conventions import affine_to_itk_geometry
 from .atomic import atomic_path
+from .dicom_geometry import MAX_GAP, read_slice_headers, resample_series, series_geometry
+from .geometry_checks import GeometryWarning
 
 __all__ = [
     "IMAGE_WRITE_FORMATS", "DicomSeries", "check_series_used", "image_reader_name", "list_dicom_series", "load_image",
@@ -165,6 +170,7 @@ def load_image(
     dtype: torch.dtype | None = torch.float32,
     series: str | Sequence[str] | None = None,
     strict_series: bool = True,
+    max_slice_gap: float = MAX_GAP,
 ) -> MetaTensor:
     """Read an image file or DICOM series folder, keeping its geometry.
 
@@ -178,6 +184,14 @@ def load_image(
             the folder holds several) and stored in ``.meta["dicom_series"]``.
         strict_series: with ``series`` given and none of it in the folder, raise (``True``) or fall back to the
             rule above (``False``).
+        max_slice_gap: DICOM: the widest gap between neighbouring slices, in typical slice spacings, that is
+            interpolated over (wider gaps are refused).
+
+    A DICOM series' geometry is taken from every slice's Image Position/Orientation (Patient)
+    (:mod:`monai_contreg.io.dicom_geometry`): a straight, uniform stack is read as ITK reads it; a gantry tilt,
+    unequal spacing or missing slices are resampled onto an orthogonal, uniform grid with a
+    :class:`~monai_contreg.io.geometry_checks.GeometryWarning` naming the tilt (degrees) and the slices
+    (``.meta["dicom_geometry"]`` then holds the text); slices of different orientations are refused.
 
     Returns:
         A ``(1, H, W, D)`` MetaTensor; ``.affine`` is the ``(4, 4)`` float64 voxel-to-world matrix in RAS mm,
@@ -186,14 +200,16 @@ def load_image(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        UserInputError: a folder with no readable DICOM series, or ``series`` not in it (``strict_series``).
+        UserInputError: a folder with no readable DICOM series, or ``series`` not in it (``strict_series``); a
+            DICOM series whose slices lack a position/orientation, differ in orientation, share a position or leave
+            a gap wider than ``max_slice_gap`` (the message names the slices).
         ValueError: the file cannot be read or does not hold one 3-D volume.
     """
     p = Path(path)
     if not p.exists():
         raise MissingFileError(f"load_image: image {str(p)!r} does not exist.")
     which = image_reader_name(p, reader)
-    chosen = None
+    chosen = geometry = None
     if p.is_dir():
         chosen, found = _choose_series(p, series, strict_series)
         if len(found) > 1:
@@ -204,6 +220,13 @@ def load_image(
             )
         else:
             logger.info("load_image: folder %s: reading DICOM series %s", p, chosen)
+        files = [str(f) for f in _series_names(p).GetFileNames(chosen.identifier)]
+        headers = read_slice_headers(files)
+        geometry = series_geometry(headers, "load_image", max_slice_gap)
+        if not geometry.regular:
+            img = _read_resampled(p, headers, geometry, dtype)
+            img.meta["dicom_series"] = chosen.uid
+            return img
         backend = ITKReader(series_name=chosen.identifier)
     else:
         backend = NibabelReader() if which == "nibabel" else ITKReader()
@@ -222,6 +245,39 @@ def load_image(
     img.affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
     if chosen is not None:
         img.meta["dicom_series"] = chosen.uid
+        _check_itk_agrees(p, img, geometry)
+    return img
+
+
+def _check_itk_agrees(folder: Path, img: MetaTensor, geometry) -> None:
+    """A regular series: ITK's stacked geometry must be the slices' own (corners within 1e-3 mm)."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[1] - 1) for j in (0, img.shape[2] - 1)
+                        for k in (0, img.shape[3] - 1)]).T
+    err = float(np.abs(np.asarray(img.affine) @ corners - geometry.affine @ corners).max())
+    if tuple(img.shape[1:]) != tuple(geometry.shape) or err > 1e-3:
+        raise UserInputError(
+            f"load_image: ITK reads the DICOM series in {str(folder)!r} on shape {tuple(img.shape[1:])}, affine "
+            f"{np.round(np.asarray(img.affine), 4).tolist()}, but its slices' positions give shape {geometry.shape}, "
+            f"affine {np.round(geometry.affine, 4).tolist()} (corners {err:.3g} mm apart): not read.")
+
+
+def _read_resampled(folder: Path, headers, geometry, dtype) -> MetaTensor:
+    """Read the slices one by one (rescale applied by ITK) and resample them onto ``geometry``'s grid."""
+    import itk
+
+    slices = []
+    for i in geometry.order:
+        arr = np.asarray(itk.array_from_image(itk.imread(headers[i].file, itk.F)), dtype=np.float32)
+        slices.append(arr.reshape(arr.shape[-2:]).T)  # ITK's (y, x) view -> [x, y]
+    note = geometry.describe(len(headers))
+    msg = f"load_image: DICOM series in {str(folder)!r}: {note}"
+    logger.warning(msg)
+    warnings.warn(msg, GeometryWarning, stacklevel=3)
+    vol = resample_series(np.stack(slices, axis=2), geometry)
+    t = torch.from_numpy(vol)[None]
+    img = MetaTensor(t.to(dtype) if dtype is not None else t, affine=torch.as_tensor(geometry.affine, dtype=torch.float64),
+                     meta={"filename_or_obj": str(folder), "dicom_geometry": note})
+    img.affine = torch.as_tensor(geometry.affine, dtype=torch.float64)
     return img
 
 
@@ -287,7 +343,9 @@ def save_dicom_series(
         image: ``(H, W, D)`` or ``(1, H, W, D)`` intensities in real-world units (HU); stored as int16 pixels
             ``round((value - intercept) / slope)``, which must fit int16.
         affine: 4x4 RAS voxel-to-world matrix (written as LPS Image Position/Orientation Patient, Pixel Spacing);
-            its axes must be right-handed (slice ``k + 1`` along the normal of rows x columns), as in DICOM.
+            its axes must be right-handed (slice ``k + 1`` along the normal of rows x columns), as in DICOM. Axis 2
+            may be oblique to the slices (a gantry tilt): slice ``k`` is written at ``affine @ (0, 0, k, 1)``
+            exactly, its slice thickness the step along the normal.
         series_uid: Series Instance UID (0020|000e); SOP instance UIDs are ``series_uid.k``.
         description: Series Description (0008|103e).
         series_number: Series Number (0020|0011).
@@ -298,7 +356,8 @@ def save_dicom_series(
         The written file paths, slice order.
 
     Raises:
-        UserInputError: not a 3-D image, a left-handed affine, or values that do not fit int16 after the rescale.
+        UserInputError: not a 3-D image, a left-handed affine, axes 0 and 1 not orthogonal, or values that do not
+            fit int16 after the rescale.
     """
     import itk
 
@@ -312,13 +371,23 @@ def save_dicom_series(
     if stored.min() < -32768 or stored.max() > 32767:
         raise UserInputError(f"save_dicom_series: values {arr.min()}..{arr.max()} do not fit int16 with rescale {rescale}.")
     aff = np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
-    origin, spacing, direction = affine_to_itk_geometry(aff)
-    origin, direction = np.asarray(origin, float), np.asarray(direction, float)
-    if np.linalg.det(direction) < 0:
+    lps = np.diag([-1.0, -1.0, 1.0]) @ aff[:3]  # RAS -> LPS: rows 0, 1 negated
+    origin, step = lps[:, 3], lps[:, 2]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    if np.any(spacing[:2] <= 0) or spacing[2] <= 0:
+        raise UserInputError(f"save_dicom_series: the affine has a zero-length axis, spacing {spacing.tolist()}.")
+    row, col = lps[:, 0] / spacing[0], lps[:, 1] / spacing[1]
+    if abs(float(row @ col)) > 1e-6:
+        raise UserInputError("save_dicom_series: the affine's axes 0 and 1 (the slices' rows and columns) are not "
+                             "orthogonal; a DICOM slice's pixels are square-cornered.")
+    normal = np.cross(row, col)
+    if float(step @ normal) <= 0:
         raise UserInputError(
             "save_dicom_series: the affine's axes are left-handed; DICOM slices stack along the normal of their "
             "rows and columns (right-handed): flip array axis 2 and its affine column first."
         )
+    direction = np.stack([row, col, normal], axis=1)
+    thickness = float(step @ normal)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     study = study_uid or f"{series_uid}.0"
@@ -329,14 +398,14 @@ def save_dicom_series(
     for k in range(arr.shape[2]):
         sl = itk.image_from_array(np.ascontiguousarray(values[:, :, k].T))
         sl.SetSpacing([float(spacing[0]), float(spacing[1])])
-        pos = origin + k * float(spacing[2]) * direction[:, 2]
+        pos = origin + k * step
         md = sl.GetMetaDataDictionary()
         for key, val in {
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{series_uid}.{k + 1}", "0008|0060": "CT",
             "0008|103e": description, "0020|000d": study, "0020|000e": series_uid, "0020|0011": str(series_number),
             "0020|0013": str(k + 1), "0020|0052": f"{study}.1",
             "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0037": orient,
-            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}", "0018|0050": f"{spacing[2]:.6f}",
+            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}", "0018|0050": f"{thickness:.6f}",
             "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
             "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",  # signed 16-bit stored
         }.items():
