@@ -97,6 +97,243 @@ def read_h5(path: str):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# header kinds
+
+F_SHAPE, M_SHAPE = (10, 9, 8), (12, 11, 10)
+
+#: kind -> what the two readers do with it (itk 5.4.7, nibabel 5.4.2 / MONAI 1.6; ANTsPy 0.6.3 as ITK).
+KINDS = {
+    "consistent": "sform = qform (code 1): both read it",
+    "sform_qform": "sform (code 2) and qform (code 1) differ by 6 mm and 3 degrees: the package reads the sform, ITK the qform",
+    "sform_scanner": "sform (code 1, scanner) and qform (code 1) differ: both read the sform",
+    "qform_only_qfac": "qform only (sform code 0), qfac -1 (left-handed): both read the qform",
+    "no_codes": "neither coded: the package centres the grid (nibabel's base affine), ITK starts it at the origin",
+    "sheared_sform_qform": "sheared sform (code 2, columns as long as pixdim) and a qform (code 1): the package reads "
+                           "the sheared sform, ITK the qform",
+    "sheared_sform_only": "sheared sform (code 2), no qform: ITK cannot read the file (export refused)",
+    "nonorthogonal_nrrd": "NRRD with non-orthogonal space directions: both read them (ITK keeps them)",
+}
+
+
+def _rot(axis: int, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def base_affines() -> tuple[np.ndarray, np.ndarray]:
+    """The package's readings of the fixed and moving images when the header is consistent (oblique, anisotropic)."""
+    f = np.eye(4)
+    f[:3, :3] = _rot(2, 0.2) @ np.diag([1.5, 1.2, 2.0])
+    f[:3, 3] = [10.0, -20.0, 5.0]
+    m = np.eye(4)
+    m[:3, :3] = _rot(0, -0.15) @ np.diag([1.3, 1.4, 1.8])
+    m[:3, 3] = [4.0, -26.0, -1.0]
+    return f, m
+
+
+def _other(a: np.ndarray, shift, angle: float) -> np.ndarray:
+    """``a`` moved by ``shift`` mm and turned by ``angle`` about z: the second matrix of a header."""
+    o = a.copy()
+    o[:3, :3] = _rot(2, angle) @ a[:3, :3]
+    o[:3, 3] = a[:3, 3] + np.asarray(shift, dtype=np.float64)
+    return o
+
+
+def _sheared(a: np.ndarray, amount: float) -> np.ndarray:
+    """``a`` with its axis 1 tilted towards axis 0, the column kept as long (MONAI keeps an sform whose columns match pixdim)."""
+    o = a.copy()
+    col = a[:3, 1] + amount * a[:3, 0] * np.linalg.norm(a[:3, 1]) / np.linalg.norm(a[:3, 0])
+    o[:3, 1] = col / np.linalg.norm(col) * np.linalg.norm(a[:3, 1])
+    return o
+
+
+def write_kind(kind: str, path: Path, arr: np.ndarray, a: np.ndarray, shift) -> Path:
+    """Write ``arr`` with the header of ``kind`` (``a``: the consistent matrix, ``shift``: how far the other lies)."""
+    import nibabel as nib
+
+    if kind == "nonorthogonal_nrrd":
+        import itk
+
+        path = path.with_name(path.name.replace(".nii.gz", ".nrrd"))
+        b = _sheared(a, 0.25)
+        flip = np.diag([-1.0, -1.0, 1.0])
+        sp = np.linalg.norm(b[:3, :3], axis=0)
+        img = itk.image_from_array(np.ascontiguousarray(arr.astype(np.float32).transpose(2, 1, 0)))
+        img.SetSpacing([float(v) for v in sp])
+        img.SetOrigin([float(v) for v in flip @ b[:3, 3]])
+        img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(flip @ b[:3, :3] / sp)))
+        itk.imwrite(img, str(path))
+        return path
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(arr.shape)
+    hdr.set_data_dtype(np.float32)
+    hdr.set_zooms(tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0)))
+    other = _other(a, shift, 0.05)
+    if kind == "consistent":
+        hdr.set_qform(a, code=1)
+        hdr.set_sform(a, code=1)
+    elif kind == "sform_qform":
+        hdr.set_qform(other, code=1)
+        hdr.set_sform(a, code=2)
+    elif kind == "sform_scanner":
+        hdr.set_qform(other, code=1)
+        hdr.set_sform(a, code=1)
+    elif kind == "qform_only_qfac":
+        left = a.copy()
+        left[:3, 2] *= -1.0
+        hdr.set_qform(left, code=1)
+        hdr["sform_code"] = 0
+    elif kind == "no_codes":
+        hdr["qform_code"] = 0
+        hdr["sform_code"] = 0
+    elif kind == "sheared_sform_qform":
+        hdr.set_qform(other, code=1)
+        hdr.set_sform(_sheared(a, 0.2), code=2)
+    elif kind == "sheared_sform_only":
+        hdr["qform_code"] = 0
+        hdr.set_sform(_sheared(a, 0.2), code=2)
+    else:
+        raise ValueError(f"unknown header kind {kind!r}; known: {list(KINDS)}")
+    nib.save(nib.Nifti1Image(arr.astype(np.float32), None, hdr), str(path))
+    return path
+
+
+def make_case(kind: str, folder: Path, seed: int = 0) -> dict:
+    """Fixed and moving files of ``kind`` (different offsets), a smooth known field, fixed voxel sample points."""
+    import torch
+
+    from monai_contreg.spatial.filters import gaussian_filter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    moving = gaussian_filter(torch.rand((1, 1, *M_SHAPE), generator=g, dtype=torch.float64), 1.2)[0, 0]
+    moving = ((moving - moving.mean()) / moving.std() * 100.0).numpy()
+    ddf = 1.5 * gaussian_filter(torch.randn((1, 3, *F_SHAPE), generator=g, dtype=torch.float64), 1.5)
+    a_f, a_m = base_affines()
+    fixed = write_kind(kind, folder / "fixed.nii.gz", np.zeros(F_SHAPE), a_f, (6.0, 0.0, 0.0))
+    moving_p = write_kind(kind, folder / "moving.nii.gz", moving, a_m, (0.0, -4.0, 3.0))
+    rng = np.random.default_rng(seed)
+    vox = rng.uniform(1.0, np.asarray(F_SHAPE) - 2.0, size=(60, 3))
+    return {"kind": kind, "fixed": str(fixed), "moving": str(moving_p), "ddf": ddf, "vox": vox, "folder": folder}
+
+
+def export_case(case: dict, formats=(".h5", ".nii.gz", ".nrrd", ".mha")) -> dict:
+    """Read the case's files as ``contreg register`` does, write the Learn2Reg field and every ITK form.
+
+    Returns ``{"disp": path, "exports": {ext: path or the refusal's message}, "result": RegistrationResult}``.
+    """
+    from monai.data import MetaTensor
+    import torch
+
+    from monai_contreg.api import RegistrationResult, itk_readings, load_inputs
+    from monai_contreg.errors import UserInputError
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the GeometryWarning of a two-way header: the point of the exercise
+        data = load_inputs(case["fixed"], case["moving"], where="export_parity")
+    a_f = np.asarray(data["fixed"].affine, dtype=np.float64)
+    res = RegistrationResult(ddf=MetaTensor(case["ddf"].float(), affine=torch.as_tensor(a_f)),
+                             moving_affine=np.asarray(data["moving"].affine, dtype=np.float64),
+                             moving_shape=M_SHAPE, **itk_readings(data))
+    folder = Path(case["folder"])
+    out = {"disp": str(res.save(folder / "disp.nii.gz")), "exports": {}, "result": res}
+    for ext in formats:
+        try:
+            out["exports"][ext] = str(res.save_itk(folder / f"tx{ext}"))
+        except UserInputError as exc:
+            out["exports"][ext] = f"refused: {exc}"
+    return out
+
+
+def contreg_warp(case: dict, exported: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``contreg warp --field`` of the moving image and of the fixed voxel points (moving voxels out)."""
+    from monai_contreg.apply import apply_to_files
+    from monai_contreg.data.keypoints import load_keypoints, save_keypoints
+    from monai_contreg.io.images import load_image
+    import torch
+
+    folder = Path(case["folder"])
+    save_keypoints(folder / "pts.csv", torch.as_tensor(case["vox"]))
+    apply_to_files(field=exported["disp"], images=[(case["moving"], folder / "ours.nii.gz")],
+                   points=[(folder / "pts.csv", folder / "ours.csv")], moving_reference=case["moving"])
+    img = load_image(folder / "ours.nii.gz", dtype=torch.float64).as_tensor()[0].numpy()
+    return img, load_keypoints(folder / "ours.csv").numpy()
+
+
+def itk_apply(case: dict, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITK: the exported transform on the same files -> (warped ``[x, y, z]``, moving voxels, ITK moving affine)."""
+    import itk
+
+    if path.endswith(".h5"):
+        tx = read_h5(path)
+    else:  # the README recipe: the float image read, made double for the resample filter's transform type
+        disp = itk.imread(path, pixel_type=itk.Vector[itk.F, 3])
+        field = itk.image_from_array(itk.array_from_image(disp).astype(np.float64), is_vector=True)
+        field.CopyInformation(disp)
+        tx = itk.DisplacementFieldTransform[itk.D, 3].New()
+        tx.SetDisplacementField(field)
+    fi, mi = itk.imread(case["fixed"], itk.F), itk.imread(case["moving"], itk.F)
+    f_aff, m_aff = itk_affine(fi), itk_affine(mi)
+    return itk_warp(case["fixed"], case["moving"], tx), itk_map_voxels(tx, f_aff, m_aff, case["vox"]), m_aff
+
+
+def compare(ours_img, ours_vox, theirs_img, theirs_vox, m_aff_tool) -> dict:
+    """Point error (mm in the tool's moving frame) and image differences on the voxels that map well inside."""
+    err = np.linalg.norm((theirs_vox - ours_vox) @ m_aff_tool[:3, :3].T, axis=-1)
+    valid = np.isfinite(theirs_img)
+    valid[:1], valid[-1:], valid[:, :1], valid[:, -1:], valid[:, :, :1], valid[:, :, -1:] = (False,) * 6
+    diff = np.abs(theirs_img - ours_img)[valid]
+    return {"point_mm_max": float(err.max()), "point_mm_mean": float(err.mean()),
+            "image_max": float(diff.max()) if diff.size else float("nan"),
+            "image_mean": float(diff.mean()) if diff.size else float("nan"), "image_voxels": int(diff.size)}
+
+
+def run_kinds(kinds, work: Path, ants: str | None) -> dict:
+    results = {}
+    for kind in kinds:
+        case = make_case(kind, work / kind)
+        exported = export_case(case)
+        row = {"what": KINDS[kind], "exports": {}}
+        ours_img, ours_vox = contreg_warp(case, exported)
+        for ext, path in exported["exports"].items():
+            if path.startswith("refused"):
+                row["exports"][ext] = path
+                continue
+            theirs_img, theirs_vox, m_aff = itk_apply(case, path)
+            row["exports"][ext] = {"itk": compare(ours_img, ours_vox, theirs_img, theirs_vox, m_aff)}
+        if ants:
+            np.save(Path(case["folder"]) / "vox.npy", case["vox"])
+            paths = [p for e, p in exported["exports"].items() if e in (".h5", ".nii.gz") and not p.startswith("refused")]
+            if paths:
+                r = subprocess.run([ants, str(HERE), "--ants-worker", str(case["folder"]), case["fixed"], case["moving"],
+                                    *paths], capture_output=True, text=True)
+                if r.returncode != 0:
+                    row["ants_error"] = (r.stderr.strip().splitlines() or ["?"])[-1]
+                else:
+                    info = json.loads(r.stdout.strip().splitlines()[-1])
+                    for ext, key in ((".h5", "h5"), (".nii.gz", "nii")):
+                        if key in info:
+                            row["exports"][ext]["ants"] = compare(
+                                ours_img, ours_vox, np.load(Path(case["folder"]) / f"ants_warped_{key}.npy"),
+                                np.load(Path(case["folder"]) / f"ants_vox_{key}.npy"), np.asarray(info["moving_affine"]))
+                    row["ants_version"] = info.get("version", "")
+        results[kind] = row
+        for ext, r in row["exports"].items():
+            if isinstance(r, str):
+                print(f"{kind:20s} {ext:7s} {r[:150]}")
+            else:
+                for tool, c in r.items():
+                    print(f"{kind:20s} {ext:7s} {tool:4s} points max {c['point_mm_max']:.2e} mm  image max "
+                          f"{c['image_max']:.2e} mean {c['image_mean']:.2e} ({c['image_voxels']} voxels)")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the issue's pair, through the command line only
 
 def issue_pair(work: Path, ants: str | None) -> dict:
@@ -210,6 +447,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--issue-pair", type=Path, help="rebuild and measure the issue's pair in this folder")
     p.add_argument("--ants", help="a Python interpreter with antspyx installed")
+    p.add_argument("--kinds", default="all", help=f"comma-separated header kinds (default all: {', '.join(KINDS)})")
+    p.add_argument("--work", help="keep the files in this folder (default: a temporary one)")
     p.add_argument("--ants-worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
@@ -220,7 +459,11 @@ def main(argv=None) -> int:
     if args.issue_pair:
         res = issue_pair(args.issue_pair, args.ants)
     else:
-        raise SystemExit("header kinds: not yet")
+        import tempfile
+
+        kinds = list(KINDS) if args.kinds == "all" else [k.strip() for k in args.kinds.split(",")]
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_kinds(kinds, Path(args.work) if args.work else Path(tmp), args.ants)
     print(json.dumps(res, indent=1))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

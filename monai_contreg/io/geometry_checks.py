@@ -111,8 +111,8 @@ def nifti_geometry_disagreement(path: str | Path, atol: float = 1e-3, ours=None,
     notes = []
     shear = affine_shear(ours)
     if shear > atol:
-        notes.append(f"its voxel axes are not orthogonal (largest |cos| between axes {shear:.4f}): ITK, ANTs and "
-                     "Slicer store orthonormal directions and cannot represent this grid")
+        notes.append(f"its voxel axes are not orthogonal (largest |cos| between axes {shear:.4f}), which the "
+                     "orthonormal direction matrix of ITK, ANTs and Slicer cannot hold")
     hdr = img.header
     sform, scode = hdr.get_sform(coded=True)
     qform, qcode = hdr.get_qform(coded=True)

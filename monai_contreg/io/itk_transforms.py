@@ -388,7 +388,9 @@ def _field_of(transforms) -> tuple[object, np.ndarray | None]:
         return transforms[0].GetDisplacementField(), None
     if len(transforms) == 1 and names[0] == "CompositeTransform":
         comp = transforms[0]
-        parts = [comp.GetNthTransform(i) for i in range(comp.GetNumberOfTransforms())]
+        import itk
+
+        parts = [itk.down_cast(comp.GetNthTransform(i)) for i in range(comp.GetNumberOfTransforms())]
         kinds = [t.GetNameOfClass() for t in parts]
         # ITK applies the last one first: a field, then any linear transforms (an affine stage's export)
         if kinds and kinds[-1] == "DisplacementFieldTransform" and "DisplacementFieldTransform" not in kinds[:-1]:
