@@ -282,10 +282,14 @@ def itk_apply(case: dict, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return itk_warp(case["fixed"], case["moving"], tx), itk_map_voxels(tx, f_aff, m_aff, case["vox"]), m_aff
 
 
-def compare(ours_img, ours_vox, theirs_img, theirs_vox, m_aff_tool) -> dict:
-    """Point error (mm in the tool's moving frame) and image differences on the voxels that map well inside."""
+def compare(ours_img, ours_vox, theirs_img, theirs_vox, m_aff_tool, inside=None) -> dict:
+    """Point error (mm in the tool's moving frame) and image differences on the voxels that map well inside.
+
+    ``inside``: the fixed voxels that map into the moving image (default: where ``theirs_img`` is finite, ITK's
+    NaN padding); ANTs pads with 0, so its images are compared where ITK's are finite (their points agree).
+    """
     err = np.linalg.norm((theirs_vox - ours_vox) @ m_aff_tool[:3, :3].T, axis=-1)
-    valid = np.isfinite(theirs_img)
+    valid = np.isfinite(theirs_img) if inside is None else inside.copy()
     valid[:1], valid[-1:], valid[:, :1], valid[:, -1:], valid[:, :, :1], valid[:, :, -1:] = (False,) * 6
     diff = np.abs(theirs_img - ours_img)[valid]
     return {"point_mm_max": float(err.max()), "point_mm_mean": float(err.mean()),
@@ -300,11 +304,13 @@ def run_kinds(kinds, work: Path, ants: str | None) -> dict:
         exported = export_case(case)
         row = {"what": KINDS[kind], "exports": {}}
         ours_img, ours_vox = contreg_warp(case, exported)
+        inside = {}
         for ext, path in exported["exports"].items():
             if path.startswith("refused"):
                 row["exports"][ext] = path
                 continue
             theirs_img, theirs_vox, m_aff = itk_apply(case, path)
+            inside[ext] = np.isfinite(theirs_img)
             row["exports"][ext] = {"itk": compare(ours_img, ours_vox, theirs_img, theirs_vox, m_aff)}
         if ants:
             np.save(Path(case["folder"]) / "vox.npy", case["vox"])
@@ -320,7 +326,8 @@ def run_kinds(kinds, work: Path, ants: str | None) -> dict:
                         if key in info:
                             row["exports"][ext]["ants"] = compare(
                                 ours_img, ours_vox, np.load(Path(case["folder"]) / f"ants_warped_{key}.npy"),
-                                np.load(Path(case["folder"]) / f"ants_vox_{key}.npy"), np.asarray(info["moving_affine"]))
+                                np.load(Path(case["folder"]) / f"ants_vox_{key}.npy"), np.asarray(info["moving_affine"]),
+                                inside[ext])
                     row["ants_version"] = info.get("version", "")
         results[kind] = row
         for ext, r in row["exports"].items():
