@@ -111,6 +111,8 @@ KINDS = {
     "sheared_sform_qform": "sheared sform (code 2, columns as long as pixdim) and a qform (code 1): the package reads "
                            "the sheared sform, ITK the qform",
     "sheared_sform_only": "sheared sform (code 2), no qform: ITK cannot read the file (export refused)",
+    "tiny_shear_sform": "sform only (code 2) with a shear of |cos| 7e-5, which ITK accepts and keeps as a "
+                        "non-orthonormal direction matrix: both read it",
     "nonorthogonal_nrrd": "NRRD with non-orthogonal space directions: both read them (ITK keeps them)",
 }
 
@@ -195,6 +197,9 @@ def write_kind(kind: str, path: Path, arr: np.ndarray, a: np.ndarray, shift) -> 
     elif kind == "sheared_sform_only":
         hdr["qform_code"] = 0
         hdr.set_sform(_sheared(a, 0.2), code=2)
+    elif kind == "tiny_shear_sform":
+        hdr["qform_code"] = 0
+        hdr.set_sform(_sheared(a, 7e-5), code=2)
     else:
         raise ValueError(f"unknown header kind {kind!r}; known: {list(KINDS)}")
     nib.save(nib.Nifti1Image(arr.astype(np.float32), None, hdr), str(path))

@@ -51,8 +51,10 @@ def test_itk_maps_points_and_warps_as_contreg_warp(kind, tmp_path):
     assert Path(exported["disp"]).is_file()
     ours_img, ours_vox = ep.contreg_warp(case, exported)
     for ext, path in exported["exports"].items():
-        if kind == "nonorthogonal_nrrd" and ext == ".nii.gz":
-            # ITK's NIfTI writer coerces a non-orthogonal direction to an orthogonal one: refused, not written
+        if (kind == "nonorthogonal_nrrd" and ext == ".nii.gz") or (kind == "tiny_shear_sform" and ext == ".nii.gz"
+                                                                   and path.startswith("refused")):
+            # ITK's NIfTI writer coerces a non-orthogonal direction to an orthogonal one: refused when that moves
+            # the grid by more than 1e-3 mm (always for the 0.25 shear; a 7e-5 shear may pass), not written
             assert path.startswith("refused") and "Write .h5, .nrrd or .mha instead" in path and "\n" not in path
             assert not (tmp_path / "tx.nii.gz").exists()
             continue
