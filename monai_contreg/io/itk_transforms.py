@@ -47,9 +47,11 @@ import torch
 from .._validation import check_ddf, check_finite
 from ..errors import MissingFileError, UserInputError
 from ..spatial.conventions import (
+    affine_to_itk_geometry,
     ddf_world_to_voxel,
     itk_geometry_to_affine,
     ras_lps_flip,
+    ras_lps_matrix,
 )
 from .geometry_checks import ItkReading, affine_shear
 from .atomic import atomic_path
@@ -72,8 +74,8 @@ _IMAGE_FILES = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: Extensions :func:`save_itk_transform` writes: ITK transform files, then displacement field images.
 ITK_TRANSFORM_FORMATS = _TRANSFORM_FILES + _IMAGE_FILES
 
-#: RAS <-> LPS on homogeneous coordinates.
-_FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: RAS <-> LPS on homogeneous coordinates (:func:`~monai_contreg.spatial.conventions.ras_lps_matrix`).
+_FLIP4 = ras_lps_matrix()
 #: Largest ``|cos|`` between the voxel axes of an in-memory grid (no file reading) that is still written for ITK.
 _SHEAR_TOL = 1e-4
 #: Largest distance (mm) between a corner voxel of the intended grid and of a written displacement image's grid.
@@ -159,15 +161,6 @@ def itk_export_frames(
     return b_f, m_moving, _FLIP4.copy()
 
 
-def _itk_geometry(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ITK origin, spacing, direction (LPS) of a 4x4 RAS reading, kept as read (a non-orthogonal one too)."""
-    lps = _FLIP4 @ b
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    if np.any(spacing <= 0):
-        raise UserInputError(f"itk export: the fixed grid has a zero-length axis, spacing {spacing.tolist()}.")
-    return lps[:3, 3].copy(), spacing, lps[:3, :3] / spacing
-
-
 def _displacement(ddf: torch.Tensor, a_f: np.ndarray, b_f: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``d(x) = m A_f (x + u(x)) - F B_f x`` in ITK's buffer order ``(D, W, H, 3)``, float64 LPS mm."""
     u = ddf.detach().cpu().to(torch.float64)[0]  # (3, H, W, D)
@@ -194,7 +187,7 @@ def _field_image(arr: np.ndarray, b_f: np.ndarray, precision: str):
     img.SetRegions(region)
     img.Allocate()
     itk.array_view_from_image(img)[...] = arr.astype(np.float32 if precision == "float" else np.float64)
-    origin, spacing, direction = _itk_geometry(b_f)
+    origin, spacing, direction = affine_to_itk_geometry(b_f, orthogonal=False)  # ITK's own reading, kept as read
     img.SetOrigin([float(v) for v in origin])
     img.SetSpacing([float(v) for v in spacing])
     img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))

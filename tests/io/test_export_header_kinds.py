@@ -187,7 +187,14 @@ def test_ants_applies_exports_as_contreg_warp(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
+    checked = 0
     for kind in COMPOSED:
-        for ext in (".h5",) + ((".nii.gz",) if kind != "nonorthogonal_nrrd" else ()):
-            c = res[kind]["exports"][ext]["ants"]
+        for ext in (".h5", ".nii.gz"):
+            row = res[kind]["exports"][ext]
+            if isinstance(row, str):  # a refusal; which ones may happen is checked against ITK above
+                assert row.startswith("refused") and (kind, ext) != ("sform_qform", ".h5"), row
+                continue
+            c = row["ants"]
             assert c["point_mm_max"] < POINT_MM and c["image_max"] < IMAGE, (kind, ext, c)
+            checked += 1
+    assert checked >= 2 * len(COMPOSED) - 2
