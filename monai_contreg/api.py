@@ -27,7 +27,7 @@ from .data.transforms import normalisation_transforms
 from .errors import MissingFileError, UserInputError, describe_read_error
 from .evaluation.metrics import jacobian_statistics, keypoint_tre
 from .io.fields import save_field
-from .io.geometry_checks import GeometryWarning, affine_shear, nifti_geometry_disagreement
+from .io.geometry_checks import GeometryWarning, ItkReading, affine_shear, itk_reading, nifti_geometry_disagreement
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
 from .methods.config import RegistrationConfig
@@ -53,6 +53,13 @@ ImageLike = Union[str, Path, np.ndarray, torch.Tensor, MetaTensor]
 
 #: Two affines closer than this (every entry, mm) describe one grid.
 GRID_ATOL_MM = 1e-3
+#: MetaTensor meta key of an input file's :class:`~monai_contreg.io.geometry_checks.ItkReading`.
+ITK_READING = "contreg_itk_reading"
+
+
+def itk_readings(data: dict) -> dict[str, ItkReading | None]:
+    """``{"fixed_itk", "moving_itk"}`` of inputs from :func:`load_inputs` (``None`` for arrays)."""
+    return {f"{k}_itk": getattr(data[k], "meta", {}).get(ITK_READING) for k in ("fixed", "moving")}
 
 
 @dataclass
@@ -74,6 +81,9 @@ class RegistrationResult:
         working: for two grids, the :class:`RegistrationResult` on the working grid; ``None`` otherwise.
         output: units of :attr:`displacement`: ``"voxel"`` or ``"mm"``.
         kernels: which implementation ran the warped-SSD loss: ``"compiled"`` (the CPU kernels) or ``"pytorch"``.
+        fixed_itk, moving_itk: how ITK reads the fixed and moving input files
+            (:class:`~monai_contreg.io.geometry_checks.ItkReading`), ``None`` for inputs given as arrays;
+            :meth:`save_itk` composes any difference from the package's reading into the export.
     """
 
     ddf: MetaTensor
@@ -90,6 +100,8 @@ class RegistrationResult:
     working: RegistrationResult | None = None
     output: str = "voxel"
     kernels: str = ""
+    fixed_itk: ItkReading | None = None
+    moving_itk: ItkReading | None = None
 
     def __post_init__(self) -> None:
         if self.moving_affine is None:
@@ -132,10 +144,21 @@ class RegistrationResult:
         return save_field(path, self.ddf.as_tensor(), self.affine, dtype=dtype)
 
     def save_itk(self, path: str | Path) -> Path:
-        """Write the field as an ITK displacement field transform (``.h5``) or image (LPS mm), atomically."""
+        """Write the field as an ITK displacement field transform (``.h5``) or image (LPS mm), atomically.
+
+        ITK (and ANTs), reading the same fixed and moving files, then map every fixed voxel to the moving voxel
+        ``contreg warp`` maps it to, also where ITK reads a header differently than this package (the difference
+        is composed into the transform, :func:`~monai_contreg.io.itk_transforms.save_itk_transform`).
+
+        Raises:
+            UserInputError: no ITK file can mean the same (ITK cannot read an input's header; a sheared in-memory
+                grid; a NIfTI path for a non-orthonormal fixed grid): one line saying why and how to fix it,
+                nothing written. The Learn2Reg field (:meth:`save`, voxels) is unaffected.
+        """
         from .io.itk_transforms import save_itk_transform
 
-        return save_itk_transform(path, self.ddf.as_tensor(), self.affine)
+        return save_itk_transform(path, self.ddf.as_tensor(), self.affine, moving_affine=self.moving_affine,
+                                  fixed_itk=self.fixed_itk, moving_itk=self.moving_itk)
 
     def map_points(self, points_mm) -> torch.Tensor:
         """Fixed world points ``(N, 3)`` (RAS mm) -> corresponding moving world points ``(N, 3)`` float64."""
@@ -253,8 +276,10 @@ def _as_image(
             img = load_image(p, reader=reader, series=series, strict_series=False)
         except Exception as exc:  # the reader's own exception, unwrapped to say what is wrong with the file
             raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}") from exc
+        reading = itk_reading(p, ours=_affine_of(img))
+        img.meta[ITK_READING] = reading
         if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
-            _warn_geometry(where, name, nifti_geometry_disagreement(p))
+            _warn_geometry(where, name, nifti_geometry_disagreement(p, ours=_affine_of(img), reading=reading))
         return img
     if not isinstance(value, (np.ndarray, torch.Tensor)):
         raise TypeError(
@@ -535,6 +560,7 @@ def register(
                              init_ddf=init_ddf, keypoints=kp, handlers=handlers, name=name, t0=t0,
                              max_memory=max_memory)
     res.output = output
+    res.fixed_itk, res.moving_itk = itk_readings(data).values()
     return res
 
 

@@ -437,6 +437,12 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
         check_output_file("register-native", "-o/--output", args.output, size)
     if args.itk:
         check_output_file("register-native", "--itk", args.itk, 2 * size)  # ITK writes float64 vectors
+        refusal = _itk_export_refusal(args)
+        if refusal and not args.output:  # nothing would be written: say so before the registration
+            raise UserInputError(f"--itk: {refusal}")
+        if refusal:
+            logger.warning("register-native: --itk %s will not be written (%s); registering for -o %s (exit 2 at the "
+                           "end).", args.itk, refusal, args.output)
     _check_memory_before("register-native", headers, cfg, request, working_spacing=args.working_spacing,
                          working_grid_only=True)
     res = register_native(
@@ -447,13 +453,33 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
     t0 = time.perf_counter()
     written = [str(res.save(args.output))] if args.output else []
     if args.itk:
-        written.append(str(res.save_itk(args.itk)))
+        try:
+            written.append(str(res.save_itk(args.itk)))
+        except UserInputError as exc:
+            if not written:
+                raise
+            print(f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}")
+            raise UserInputError(f"--itk {args.itk!r} not written (the Learn2Reg field {written[0]!r} was): {exc}") from exc
     logger.info("stage write: %.2fs (%s)", time.perf_counter() - t0, ", ".join(written))
     print(
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
         f"time {res.timings['total']:.1f}s"
     )
     return 0
+
+
+def _itk_export_refusal(args: argparse.Namespace) -> str:
+    """Why an ITK export of this pair would be refused (an input ITK cannot read), or ``""``; header reads only."""
+    from .io.geometry_checks import itk_reading
+    from .io.itk_transforms import itk_export_frames
+
+    readings = {k: itk_reading(getattr(args, k)) for k in ("fixed", "moving") if not Path(getattr(args, k)).is_dir()}
+    try:
+        itk_export_frames(np.eye(4), moving_affine=np.eye(4), fixed_itk=readings.get("fixed"),
+                          moving_itk=readings.get("moving"), where="register-native")
+    except UserInputError as exc:
+        return str(exc)
+    return ""
 
 
 def _pair_list(text: str | None) -> list[str] | None:

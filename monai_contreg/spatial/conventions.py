@@ -61,6 +61,7 @@ __all__ = [
     "points_voxel_to_world",
     "points_world_to_voxel",
     "ras_lps_flip",
+    "ras_lps_matrix",
     "resize_ddf",
     "spacing_from_affine",
     "voxel_map",
@@ -214,12 +215,30 @@ def ras_lps_flip(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x * torch.as_tensor(_RAS_LPS, dtype=x.dtype, device=x.device).view(shape)
 
 
-def affine_to_itk_geometry(affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ras_lps_matrix() -> np.ndarray:
+    """The 4x4 homogeneous RAS <-> LPS matrix ``diag(-1, -1, 1, 1)`` (float64; its own inverse).
+
+    ``ras_lps_matrix() @ A`` is ITK's LPS voxel-to-world matrix of a RAS affine ``A``.
+    Example: ``ras_lps_matrix() @ (1, 2, 3, 1) == (-1, -2, 3, 1)``.
+    """
+    return np.diag([*_RAS_LPS, 1.0])
+
+
+def affine_to_itk_geometry(affine, orthogonal: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 4x4 RAS voxel-to-world affine -> ITK ``(origin (3,), spacing (3,), direction (3, 3))`` in LPS, float64.
 
     ITK maps index ``i`` to ``origin + direction @ diag(spacing) @ i``; this equals ``flip @ affine`` with
     ``flip = diag(-1, -1, 1)``. Example: ``diag(1.5, 1.5, 2, 1)`` -> origin ``0``, spacing ``(1.5, 1.5, 2)``,
     direction ``diag(-1, -1, 1)``.
+
+    Args:
+        affine: the 4x4 RAS matrix.
+        orthogonal: refuse non-orthogonal voxel axes (largest ``|cos|`` above 1e-4; default). ``False`` keeps
+            them as a non-orthonormal direction matrix, which ITK images hold in memory and in ``.h5``, NRRD and
+            MetaImage files (for a grid that ITK itself read that way).
+
+    Raises:
+        UserInputError: a zero-length axis, or non-orthogonal axes with ``orthogonal=True``.
     """
     a = _affine("affine_to_itk_geometry", affine).numpy()
     flip = np.diag(_RAS_LPS)
@@ -228,7 +247,7 @@ def affine_to_itk_geometry(affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise UserInputError(f"affine_to_itk_geometry: affine has a zero-length axis, spacing {spacing.tolist()}.")
     direction = flip @ a[:3, :3] / spacing
     shear = float(np.abs(direction.T @ direction - np.eye(3)).max())
-    if shear > 1e-4:
+    if orthogonal and shear > 1e-4:
         from ..errors import UserInputError
 
         raise UserInputError(

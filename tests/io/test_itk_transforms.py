@@ -124,7 +124,7 @@ def test_errors_name_function_and_path(tmp_path):
         load_itk_transform(tmp_path / "affine.h5")
     bad = ddf.clone()
     bad[0, 0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"ddf_to_itk_displacement: ddf contains 1 NaN"):
+    with pytest.raises(ValueError, match=r"save_itk_transform: ddf contains 1 NaN"):
         save_itk_transform(tmp_path / "nan.h5", bad, aff)
     assert not (tmp_path / "nan.h5").exists()
     assert is_itk_transform_path("a/b.H5") and not is_itk_transform_path("b.nii.gz")
