@@ -531,7 +531,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         max_folding=args.max_folding, search_steps=args.search_steps, storage=args.storage, study_name=args.study,
         seed=args.seed, report_every=args.report_every, tie_tolerance=args.tie_tolerance,
         nproc_per_node=args.nproc_per_node, backend=args.backend, master_port=args.master_port, device=args.device,
-        threads=args.threads or None, heartbeat=args.heartbeat, holdout=_pair_list(args.holdout),
+        threads=args.threads or None, max_memory=_max_memory(args), heartbeat=args.heartbeat, holdout=_pair_list(args.holdout),
         final_run=not args.no_final_run,
     )
     if res.rank != 0:  # torchrun's other ranks: rank 0 writes the outputs and sums up

@@ -75,7 +75,11 @@ def _keypoints(data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None
 
 
 def _register_and_measure(pair, data: dict[str, Any], cfg: RegistrationConfig, device, handlers=None,
-                          dice: bool = False, stop: Callable[[], bool] | None = None) -> PairMetrics | None:
+                          dice: bool = False, stop: Callable[[], bool] | None = None,
+                          max_memory: str | float | int | None = None) -> PairMetrics | None:
+    """Register one pair (:func:`~monai_contreg.api.register`, which refuses a grid whose estimated peak memory
+    exceeds ``max_memory`` before it runs) and score the field; ``None`` when ``stop()`` says a handler ended the
+    run early."""
     from ..api import register
     from ..evaluation.learn2reg import evaluate_field
 
@@ -83,7 +87,7 @@ def _register_and_measure(pair, data: dict[str, Any], cfg: RegistrationConfig, d
         data = {k: v for k, v in data.items() if k not in ("moving_mask", "moving_label")}
 
     res = register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, config=cfg,
-                   device=device, handlers=handlers, name=pair.key)
+                   device=device, handlers=handlers, name=pair.key, max_memory=max_memory)
     if stop is not None and stop():  # a handler ended the run early (pruned): nothing to measure
         return None
     fixed_sp, moving_sp = _spacings(pair)
@@ -130,6 +134,7 @@ def evaluate_configs(
     threads: int | None = None,
     on_pair: Callable[[str, PairMetrics], None] | None = None,
     dice: bool = False,
+    max_memory: str | float | int | None = None,
 ) -> dict[str, list[PairMetrics]]:
     """Register the pairs with each config (in turn, one process) and score them as ``contreg evaluate`` does.
 
@@ -142,9 +147,14 @@ def evaluate_configs(
         threads: torch CPU threads (``engine.num_threads``) of each registration.
         on_pair: called as ``on_pair(name, metrics)`` after each registration.
         dice: also measure Dice (and HD95, the cost of ``contreg evaluate``) of the warped labels or masks.
+        max_memory: memory a registration may use, bytes or ``"8G"`` (``None``: 80 % of the available memory);
+            each registration is refused before it runs when its estimated peak exceeds it.
 
     Returns:
         ``{name: [PairMetrics per pair]}``.
+
+    Raises:
+        UserInputError: bad split or pairs, or a registration over ``max_memory`` (before it runs).
     """
     from ..data.learn2reg import Learn2RegDataset
 
@@ -157,7 +167,7 @@ def evaluate_configs(
         cfg.engine.num_threads = threads or 0
         out[name] = []
         for pair in cache.pairs:
-            m = _register_and_measure(pair, cache.data(pair), cfg, device, dice=dice)
+            m = _register_and_measure(pair, cache.data(pair), cfg, device, dice=dice, max_memory=max_memory)
             out[name].append(m)
             if on_pair is not None:
                 on_pair(name, m)

@@ -5,7 +5,9 @@ scores every tuning pair of a trial.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,11 @@ class OptunaPruningHandler:
 
     It measures the TRE with :class:`~monai_contreg.optim.handlers.KeypointTREMonitor` (never in the loss) and
     calls ``trial.report(tre, offset + step)``; from step ``prune_from`` on it asks ``trial.should_prune()``
-    and, when the pruner says so, terminates the engine and sets :attr:`pruned` (``(step, tre)``): the caller
-    then raises ``optuna.TrialPruned`` (terminating, not raising, keeps ignite from logging an error).
+    and, when the pruner says so, sets :attr:`pruned` (``(step, tre)``) and raises ``optuna.TrialPruned``, as
+    optuna-integration's ``PyTorchIgnitePruningHandler`` does: the exception leaves the engine at once (no
+    ``COMPLETED`` event, so no end-of-run check judges the half-finished field), leaves the registration and reaches
+    Optuna, which records the trial as pruned. ignite's "terminating due to exception" error line is left out for
+    it (a pruned trial is not an error).
 
     Args:
         trial: the ``optuna.Trial``.
@@ -70,10 +75,18 @@ class OptunaPruningHandler:
         self.monitor.attach(engine)
         engine.add_event_handler(Events.STARTED, self._skip_if_pruned)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.monitor.every), self)
+        if not any(isinstance(f, _QuietPruned) for f in engine.logger.filters):
+            engine.logger.addFilter(_QuietPruned())
 
     def _skip_if_pruned(self, engine) -> None:
-        if self.pruned is not None:  # a later level of a pruned multi-level registration: do not run it
-            engine.terminate()
+        if self.pruned is not None:  # a later level of a pruned registration (were the exception caught): not run
+            self._raise()
+
+    def _raise(self) -> None:
+        import optuna
+
+        step, tre = self.pruned
+        raise optuna.TrialPruned(f"pruned at step {step}: TRE {tre:.3f} mm")
 
     def __call__(self, engine) -> None:
         step, tre = engine.state.tre_history[-1]
@@ -84,7 +97,17 @@ class OptunaPruningHandler:
         self.reported.append((index, tre))
         if pair_step >= self.prune_from and self.trial.should_prune():
             self.pruned = (pair_step, tre)
-            engine.terminate()
+            self._raise()
+
+
+class _QuietPruned(logging.Filter):
+    """Drop the error line ignite's engine logs for an exception raised in a handler when that exception is
+    ``optuna.TrialPruned`` (read from ``sys.exc_info()``: the engine logs inside its ``except`` block); every other
+    record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]
+        return not (exc is not None and type(exc).__name__ == "TrialPruned" and type(exc).__module__.startswith("optuna"))
 
 
 
@@ -157,12 +180,17 @@ class _Objective:
                 ))
             try:
                 m = _register_and_measure(pair, data, cfg, job.device, handlers, dice=job.objective == "dice",
-                                          stop=lambda: any(h.pruned for h in handlers))
+                                          stop=lambda: any(h.pruned for h in handlers), max_memory=job.max_memory)
+            except optuna.TrialPruned as exc:  # the handler pruned the run: Optuna records the trial as pruned
+                raise optuna.TrialPruned(f"{pair.key}: {exc}") from None
             except RegistrationDivergedError as exc:
+                if any(h.pruned for h in handlers):
+                    # a check on the field of a run the pruner stopped (were it to run after the prune): the trial
+                    # was pruned, not diverged; its half-finished field says nothing about the config
+                    raise self._pruned(pair, handlers) from None
                 return self._reject(trial, "diverged", f"{pair.key}: {exc}")
-            if m is None:
-                step, tre = handlers[0].pruned
-                raise optuna.TrialPruned(f"pruned at step {step} of {pair.key}: TRE {tre:.3f} mm")
+            if m is None:  # pruned, and the exception did not come through (an EXCEPTION_RAISED handler took it)
+                raise self._pruned(pair, handlers)
             metrics.append(m)
             self._record(trial, metrics)
             if job.objective == "dice":
@@ -172,6 +200,13 @@ class _Objective:
         _set_native_constraints(trial, [max(m.sdlogj for m in metrics) - job.max_sdlogj,
                                         max(m.folding_percent for m in metrics) - job.max_folding])
         return self._value(metrics)
+
+    @staticmethod
+    def _pruned(pair, handlers) -> Exception:
+        import optuna
+
+        step, tre = next(h.pruned for h in handlers if h.pruned)
+        return optuna.TrialPruned(f"{pair.key}: pruned at step {step}: TRE {tre:.3f} mm")
 
     def _value(self, metrics: list[PairMetrics]) -> float:
         vals = [m.tre if self.job.objective == "tre" else m.dice for m in metrics]

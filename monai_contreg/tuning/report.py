@@ -259,7 +259,7 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
                            "sdlogj_max": best.user_attrs.get("sdlogj_max"), "seconds": best.user_attrs.get("seconds")}
         if job.search_steps and final_run:
             say(f"re-running trial {best.number} at full length ({' + '.join(map(str, schedule_steps(cfg)))} steps) on the tuning pairs")
-            full = evaluate_configs(job.dataset, job.split, {"tuned": cfg}, job.keys, device=job.device, threads=job.threads,
+            full = evaluate_configs(job.dataset, job.split, {"tuned": cfg}, job.keys, device=job.device, threads=job.threads, max_memory=job.max_memory,
                                     on_pair=lambda name, m: say(_pair_line(name, m)), dice=job.objective == "dice")
             result.full_run = full["tuned"]
             s = summarize(full["tuned"])
@@ -268,7 +268,7 @@ def _finish(job: _Job, stem: Path, out: Path, params, tie: float, tune_pairs, ho
         if hold_pairs:
             say(f"hold-out: {', '.join(p.key for p in hold_pairs)}: tuned vs base ({preset}), full length")
             cmp = evaluate_configs(job.dataset, job.split, {"tuned": cfg, "base": job.base}, [p.key for p in hold_pairs],
-                                   device=job.device, threads=job.threads, dice=job.objective == "dice",
+                                   device=job.device, threads=job.threads, dice=job.objective == "dice", max_memory=job.max_memory,
                                    on_pair=lambda name, m: say(_pair_line(name, m)))
             result.holdout = cmp
             summary["holdout"] = {k: summarize(v) for k, v in cmp.items()}

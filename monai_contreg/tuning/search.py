@@ -74,6 +74,7 @@ def tune(
     master_port: int | None = None,
     device: str | None = None,
     threads: int | None = None,
+    max_memory: str | float | int | None = None,
     heartbeat: int = 10,
     holdout: Sequence[str] | None = None,
     final_run: bool = True,
@@ -108,6 +109,10 @@ def tune(
         master_port: rendezvous port of spawned workers (default: a free port).
         device: passed to :func:`~monai_contreg.api.register` in every worker.
         threads: torch CPU threads per worker (default: CPUs // workers).
+        max_memory: memory one registration may use, bytes or ``"8G"`` (``--max-memory``); ``None``: 80 % of the
+            available memory (RAM, or the GPU's free memory). Every registration (trials, the full-length re-run,
+            the hold-out comparison) is refused with :class:`~monai_contreg.errors.UserInputError` before it runs
+            when its estimated peak memory exceeds it, as :func:`~monai_contreg.api.register` does.
         heartbeat: seconds between a running trial's heartbeats (a trial silent for 3 heartbeats is marked
             failed and its parameters re-queued).
         holdout: pairs (keys or case ids) on which to compare the tuned config with the base at full length; never
@@ -121,8 +126,9 @@ def tune(
         A :class:`TuneResult`.
 
     Raises:
-        UserInputError / FileNotFoundError: bad dataset, split, pairs, space, options, or a stored study made
-        with other settings (before any trial runs).
+        UserInputError / FileNotFoundError: bad dataset, split, pairs, space, options (``max_memory`` not a
+        size), or a stored study made with other settings (before any trial runs); a registration over
+        ``max_memory`` (when it would start: the search stops there).
     """
     import ignite.distributed as idist
     import optuna
@@ -142,6 +148,10 @@ def tune(
     for name, value in (("max_sdlogj", max_sdlogj), ("max_folding", max_folding)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise UserInputError(f"{where}: {name} must be a number >= 0, got {value!r}.")
+    if max_memory is not None:
+        from ..methods.memory import parse_memory
+
+        max_memory = parse_memory(f"{where}: max_memory", max_memory)
     if not 0 <= prune_fraction <= 1:
         raise UserInputError(f"{where}: prune_fraction must lie in [0, 1], got {prune_fraction!r}.")
     torchrun = launched_by_torchrun()
@@ -196,7 +206,7 @@ def tune(
         pruner_startup=pruner_startup if pruner_startup is not None else max(2, min(5, n_trials // 4)),
         report_every=report_every, prune_fraction=float(prune_fraction), device=device,
         threads=threads or (default_threads(workers) if distributed else None), heartbeat=heartbeat,
-        backend=backend or "gloo",
+        backend=backend or "gloo", max_memory=max_memory,
     )
     is_main = not torchrun or int(os.environ.get("RANK", "0")) == 0
     if distributed:

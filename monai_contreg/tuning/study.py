@@ -44,6 +44,7 @@ class _Job:
     threads: int | None
     heartbeat: int
     backend: str = "gloo"
+    max_memory: int | None = None  # bytes; None: register's default (80 % of the available memory)
 
 
 

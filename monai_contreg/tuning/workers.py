@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserInputError
 from .objective import _Objective, _Surplus
 from .report import _print, format_trial
 from .study import _finished, _Job, _load_study, _prepare_study, _TrialStartLock, select_best_trial
@@ -115,7 +116,9 @@ def _take_trials(study, job: _Job, objective: _Objective, start_lock: _TrialStar
             start_lock.acquire()  # released by the objective once the trial is taken
             try:
                 study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[report], gc_after_trial=True)
-            except KeyboardInterrupt:  # Ctrl-C: Optuna marked the running trial failed; the next run retries it
+            except (KeyboardInterrupt, UserInputError):
+                # Ctrl-C, or a refusal that stops the search (a registration over --max-memory): Optuna marked the
+                # running trial failed; the same command run again (e.g. with a higher limit) retries it first
                 _requeue_interrupted(study, objective.current)
                 raise
             finally:
@@ -125,8 +128,9 @@ def _take_trials(study, job: _Job, objective: _Objective, start_lock: _TrialStar
 
 
 def _requeue_interrupted(study, number: int | None) -> None:
-    """Queue the parameters of trial ``number`` again if it failed by an interrupt (Ctrl-C) after drawing them, so
-    the same command run again retries it first (as the heartbeat does for a killed process's trial)."""
+    """Queue the parameters of trial ``number`` again if it failed by an interrupt (Ctrl-C) or a refusal after
+    drawing them, so the same command run again retries it first (as the heartbeat does for a killed process's
+    trial)."""
     from optuna.trial import TrialState
 
     if number is None:
