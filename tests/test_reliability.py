@@ -418,12 +418,12 @@ def test_two_concurrent_runs_keep_every_pair(tmp_path):
 
 
 def test_readme_error_example(pair, tmp_path, capsys, monkeypatch):
-    """The README's 'Errors and exit codes' example prints exactly the line shown there."""
+    """The example of the errors guide (docs/guides/errors.md) prints exactly the line shown there."""
     assert Path(pair[0]) == tmp_path / "fixed.nii.gz" and Path(pair[1]) == tmp_path / "moving.nii.gz"
     (tmp_path / "outdir").mkdir()
     monkeypatch.chdir(tmp_path)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("## Errors and exit codes", 1)[1].split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "errors.md").read_text()
+    block = page.split("# Errors and exit codes", 1)[1].split("```console\n", 1)[1].split("```", 1)[0].splitlines()
     command, expected = block[0].removeprefix("$ contreg ").split(), block[1]
     rc = main(command)
     assert rc == 2 and capsys.readouterr().err == expected + "\n"

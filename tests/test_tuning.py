@@ -753,15 +753,15 @@ def test_sigint_latch_keeps_a_ctrl_c_lost_in_a_gc_callback():
 
 
 def _readme_commands() -> list[str]:
-    """The `contreg` commands of the README's tuning section, continuation lines joined."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
+    """The `contreg` commands of the tuning guide (docs/guides/tuning.md), continuation lines joined."""
+    text = (REPO / "docs" / "guides" / "tuning.md").read_text()
+    section = text.split("# Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     return [" ".join(line.split()) for line in block.splitlines() if line.startswith("contreg ")]
 
 
 def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
-    """The README's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
+    """The tuning guide's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
     fewer trials, 6-step schedules searched at 3 steps, and the SDlogJ/folding limits lifted (the default
     space's learning rates tear the 32^3 demo pairs apart in so few steps: no trial would be feasible)."""
     ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)

@@ -73,7 +73,7 @@ def parse_memory(where: str, value: str | float | int) -> int:
     """``"8G"``, ``"8GiB"``, ``"8GB"``, ``"500M"``, ``"1.5T"`` or a number of bytes -> bytes (powers of 1024).
 
     Raises:
-        UserInputError naming ``where`` for anything else.
+        UserInputError: naming ``where`` for anything else.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value > 0 and math.isfinite(value):

@@ -62,7 +62,7 @@ The package, by concern (each name above is importable from ``monai_contreg.tuni
 :mod:`~monai_contreg.tuning.workers` (the trial loop of each process), :mod:`~monai_contreg.tuning.report`
 (progress lines, CSV, plots, best config, summary) and :mod:`~monai_contreg.tuning.search` (:func:`tune`).
 
-Example:
+Examples:
     >>> from monai_contreg.tuning import tune
     >>> result = tune("../shared/data/nlst_synth", "val", "tuned/best.yaml", pairs=["0101", "0102"],
     ...               n_trials=8, search_steps=100, holdout=["0103", "0104"], threads=1)

@@ -127,8 +127,8 @@ def tune(
 
     Raises:
         UserInputError / FileNotFoundError: bad dataset, split, pairs, space, options (``max_memory`` not a
-        size), or a stored study made with other settings (before any trial runs); a registration over
-        ``max_memory`` (when it would start: the search stops there).
+            size), or a stored study made with other settings (before any trial runs); a registration over
+            ``max_memory`` (when it would start: the search stops there).
     """
     import ignite.distributed as idist
     import optuna

@@ -150,9 +150,9 @@ def parse_search_space(space: Mapping[str, Any], base: RegistrationConfig | None
 
     Raises:
         UserInputError: naming the key: unknown key, a level index that is not an integer or out of range (with
-        the valid indices), a section or the list of levels instead of a field, an empty space, bad bounds
-        (not numbers, ``low >= high``, ``log`` with ``low <= 0``), empty or duplicate choices, a value the
-        config rejects (with the config's message).
+            the valid indices), a section or the list of levels instead of a field, an empty space, bad bounds
+            (not numbers, ``low >= high``, ``log`` with ``low <= 0``), empty or duplicate choices, a value the
+            config rejects (with the config's message).
     """
     from ..methods.presets import get_preset
 
