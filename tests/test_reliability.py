@@ -409,7 +409,7 @@ def test_two_concurrent_runs_keep_every_pair(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "monai_contreg.cli", "run", str(ds), "-o", str(out), "--no-bar", "--threads", "1", *SETS]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=600) for p in procs]
+    results = [p.communicate(timeout=3600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     log = json.loads((out / "runtimes.json").read_text())
     keys = ["0001_0001", "0002_0002", "0003_0003", "0004_0004"]

@@ -92,7 +92,7 @@ _MEASURE = textwrap.dedent('''
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
 def test_estimate_within_30_percent_of_the_measured_peak():
     """Peak resident memory (VmHWM, reset just before) of a 112 x 96 x 112 CPU registration in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, cwd=ROOT, timeout=3600)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(res["estimate"] - res["measured"]) <= 0.3 * res["measured"], res
