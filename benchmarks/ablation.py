@@ -86,7 +86,8 @@ def _run_here(pair: dict, method: str, args: argparse.Namespace) -> dict:
     try:
         r = register_worker(pair, preset, overrides, args.threads, args.steps)
     except Exception as exc:  # reported as a failed row, as a failed child is
-        return {"error": f"{type(exc).__name__}: {exc}", "peak_gib": _vm_hwm_gib(), "process_seconds": time.perf_counter() - t0}
+        return {"error": f"{type(exc).__name__}: {exc}", "peak_gib": _vm_hwm_gib(),
+                "process_seconds": time.perf_counter() - t0}
     r.update(peak_gib=_vm_hwm_gib(), process_seconds=time.perf_counter() - t0)
     return r
 
