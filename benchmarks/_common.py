@@ -139,8 +139,11 @@ def _vm_hwm_gib() -> float:
     return float("nan")
 
 
-def register_worker(pair: dict, preset: str, overrides: list[str], threads: int) -> dict:
-    """In a worker process: register one pair with a preset (+ overrides); figures and timings as a dict."""
+def register_worker(pair: dict, preset: str, overrides: list[str], threads: int, steps: int | None = None) -> dict:
+    """In a worker process: register one pair with a preset (+ overrides); figures and timings as a dict.
+
+    ``steps``: shorten the schedules to this many steps (the longest level; breakpoints in proportion,
+    :func:`monai_contreg.tuning.scale_schedule`), for a quick check of a script, not for figures."""
     import time
 
     from monai_contreg import get_preset, register
@@ -149,6 +152,10 @@ def register_worker(pair: dict, preset: str, overrides: list[str], threads: int)
 
     torch.set_num_threads(threads)
     cfg = get_preset(preset).with_overrides(overrides)
+    if steps:
+        from monai_contreg.tuning import scale_schedule
+
+        cfg = scale_schedule(cfg, steps)
     # the compiled kernels are built (first run on a machine) or loaded (from the cache) once per process, as in a
     # batch run: outside the per-pair time, reported on its own
     t_ext = time.perf_counter()

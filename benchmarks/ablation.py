@@ -3,6 +3,7 @@ the multi-resolution ``accurate``) and the reference ConvexAdam, on the same pai
 
     python benchmarks/ablation.py [--pairs 0101 0102] [--presets convex convexadam io convex+io io-lr1 io-lr15 accurate]
         [--threads 2] [--reference-python REF/bin/python | --no-reference] [--json out.json]
+        [--steps N] [--in-process]   (a quick check of the rows, e.g. by the tests: no figures to compare)
 
 Besides preset names, ``--presets`` takes the ``accurate`` preset with one component turned off (rows
 ``accurate-<component>``, see ``ACCURATE_ABLATIONS``: e.g. ``accurate-fine`` without its full-resolution level).
@@ -70,7 +71,25 @@ def _split(name: str) -> tuple[str, list[str]]:
 def _worker(args: argparse.Namespace) -> None:
     """In the child: register one pair with one preset (or ablation row) and print one JSON line of figures."""
     preset, overrides = _split(args.preset)
-    print(json.dumps(register_worker(json.loads(args.worker), preset, overrides, args.threads)))
+    print(json.dumps(register_worker(json.loads(args.worker), preset, overrides, args.threads, args.steps)))
+
+
+def _run_here(pair: dict, method: str, args: argparse.Namespace) -> dict:
+    """One (pair, method) in this process (``--in-process``): the worker's figures; ``peak_gib`` and
+    ``process_seconds`` are this process's high-water mark and the call's wall time."""
+    import time
+
+    from _common import _vm_hwm_gib
+
+    preset, overrides = _split(method)
+    t0 = time.perf_counter()
+    try:
+        r = register_worker(pair, preset, overrides, args.threads, args.steps)
+    except Exception as exc:  # reported as a failed row, as a failed child is
+        return {"error": f"{type(exc).__name__}: {exc}", "peak_gib": _vm_hwm_gib(),
+                "process_seconds": time.perf_counter() - t0}
+    r.update(peak_gib=_vm_hwm_gib(), process_seconds=time.perf_counter() - t0)
+    return r
 
 
 def _fmt(r: dict) -> str:
@@ -91,6 +110,12 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="*", help="case ids to run, e.g. 0101 0102 (default: all registration_val pairs)")
     ap.add_argument("--presets", nargs="*", default=list(PRESETS), help=f"presets to run (default: {' '.join(PRESETS)})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of every run, ours and the reference")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="shorten every row's schedules to this many steps (the longest level; breakpoints in "
+                         "proportion): a quick check that every row runs, not figures to compare")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every (pair, method) in this process (no start-up per run; the peaks are then this "
+                         "process's high-water mark, not one run's): a quick check, not figures to compare")
     add_run_args(ap, with_json=True)
     args = ap.parse_args()
     if args.worker:
@@ -120,8 +145,11 @@ def main() -> None:
         for method in methods:
             if method == REFERENCE:
                 r = run_reference(pair, ref_py, args.threads)
+            elif args.in_process:
+                r = _run_here(pair, method, args)
             else:
-                r = run_child(worker_cmd(__file__, pair, method, args.threads), args.threads)
+                extra = ["--steps", str(args.steps)] if args.steps else []
+                r = run_child(worker_cmd(__file__, pair, method, args.threads, (), *extra), args.threads)
             results[method][pair["case"]] = r
             print(f"{pair['case']:6s} {method:15s} {_fmt(r)}", flush=True)
 

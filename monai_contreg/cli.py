@@ -1,5 +1,6 @@
 """Command line ``contreg``: the argument parser and its checks, which import nothing heavy.
 
+```text
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
                      [--no-auto-mask] [--series UID]
@@ -13,6 +14,7 @@
     contreg tune DATASET [--split val] -o best.yaml [--trials N] [--pairs 0101,0102] [--search-steps S]
                  [--holdout 0103,0104] [--storage URL] [--study NAME] [--objective auto|tre|dice] [--max-sdlogj 0.1]
                  [--nproc-per-node K]   (Optuna; also under torchrun ... -m monai_contreg.cli tune)
+```
 
 :func:`main` parses the arguments and checks every value that can be checked without the inputs (memory sizes,
 spacings, device names, presets, formats, backends, option combinations) with this module's imports only

@@ -18,7 +18,7 @@
   :class:`DistributedRunError` naming the failing rank(s). The ranks synchronise over a gloo group with a long
   timeout (:data:`SYNC_TIMEOUT`), because a rank may wait at the end for another rank's last pairs for long.
 
-Example:
+Examples:
     >>> from monai_contreg.distributed import run_split_distributed
     >>> summary = run_split_distributed("../shared/data/nlst_synth", "val", "out/", "convexadam",
     ...                                 backend="gloo", nproc_per_node=2, evaluate=True)
@@ -413,7 +413,7 @@ def run_split_distributed(
         ValueError / FileNotFoundError: bad options, dataset, split, format or configuration (before anything starts).
         DistributedRunError: a rank failed outside the per-pair registrations (after all ranks synchronised).
 
-    Example:
+    Examples:
         >>> summary = run_split_distributed("../shared/data/nlst_synth", "val", "out/", "convexadam",
         ...                                 backend="gloo", nproc_per_node=2, threads=1, evaluate=True)
         >>> summary.failed, summary.evaluation_path

@@ -131,7 +131,7 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
     be readable (its geometry is checked when the series is loaded).
 
     Raises:
-        MissingFileError / UserInputError naming ``where``, ``name`` and what is wrong with the file.
+        MissingFileError / UserInputError: naming ``where``, ``name`` and what is wrong with the file.
     """
     p = check_input_file(where, f"{name} file", path)
     if p.is_dir():
@@ -184,7 +184,7 @@ def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = M
     * a finite, non-singular voxel-to-world matrix (no zero spacing, no collapsed direction).
 
     Raises:
-        UserInputError naming ``where``, ``name``, the file and what is wrong.
+        UserInputError: naming ``where``, ``name``, the file and what is wrong.
     """
     if header.linear is None:  # a DICOM folder: checked when loaded
         return header
@@ -304,7 +304,7 @@ def check_output_file(where: str, option: str, path: str | Path, expected_bytes:
     :data:`DISK_SLACK`) free.
 
     Raises:
-        UserInputError naming ``where``, ``option``, the path and the problem.
+        UserInputError: naming ``where``, ``option``, the path and the problem.
     """
     p = Path(path)
     if p.is_dir():
@@ -318,8 +318,8 @@ def check_output_dir(where: str, option: str, path: str | Path, expected_bytes: 
     """Check that ``path`` is (or can be created as) a folder that accepts new files and has room for them.
 
     Raises:
-        UserInputError naming ``where``, ``option``, the path and the problem (a file in the way, a read-only
-        or full file system, no permission).
+        UserInputError: naming ``where``, ``option``, the path and the problem (a file in the way, a read-only
+            or full file system, no permission).
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -344,7 +344,7 @@ def check_informative(
         after: words added to the message to say at which stage (``"after the intensity window"``).
 
     Raises:
-        UserInputError naming ``where`` and ``name``.
+        UserInputError: naming ``where`` and ``name``.
     """
     x = torch.as_tensor(image).detach().reshape(-1)
     inside = ""
@@ -376,7 +376,7 @@ def check_run(where: str, dataset, split: str, out_dir: str | Path, fmt: str = "
 
     Raises:
         MissingFileError / UserInputError: a missing dataset or file, an unknown split, unusable inputs (each bad
-        pair named), an output folder that cannot take the fields.
+            pair named), an output folder that cannot take the fields.
     """
     from .data.learn2reg import Learn2RegDataset, find_field
 

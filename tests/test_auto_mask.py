@@ -80,7 +80,7 @@ def test_cli_mask_and_no_auto_mask(pair, tmp_path, capsys):
 
 
 def test_readme_recipe_mask_of_a_dicom_folder(tmp_path, capsys):
-    """README 'Clinical CT': contreg mask on a DICOM folder (CT with rescale intercept, -3024 padding, a localiser)."""
+    """docs/guides/clinical-ct.md: contreg mask on a DICOM folder (CT with rescale intercept, -3024 padding, a localiser)."""
     from monai_contreg.io.images import save_dicom_series
 
     img, expected = chest_phantom(padding=-3024.0)

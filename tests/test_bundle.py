@@ -22,7 +22,7 @@ OVERRIDES = {"optim": {"schedule": {"total_steps": 4, "constant_steps": 4, "cosi
 def _bundle(configs, *args, cwd=BUNDLE):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([f"configs/{c}.yaml" for c in configs]),
            "--meta_file", "configs/metadata.json", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

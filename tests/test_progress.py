@@ -57,7 +57,7 @@ def _on_terminal(cmd: list[str]) -> tuple[int, str]:
             break
         chunks.append(data)
     os.close(master)
-    return proc.wait(timeout=600), b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=3600), b"".join(chunks).decode(errors="replace")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminals via the pty module (Linux)")
@@ -72,7 +72,7 @@ def test_bar_on_a_terminal_with_stage_times(pair):
 
 
 def test_no_bar_in_a_pipe(pair):
-    out = subprocess.run(_command(pair), capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600)
+    out = subprocess.run(_command(pair), capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert BAR not in out.stderr and BAR not in out.stdout
     assert out.stdout.startswith("wrote ")

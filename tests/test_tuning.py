@@ -244,10 +244,100 @@ def test_pruning_handler_counts_steps_across_levels(prune_at, steps, levels):
     trial = _FakeTrial(prune_at)
     h = OptunaPruningHandler(trial, kp[0], kp[1], (32, 32, 32), (2.0, 2.0, 2.0), every=1, offset=0, prune_from=0,
                              level_offsets=[0, 3])
-    res = register(pair.fixed, pair.moving, spacing=2.0, config=cfg, handlers=[h])
+    counter = _StepCounter()
+    if prune_at is None:
+        res = register(pair.fixed, pair.moving, spacing=2.0, config=cfg, handlers=[counter, h])
+        assert [int(sum(1 for lv in res.history["level"] if lv == i)) for i in (0, 1)] == levels
+    else:  # as optuna-integration's ignite handler: TrialPruned leaves the engine and the registration at once
+        with pytest.raises(optuna.TrialPruned, match="pruned at step 2: TRE"):
+            register(pair.fixed, pair.moving, spacing=2.0, config=cfg, handlers=[counter, h])
     assert [s for s, _ in trial.reports] == steps
-    assert [int(sum(1 for lv in res.history["level"] if lv == i)) for i in (0, 1)] == levels
+    assert [counter.steps.get(i, 0) for i in (0, 1)] == levels
+    assert counter.completed == (2 if prune_at is None else 0)  # a pruned engine fires no COMPLETED (no end checks)
     assert (h.pruned is not None) == (prune_at is not None)
+
+
+class _StepCounter:
+    """Counts the steps of each level and the COMPLETED events of the engines it is attached to."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, int] = {}
+        self.completed = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+        engine.add_event_handler(Events.COMPLETED, self._done)
+
+    def _step(self, engine) -> None:
+        level = int(getattr(engine.state, "level", 0) or 0)
+        self.steps[level] = self.steps.get(level, 0) + 1
+
+    def _done(self, engine) -> None:
+        self.completed += 1
+
+
+def _guard_end_check_always_raises(monkeypatch):
+    """A DivergenceGuard whose end-of-run checks fail on any field, a stopped run's included (on COMPLETED, and on
+    EXCEPTION_RAISED, where ignite then hands it the exception instead of re-raising)."""
+    from monai_contreg.errors import RegistrationDivergedError
+    from monai_contreg.optim import handlers
+
+    attach = handlers.DivergenceGuard.attach
+
+    def strict(self, engine):
+        from ignite.engine import Events
+
+        attach(self, engine)
+
+        def fail(engine, *exc):
+            raise RegistrationDivergedError("field beyond 0.25 of the image extent at the end (test guard)")
+
+        engine.add_event_handler(Events.COMPLETED, fail)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, fail)
+
+    monkeypatch.setattr(handlers.DivergenceGuard, "attach", strict)
+
+
+def _guard_swallows_the_exception(monkeypatch):
+    """A guard with an EXCEPTION_RAISED handler that keeps the exception: the engine returns a half-finished field."""
+    from monai_contreg.optim import handlers
+
+    attach = handlers.DivergenceGuard.attach
+
+    def swallow(self, engine):
+        from ignite.engine import Events
+
+        attach(self, engine)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, exc: None)
+
+    monkeypatch.setattr(handlers.DivergenceGuard, "attach", swallow)
+
+
+@pytest.mark.parametrize("guard", [None, _guard_end_check_always_raises, _guard_swallows_the_exception],
+                         ids=["guard-as-is", "guard-end-check-raises", "guard-swallows"])
+def test_a_pruned_trial_is_recorded_as_pruned_whatever_the_guard_does(dataset, tmp_path, monkeypatch, caplog, guard):
+    """Every trial pruned at its first TRE report (an Optuna ThresholdPruner: TRE > 0 mm): each is recorded as
+    pruned (state PRUNED, outcome "pruned", no error), never "diverged"/infeasible, whether the divergence guard
+    leaves the stopped run alone, fails it with its end-of-run checks, or takes the pruner's exception."""
+    import monai_contreg.tuning.study as study_mod
+
+    if guard is not None:
+        guard(monkeypatch)
+    monkeypatch.setattr(study_mod, "FeasibleMedianPruner", lambda **kw: optuna.pruners.ThresholdPruner(upper=0.0))
+    lines: list[str] = []
+    res = tune(dataset, "val", tmp_path / "best.yaml", base=BASE.with_overrides(["engine.divergence_check=true"]),
+               space=SPACE, n_trials=2, threads=1, report_every=2, prune_fraction=0.0,
+               on_trial=lines.append, on_line=lambda line: None)
+    trials = _study(tmp_path / "best.study.db", res.study_name).get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert [trial_outcome(t) for t in trials] == ["pruned", "pruned"] and res.outcomes == {"pruned": 2}
+    assert all("error_kind" not in t.user_attrs and "constraints" not in t.user_attrs for t in trials)
+    assert all(list(t.intermediate_values) == [2] for t in trials)  # stopped at the first report (step 2 of 6)
+    assert all(" pruned (last report " in line for line in lines) and res.best is None
+    if guard is None:  # ignite's error line for an exception in a handler is left out for TrialPruned
+        assert not [r for r in caplog.records if "terminating due to exception" in r.getMessage()]
 
 
 def test_trial_start_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path):
@@ -258,7 +348,7 @@ def test_trial_start_lock_excludes_a_second_process_and_dies_with_its_holder(tmp
              "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
 
     def other_process_can_lock() -> bool:
-        rc = subprocess.run([sys.executable, "-c", probe, str(lock.path)], timeout=60).returncode
+        rc = subprocess.run([sys.executable, "-c", probe, str(lock.path)], timeout=3600).returncode
         assert rc in (0, 3), rc
         return rc == 0
 
@@ -389,7 +479,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path, s
     db = tmp_path / "best.study.db"
     name = "contreg-TINY-registration_val-io"
     killed_number = None
-    deadline = time.time() + 300
+    deadline = time.time() + 3600  # a hang guard only: the first trial may take long on a loaded machine
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -409,7 +499,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path, s
     finally:
         if proc.poll() is None and killed_number is None:
             proc.kill()
-        proc.wait(timeout=60)
+        proc.wait(timeout=3600)
     assert killed_number is not None, proc.stdout.read()[-3000:]
     out_text = proc.stdout.read()
     # SIGKILL: the heartbeat marks the trial failed later; Ctrl-C: one line, exit 130, no traceback
@@ -419,7 +509,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_n(dataset, tmp_path, s
     kept = {t.number: (t.params, t.value) for t in _study(db, name).get_trials() if t.state == TrialState.COMPLETE}
     killed_params = _study(db, name).trials[killed_number].params
     time.sleep(3.5)  # > 3 heartbeats: the killed trial is stale for the next run
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     trials = _study(db, name).get_trials()
     assert len(_finished(_study(db, name))) == 3
@@ -492,7 +582,7 @@ def test_torchrun_ranks_share_one_study(dataset, tmp_path):
            "-m", "monai_contreg.cli", "tune", str(dataset), "-o", str(out), "--trials", "4", "--threads", "1",
            "--space", _space_file(tmp_path), "--max-sdlogj", "1e9", "--max-folding", "100",
            *sum((["--set", s] for s in SHORT), [])]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=3600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = _study(tmp_path / "best.study.db", "contreg-TINY-registration_val-io")
@@ -534,7 +624,7 @@ def test_best_config_is_accepted_by_register_run_and_the_bundle(dataset, tmp_pat
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(["configs/common.yaml", "configs/inference.yaml"]),
          "--meta_file", "configs/metadata.json", "--dataset_dir", str(dataset), "--output_dir", str(tmp_path / "bundle"),
          "--method_overrides", f"%{out}"],
-        cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=bundle, capture_output=True, text=True, timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from monai_contreg.io.fields import load_field
@@ -592,6 +682,33 @@ def test_holdout_is_never_tuned_on_and_search_steps_only_shorten(dataset, tmp_pa
     assert not (tmp_path / "b.yaml").exists()
 
 
+def test_max_memory_is_honoured_before_each_registration(dataset, tmp_path, capsys):
+    """``max_memory`` below the estimate refuses the first registration before it runs (a UserInputError naming
+    max_memory; the CLI's --max-memory: exit 2, one line); the refused trial is queued again, and the same search
+    with room enough runs it first. A value that is not a size is refused before the study is made."""
+    out = tmp_path / "best.yaml"
+    kw = dict(base=BASE, space=SPACE, n_trials=1, threads=1, on_trial=lambda line: None, on_line=lambda line: None,
+              max_sdlogj=1e9, max_folding=100.0)
+    with pytest.raises(UserInputError, match=r"tune: max_memory: expected a memory size"):
+        tune(dataset, "val", out, max_memory="lots", **kw)
+    assert not (tmp_path / "best.study.db").exists()
+    with pytest.raises(UserInputError, match=r"the registration on a .* grid needs about .*, more than "
+                                             r"max_memory \(--max-memory\), 1\.00 KiB"):
+        tune(dataset, "val", out, max_memory="1K", **kw)
+    trials = _study(tmp_path / "best.study.db", "contreg-TINY-registration_val-io").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING] and not out.exists()
+    assert trials[1].user_attrs["retry_of"] == 0 and "pairs" not in trials[0].user_attrs  # nothing was registered
+    res = tune(dataset, "val", out, max_memory="64G", **kw)
+    trials = _study(tmp_path / "best.study.db", res.study_name).get_trials()
+    assert trials[1].state == TrialState.COMPLETE and trials[1].params == trials[0].params and out.is_file()
+    # the CLI passes --max-memory on
+    rc = main(["tune", str(dataset), "-o", str(tmp_path / "c.yaml"), "--space", _space_file(tmp_path), "--trials", "1",
+               "--threads", "1", "--max-memory", "1K", *sum((["--set", s] for s in SHORT), [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "more than max_memory (--max-memory), 1.00 KiB" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "c.yaml").exists()
+
+
 def test_trials_csv_value_is_the_objective_of_completed_trials_only(tmp_path):
     from optuna.distributions import FloatDistribution
 
@@ -636,15 +753,15 @@ def test_sigint_latch_keeps_a_ctrl_c_lost_in_a_gc_callback():
 
 
 def _readme_commands() -> list[str]:
-    """The `contreg` commands of the README's tuning section, continuation lines joined."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
+    """The `contreg` commands of the tuning guide (docs/guides/tuning.md), continuation lines joined."""
+    text = (REPO / "docs" / "guides" / "tuning.md").read_text()
+    section = text.split("# Tuning the settings on a dataset (`contreg tune`)", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     return [" ".join(line.split()) for line in block.splitlines() if line.startswith("contreg ")]
 
 
 def test_readme_recipe_runs_on_a_tiny_dataset(tmp_path, monkeypatch, capfd):
-    """The README's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
+    """The tuning guide's commands, as written, on a tiny folder: pairs 0101/0102 -> 0001, 0103/0104 -> 0002,
     fewer trials, 6-step schedules searched at 3 steps, and the SDlogJ/folding limits lifted (the default
     space's learning rates tear the 32^3 demo pairs apart in so few steps: no trial would be feasible)."""
     ds = make_tiny_learn2reg(tmp_path / "nlst_synth", n_pairs=2)

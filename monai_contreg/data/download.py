@@ -5,7 +5,7 @@ A transfer goes to ``NAME.part`` beside the target; an interrupted transfer is r
 SHA-256 (when known) and only then renamed to its final name, so an archive that exists is complete.
 Extraction writes a ``.contreg_extracted`` marker last, so a half-extracted folder is re-extracted.
 
-Example:
+Examples:
     >>> fetch_dataset("nlst", "data/")            # data/NLST2023.zip -> data/NLST/...
 """
 
@@ -86,7 +86,7 @@ def download_file(
 
     Raises:
         ValueError: checksum mismatch (the bad transfer is deleted); OSError / urllib errors on network failure
-        (the partial file is kept for the next attempt).
+            (the partial file is kept for the next attempt).
     """
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def load_keypoints(path: str | Path, name: str = "keypoints") -> torch.Tensor:
     A first line that is not numbers (a header such as ``x,y,z``) is skipped.
 
     Raises:
-        FileNotFoundError / ValueError naming ``name`` and the path when the file is missing or malformed.
+        FileNotFoundError / ValueError: naming ``name`` and the path when the file is missing or malformed.
     """
     p = Path(path)
     if not p.is_file():

@@ -12,7 +12,7 @@ scan, ``_0001`` the moving/exhale scan). A pair's field is ``disp_FFFF_MMMM.nii.
 fixed and moving case ids (the official evaluation's short name; used when both images share the modality
 suffix or are ``_0000``/``_0001``), otherwise ``disp_FFFF_ffff_MMMM_mmmm.nii.gz``.
 
-Example:
+Examples:
     >>> ds = Learn2RegDataset("/data/NLST")                          # finds NLST_dataset.json
     >>> pairs = ds.pairs("val")                                     # alias of registration_val
     >>> pairs[0].disp_name

@@ -438,8 +438,8 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
         and that grid's 4x4 RAS voxel-to-world matrix (float64).
 
     Raises:
-        FileNotFoundError, ValueError naming the path: missing file, unreadable file, a transform file that
-        does not hold exactly one displacement field transform.
+        FileNotFoundError, ValueError: naming the path: missing file, unreadable file, a transform file that
+            does not hold exactly one displacement field transform.
     """
     import itk
 

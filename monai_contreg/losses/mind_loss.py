@@ -24,7 +24,7 @@ class MINDSSCLoss(_Loss):
         dilation: MIND neighbourhood spacing.
         reduction: ``"mean"`` (over batch and voxels), ``"sum"`` or ``"none"`` (``(B, 1, H, W, D)``).
 
-    Example:
+    Examples:
         >>> loss = MINDSSCLoss()
         >>> img = torch.rand(1, 1, 16, 16, 16)
         >>> float(loss(img, img))

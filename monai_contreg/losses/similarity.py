@@ -45,7 +45,7 @@ def ssd(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> to
 class SSDLoss(_Loss):
     """Feature SSD similarity (lower is better): see :func:`ssd`.
 
-    Example:
+    Examples:
         >>> loss = SSDLoss()
         >>> loss(torch.zeros(1, 12, 4, 4, 4), torch.ones(1, 12, 4, 4, 4))
         tensor(12.)
@@ -78,7 +78,7 @@ class WarpedSSD:
             bfloat16 and kept so (half the memory traffic of the sampling on the compiled path); arithmetic stays in
             the DDF's float dtype.
 
-    Example:
+    Examples:
         >>> f = torch.rand(1, 12, 8, 8, 8)
         >>> loss, warped = WarpedSSD(f, f)(torch.zeros(1, 3, 8, 8, 8))
         >>> float(loss)

@@ -497,9 +497,9 @@ class RegistrationConfig:
 
         Raises:
             UserInputError: a malformed override, an unknown key (with the nearest valid one), a level index that
-            is not an integer or out of range (with the valid indices), a value of the wrong type or range.
+                is not an integer or out of range (with the valid indices), a value of the wrong type or range.
 
-        Example:
+        Examples:
             >>> cfg = RegistrationConfig().with_overrides(["optim.schedule.total_steps=100", "preprocess.use_masks=false"])
             >>> cfg.optim.schedule.total_steps, cfg.preprocess.use_masks
             (100, False)

@@ -89,7 +89,7 @@ def carry_field(ddf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         ``(1, 3, H, W, D)`` DDF in voxels of the target grid (``ddf`` itself when the shape is unchanged).
 
     Raises:
-        ValueError (UserInputError) for a DDF that is not ``(1, 3, h, w, d)`` or a bad ``shape``.
+        ValueError (UserInputError): for a DDF that is not ``(1, 3, h, w, d)`` or a bad ``shape``.
     """
     check_ddf("carry_field", "ddf", ddf)
     if ddf.shape[0] != 1:

@@ -143,7 +143,7 @@ def resolve_config(where: str, config: RegistrationConfig | str | None) -> Regis
     """A validated config from a :class:`RegistrationConfig`, a preset name, or ``None`` (the ``io`` preset).
 
     Raises:
-        TypeError naming ``where`` for any other type; ``ValueError`` for an unknown preset or invalid values.
+        TypeError: naming ``where`` for any other type; ``ValueError`` for an unknown preset or invalid values.
     """
     cfg = get_preset(config) if isinstance(config, str) else (config or get_preset("io"))
     if not isinstance(cfg, RegistrationConfig):

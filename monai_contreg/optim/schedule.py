@@ -102,7 +102,7 @@ class PiecewiseLRScheduler(ParamScheduler):
 
     Attach it to ``Events.ITERATION_STARTED``: the ``k``-th iteration (0-based) runs with ``schedule.lr_at(k)``.
 
-    Example:
+    Examples:
         >>> vals = PiecewiseLRScheduler.simulate_values(271, schedule=PiecewiseSchedule())
         >>> vals[70][1], round(vals[180][1], 4)
         (15.0, 6.3846)

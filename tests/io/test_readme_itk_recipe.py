@@ -1,4 +1,4 @@
-"""The README's ITK recipe for the displacement-image exports runs as written (itk 5.4 wheels) and gives what
+"""The ITK recipe of the geometry guide (docs/guides/geometry.md) for the displacement-image exports runs as written (itk 5.4 wheels) and gives what
 `contreg warp` gives."""
 
 import re
@@ -12,11 +12,11 @@ from monai_contreg.io.images import load_image, save_image
 from monai_contreg.io.itk_transforms import save_itk_transform
 from monai_contreg.spatial.filters import gaussian_filter
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "geometry.md"  # the page holding the recipe
 
 
 def _recipe() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
     (block,) = [b for b in blocks if "DisplacementFieldTransform[itk.D, 3]" in b]
     return block
 
@@ -34,7 +34,7 @@ def test_readme_itk_recipe_matches_contreg_warp(tmp_path, monkeypatch):
     save_itk_transform(tmp_path / "fixed_to_moving.nii.gz", ddf, aff)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(_recipe(), "README.md", "exec"), scope)  # noqa: S102 - the documented recipe itself
+    exec(compile(_recipe(), "docs/guides/geometry.md", "exec"), scope)  # noqa: S102 - the documented recipe itself
     import itk
 
     ours = apply_to_files(transform="fixed_to_moving.nii.gz", images=[("moving.nii.gz", "ours.nii.gz")])[0]

@@ -1,8 +1,8 @@
 """The compiled kernels and the PyTorch path over a whole default run (io preset, 270 steps, zero start field) on
 the demo pair: the final fields differ by at most about a voxel at single voxels, the TREs by < 0.01 mm.
 
-Measured on this case (2026-12-02): max 1.02 voxel, mean 0.0122 voxel, TRE 0.4549 vs 0.4566 mm; the README states
-the bound with the nlst_synth figures (benchmarks/kernel_parity.py).
+Measured on this case (2026-12-02): max 1.02 voxel, mean 0.0122 voxel, TRE 0.4549 vs 0.4566 mm; docs/guides/speed.md
+states the bound with the nlst_synth figures (benchmarks/kernel_parity.py).
 """
 
 import pytest
