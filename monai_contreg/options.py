@@ -49,7 +49,7 @@ def parse_memory(where: str, value: str | float | int) -> int:
     """``"8G"``, ``"8GiB"``, ``"8GB"``, ``"500M"``, ``"1.5T"`` or a number of bytes -> bytes (powers of 1024).
 
     Raises:
-        UserInputError naming ``where`` for anything else (zero, negative, not finite, unknown unit).
+        UserInputError: naming ``where`` for anything else (zero, negative, not finite, unknown unit).
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value > 0 and math.isfinite(value):
@@ -65,7 +65,7 @@ def parse_spacing(text: str, option: str = "--working-spacing") -> float | tuple
     """Parse a spacing option: one number or three comma-separated numbers (mm), each finite and > 0.
 
     Raises:
-        UserInputError naming ``option`` and the text.
+        UserInputError: naming ``option`` and the text.
     """
     parts = [t.strip() for t in str(text).split(",")]
     try:
@@ -85,7 +85,7 @@ def parse_device(text: str, option: str = "--device") -> str:
     Only the form is checked here (a type of :data:`DEVICE_TYPES`, an optional ``:index``).
 
     Raises:
-        UserInputError naming ``option`` for any other text.
+        UserInputError: naming ``option`` for any other text.
     """
     value = str(text).strip().lower()
     m = re.fullmatch(r"([a-z]+)(?::(\d+))?", value)

@@ -308,8 +308,9 @@ def evaluate_learn2reg(
 
     Raises:
         FileNotFoundError: missing dataset, description or fields (all missing fields listed);
-        ValueError: unknown split, fields of the wrong shape; UserInputError: keypoints outside their image
-        (without ``exclude_outside_keypoints``; the message names the file and the count) or, with it, none left.
+        ValueError: unknown split, fields of the wrong shape.
+        UserInputError: keypoints outside their image (without ``exclude_outside_keypoints``; the message
+            names the file and the count) or, with it, none left.
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)

@@ -148,7 +148,7 @@ def itk_export_frames(
 
     Raises:
         UserInputError: a file ITK cannot read, or an in-memory grid with non-orthogonal axes (one line each,
-        saying why and how to fix it).
+            saying why and how to fix it).
     """
     a_f = _as4(affine)
     a_m = a_f if moving_affine is None else _as4(moving_affine)
