@@ -74,6 +74,10 @@ class RegistrationResult:
         working: for two grids, the :class:`RegistrationResult` on the working grid; ``None`` otherwise.
         output: units of :attr:`displacement`: ``"voxel"`` or ``"mm"``.
         kernels: which implementation ran the warped-SSD loss: ``"compiled"`` (the CPU kernels) or ``"pytorch"``.
+        mask_report: what masked the registration (:func:`~monai_contreg.data.lung_mask.auto_lung_masks`):
+            ``masked`` (bool) and per image (``fixed``, ``moving``) the mask's ``source`` (``"given"``,
+            ``"automatic"``, ``"not found"``, ``"none"``) with, for an automatic mask, its volumes per side (mL),
+            whether the lungs touch the image border, and each plausibility check; ``None`` when not recorded.
     """
 
     ddf: MetaTensor
@@ -90,6 +94,7 @@ class RegistrationResult:
     working: RegistrationResult | None = None
     output: str = "voxel"
     kernels: str = ""
+    mask_report: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.moving_affine is None:
@@ -397,12 +402,13 @@ def prepare_pair(
     return _normalise("prepare_pair", data, cfg)
 
 
-def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig) -> dict[str, MetaTensor]:
-    """Automatic lung masks where a masking preset has none, then ``config.preprocess`` (MONAI transforms),
-    refusing images with no structure before and after it."""
+def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig,
+               mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
+    """Automatic lung masks where a masking preset has none (what was done goes into ``mask_report``), then
+    ``config.preprocess`` (MONAI transforms), refusing images with no structure before and after it."""
     for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
         check_informative(where, k, data[k].as_tensor())
-    data = auto_lung_masks(data, cfg, where)  # missing masks of a masking preset (preprocess.auto_mask)
+    data = auto_lung_masks(data, cfg, where, mask_report)  # missing masks of a masking preset (preprocess.auto_mask)
     out = normalisation_transforms(cfg.preprocess)(data)
     for k in ("fixed", "moving"):
         mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
@@ -551,7 +557,8 @@ def _register_one_grid(
         t_ext = time.perf_counter()
         load_extension()
         t0 += time.perf_counter() - t_ext
-    data = _normalise("register", data, cfg)
+    mask_report: dict[str, Any] = {}
+    data = _normalise("register", data, cfg, mask_report)
     fixed_t = data["fixed"]
     affine = torch.as_tensor(_affine_of(fixed_t))
     est = check_memory(
@@ -580,7 +587,7 @@ def _register_one_grid(
     timings = {"load": t_load, **out.timings, "total": time.perf_counter() - t0}
     return RegistrationResult(
         ddf=ddf, working_ddf=working, history=out.history, tre_history=out.tre_history, timings=timings,
-        config=cfg, steps=out.steps, kernels=getattr(out, "kernels", ""),
+        config=cfg, steps=out.steps, kernels=getattr(out, "kernels", ""), mask_report=mask_report,
     )
 
 

@@ -49,6 +49,8 @@ def _config(args: argparse.Namespace):
         cfg.engine.progress = True
     if getattr(args, "no_auto_mask", False):
         cfg.preprocess.auto_mask = False
+    if getattr(args, "require_mask", False):
+        cfg.preprocess.require_mask = True
     return cfg
 
 
@@ -77,6 +79,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auto-mask", action="store_true",
                    help="do not segment the lungs of images given without a mask (presets that mask their inputs "
                         "do so by default; see 'contreg mask')")
+    p.add_argument("--require-mask", action="store_true",
+                   help="stop (exit 2) when an image given without a mask has no plausible lung, instead of "
+                        "registering unmasked with a warning")
     p.add_argument("--progress", action="store_true",
                    help="show a progress bar over optimisation steps even when stderr is not a terminal")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: one on a terminal)")
@@ -436,22 +441,17 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask(args: argparse.Namespace) -> int:
-    from .data.lung_mask import LungMaskError, lung_mask
+    from .data.lung_mask import describe_lungs, segment_lungs
     from .io.images import IMAGE_WRITE_FORMATS, load_image, save_image
-    from .spatial.conventions import spacing_from_affine
 
     if not str(args.output).lower().endswith(IMAGE_WRITE_FORMATS):
         raise UserInputError(f"-o/--output: path {args.output!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
     t0 = time.perf_counter()
     img = load_image(args.image, series=args.series or None)
-    try:
-        mask = lung_mask(img)
-    except LungMaskError as exc:
-        print(f"contreg mask: error: {exc}", file=sys.stderr)
-        return 1
-    path = save_image(args.output, mask.astype(np.uint8), img.affine)
-    ml = float(mask.sum()) * float(np.prod(spacing_from_affine(img.affine))) / 1000.0
-    print(f"wrote {path}  lungs {ml:.0f} mL  grid {tuple(mask.shape)}  time {time.perf_counter() - t0:.1f}s")
+    seg = segment_lungs(img)  # no plausible lung: LungMaskError, a user error (exit 2, one line)
+    path = save_image(args.output, seg.mask.astype(np.uint8), img.affine)
+    print(f"wrote {path}  lungs {describe_lungs(seg.report)}  grid {tuple(seg.mask.shape)}  "
+          f"time {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -499,6 +499,8 @@ def _add_geometry_parsers(sub) -> None:
     p = sub.add_parser("mask", help="segment the lungs of a CT (the automatic mask of the masking presets)")
     p.add_argument("image", help="CT in HU: image file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="mask image (.nii.gz, .nii, .nrrd, .mha; uint8, 1 = lung)")
+    p.add_argument("--require-mask", action="store_true",
+                   help="accepted as on the registering commands; always on here: no plausible lung is an error (exit 2)")
     _series_option(p)
     p.set_defaults(func=_cmd_mask)
 

@@ -71,12 +71,14 @@ def test_cli_mask_and_no_auto_mask(pair, tmp_path, capsys):
     assert main(["register", str(f), str(m), "-o", str(out), "--no-auto-mask", *sets]) == 0
     off = register(str(f), str(m), config=_cfg("preprocess.auto_mask=false")).to_learn2reg()
     assert np.allclose(np.asarray(nib.load(str(out)).dataobj), off, atol=1e-5)
-    # not a chest CT: contreg mask fails clearly, exit 1
+    # not a chest CT: contreg mask fails clearly, one line, exit 2 (a user error)
     water = np.full((30, 30, 30), -1000.0, np.float32)
     water[3:27, 3:27, 3:27] = 0.0
     nib.save(nib.Nifti1Image(water, AFFINE), str(tmp_path / "w.nii.gz"))
-    assert main(["mask", str(tmp_path / "w.nii.gz"), "-o", str(tmp_path / "wm.nii.gz")]) == 1
-    assert "does not look like a chest CT" in capsys.readouterr().err
+    assert main(["mask", str(tmp_path / "w.nii.gz"), "-o", str(tmp_path / "wm.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "does not look like a chest CT" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "wm.nii.gz").exists()
 
 
 def test_readme_recipe_mask_of_a_dicom_folder(tmp_path, capsys):
