@@ -20,7 +20,8 @@ and every direction (superior, left, right) comes from the affine's RAS frame, s
    whose top lies within ``trachea_max_offset_mm`` of the body's left-right midline;
 5. free gas removed: air whose HU, smoothed by a Gaussian of ``free_gas_sigma_mm``, is below ``free_gas_hu``
    (-950) in pockets at least ``2 * free_gas_open_mm`` thick (a morphological opening) and of at least
-   ``free_gas_min_ml``: bowel and stomach gas, a pneumothorax, outside air; lung parenchyma (air mixed with
+   ``free_gas_min_ml``, grown by up to ``2 * free_gas_open_mm`` through voxels below ``free_gas_hu`` (the
+   pocket's thin parts): bowel and stomach gas, a pneumothorax, outside air; lung parenchyma (air mixed with
    tissue, about -900 ... -700 HU) is not free gas;
 6. each remaining connected region (largest first) is checked; a region that fails any check is not a lung:
 
@@ -98,9 +99,13 @@ class LungMaskResult:
         report: JSON-friendly dict: ``found``, ``lungs`` (number of accepted regions), ``volume_ml``,
             ``right_ml``, ``left_ml`` (the mask split at the midline, world RAS sides), ``touches_border`` and
             ``border_faces`` (anatomical names of the image faces the mask touches), ``airway_found``,
-            ``midline_from`` (``"trachea"`` or ``"body"``), ``free_gas_next_to_lungs_ml`` (free gas touching the
-            lungs: a pneumothorax, the main bronchi at the hilum), ``regions`` (each checked region: volume,
-            side, checks with value, limit and verdict, ``accepted``).
+            ``midline_from`` (``"trachea"`` or ``"body"``), ``free_gas_ml`` (all free gas inside the body, step 5),
+            ``free_gas_next_to_lungs_ml`` (free gas touching the lungs: a pneumothorax, the main bronchi at the
+            hilum), ``fov_bridged_slices`` (axial slices where a stretch of image border was counted as body),
+            ``regions`` (each checked region, largest first: ``volume_ml``, ``side``, ``right_fraction``,
+            ``superior_mm`` (its extent along the superior axis, mm from the first slice), ``median_hu`` of its
+            interior, ``airway_contact``, ``touches_border``, ``border_faces``, ``checks`` (each with ``value``,
+            its limit and ``passed``) and ``accepted``).
     """
 
     mask: np.ndarray
@@ -172,7 +177,14 @@ def _free_gas(hu: np.ndarray, inside: np.ndarray, spacing, level: float, sigma_m
     out = np.zeros_like(inside)
     if n:
         sizes = np.bincount(lab.ravel())[1:] * voxel_ml
-        out[box] = np.isin(lab, np.flatnonzero(sizes >= min_ml) + 1)
+        gas = np.isin(lab, np.flatnonzero(sizes >= min_ml) + 1)
+        if gas.any():
+            # the pockets' thin parts (a pneumothorax between lung and chest wall, thinner than the opening keeps):
+            # grown by up to 2 * open_mm through voxels that are themselves below the level
+            allowed = inside[box] & (h < level)
+            steps = int(np.ceil(2 * open_mm / min(spacing)))
+            gas = ndi.binary_dilation(gas, iterations=steps, mask=allowed) | gas
+        out[box] = gas
     return out
 
 
@@ -260,9 +272,9 @@ def _touching(box: tuple[slice, ...], shape, names) -> list[str]:
 
 _REASONS = {
     "volume_ml": "holds {value:.0f} mL (< {min:g} mL)",
-    "parenchyma_fraction": "has {pct:.0f} % of its interior in the lung-parenchyma range (< {minpct:.0f} %; "
+    "parenchyma_fraction": "has {pct:.1f} % of its interior in the lung-parenchyma range (< {minpct:.0f} %; "
                            "homogeneous gas, not lung)",
-    "interior_fraction": "is a thin shell ({pct:.0f} % interior < {minpct:.0f} %; the edge of a gas pocket)",
+    "interior_fraction": "is a thin shell ({pct:.1f} % interior < {minpct:.0f} %; the edge of a gas pocket)",
     "midline_fraction": "lies across the midline ({pct:.0f} % within the mediastinum > {maxpct:.0f} %)",
 }
 
@@ -289,7 +301,7 @@ def segment_lungs(
     interior_mm: float = 3.0,
     min_interior_fraction: float = 0.5,
     free_gas_hu: float = -950.0,
-    free_gas_sigma_mm: float = 1.0,
+    free_gas_sigma_mm: float = 2.0,
     free_gas_open_mm: float = 3.0,
     free_gas_min_ml: float = 20.0,
     lateral_fraction: float = 0.8,
@@ -430,7 +442,7 @@ def segment_lungs(
 
     passing = [r for r in regions if all(c["passed"] for c in r["checks"].values())]
     report: dict[str, Any] = {"found": bool(passing), "airway_found": bool(airway.any()), "midline_from": midline_from,
-                              "fov_bridged_slices": bridged}
+                              "fov_bridged_slices": bridged, "free_gas_ml": round(float(free.sum()) * voxel_ml, 1)}
     if not passing:
         report["regions"] = [{k: v for k, v in r.items() if k != "_label"} for r in regions]
         if not regions:
@@ -439,6 +451,8 @@ def segment_lungs(
             r0 = regions[0]
             failed = [_reason(k, c) for k, c in r0["checks"].items() if not c["passed"]]
             why = f"the largest air region inside the body ({r0['side']}) " + " and ".join(failed)
+        if report["free_gas_ml"] >= min_lung_ml / 10:
+            why += f"; {report['free_gas_ml']:.0f} mL of homogeneous gas inside the body (bowel gas?) is not lung"
         raise LungMaskError(f"lung_mask: no plausible lung: {why}; the image does not look like a chest CT in HU.",
                             report)
     first = passing[0]
