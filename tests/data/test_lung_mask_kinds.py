@@ -7,6 +7,7 @@ diaphragm for the second lung (94 % of the colon in the mask).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -157,6 +158,7 @@ def test_auto_masks_record_volumes_and_border(normal, caplog):
     assert data["fixed_mask"].shape == (1, *cut.image.shape)
     assert "touches the image border (right)" in caplog.text
     assert report["masked"] is True
+    assert json.loads(json.dumps(report)) == report  # it goes into runtimes.json as it is
     for key in ("fixed", "moving"):
         rep = report[key]
         assert rep["source"] == "automatic" and rep["lungs"] == 2 and rep["touches_border"]
