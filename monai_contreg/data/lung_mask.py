@@ -103,7 +103,7 @@ class LungMaskResult:
             ``free_gas_next_to_lungs_ml`` (free gas touching the lungs: a pneumothorax, the main bronchi at the
             hilum), ``fov_bridged_slices`` (axial slices where a stretch of image border was counted as body),
             ``regions`` (each checked region, largest first: ``volume_ml``, ``side``, ``right_fraction``,
-            ``superior_mm`` (its extent along the superior axis, mm from the first slice), ``median_hu`` of its
+            ``superior_mm`` (its extent along the superior axis, mm above the image's most inferior slice), ``median_hu`` of its
             interior, ``airway_contact``, ``touches_border``, ``border_faces``, ``checks`` (each with ``value``,
             its limit and ``passed``) and ``accepted``).
     """
