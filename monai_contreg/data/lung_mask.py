@@ -103,9 +103,9 @@ class LungMaskResult:
             ``free_gas_next_to_lungs_ml`` (free gas touching the lungs: a pneumothorax, the main bronchi at the
             hilum), ``fov_bridged_slices`` (axial slices where a stretch of image border was counted as body),
             ``regions`` (each checked region, largest first: ``volume_ml``, ``side``, ``right_fraction``,
-            ``superior_mm`` (its extent along the superior axis, mm above the image's most inferior slice), ``median_hu`` of its
-            interior, ``airway_contact``, ``touches_border``, ``border_faces``, ``checks`` (each with ``value``,
-            its limit and ``passed``) and ``accepted``).
+            ``superior_mm`` (its extent along the superior axis, mm above the image's most inferior slice),
+            ``median_hu`` of its interior, ``airway_contact``, ``touches_border``, ``border_faces``, ``checks``
+            (each with ``value``, its limit and ``passed``) and ``accepted``).
     """
 
     mask: np.ndarray
@@ -242,9 +242,12 @@ def _airway(
 
 
 def _check(value, passed: bool, **limits) -> dict[str, Any]:
-    v = round(float(value), 4) if isinstance(value, (float, np.floating)) else value
-    return {"value": v, **{k: (round(float(x), 4) if isinstance(x, (float, int, np.floating)) and not isinstance(x, bool) else x)
-                           for k, x in limits.items()}, "passed": bool(passed)}
+    """One check of the report: ``{"value", <limits>..., "passed"}``, numbers rounded to 4 decimals (JSON)."""
+
+    def num(x):
+        return round(float(x), 4) if isinstance(x, (float, int, np.floating)) and not isinstance(x, bool) else x
+
+    return {"value": num(value), **{k: num(x) for k, x in limits.items()}, "passed": bool(passed)}
 
 
 def _face_names(aff: np.ndarray, order: list[int], flip: bool) -> list[tuple[str, str]]:
@@ -429,6 +432,7 @@ def segment_lungs(
                                           range_hu=[lo, hi]),
             "interior_fraction": _check(int_frac, int_frac >= min_interior_fraction, min=min_interior_fraction),
         }
+        faces_r = _touching(box, cand.shape, names)
         if side == "both":
             checks["midline_fraction"] = _check(band, band <= max_midline_fraction, max=max_midline_fraction)
         regions.append({
@@ -436,7 +440,7 @@ def segment_lungs(
             "superior_mm": [round(box[2].start * sp[2], 1), round(box[2].stop * sp[2], 1)],
             "median_hu": float(np.median(vals)) if vals.size else None,
             "airway_contact": None if airway_near is None else bool((airway_near[box] & reg).any()),
-            "touches_border": bool(_touching(box, cand.shape, names)), "border_faces": _touching(box, cand.shape, names),
+            "touches_border": bool(faces_r), "border_faces": faces_r,
             "checks": checks, "accepted": False, "_label": label,
         })
 
@@ -496,7 +500,9 @@ def segment_lungs(
     return LungMaskResult(np.ascontiguousarray(np.transpose(lungs, np.argsort(order))), report)
 
 
-def lung_mask(image: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor | None = None, **options) -> np.ndarray:
+def lung_mask(
+    image: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor | None = None, **options: Any,
+) -> np.ndarray:
     """The lung mask of :func:`segment_lungs` (same arguments, keyword options included), without its report.
 
     Returns:
@@ -509,7 +515,8 @@ def lung_mask(image: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tenso
 
 
 def describe_lungs(report: dict[str, Any]) -> str:
-    """One line for a found mask's report: ``"3530 mL (right 1900, left 1630), touches the image border (left)"``."""
+    """One line for a found mask's report (:attr:`LungMaskResult.report`), e.g. ``"5024 mL (right 2611, left 2413;
+    2 regions), touches the image border (right, inferior): the field of view cuts the lungs"``."""
     text = f"{report['volume_ml']:.0f} mL (right {report['right_ml']:.0f}, left {report['left_ml']:.0f}"
     text += f"; {report['lungs']} region{'s' if report['lungs'] > 1 else ''})"
     if report.get("touches_border"):
