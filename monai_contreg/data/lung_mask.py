@@ -163,7 +163,7 @@ def _opening_mm(mask: np.ndarray, radius: float, spacing) -> np.ndarray:
 
 
 def _free_gas(hu: np.ndarray, inside: np.ndarray, spacing, level: float, sigma_mm: float, open_mm: float,
-              min_ml: float, voxel_ml: float) -> np.ndarray:
+              min_ml: float, voxel_ml: float, enclosed_fraction: float) -> np.ndarray:
     """Thick pockets of homogeneous gas inside the body (step 5 of the module docstring)."""
     if not inside.any():
         return np.zeros_like(inside)
@@ -184,8 +184,32 @@ def _free_gas(hu: np.ndarray, inside: np.ndarray, spacing, level: float, sigma_m
             allowed = inside[box] & (h < level)
             steps = int(np.ceil(2 * open_mm / min(spacing)))
             gas = ndi.binary_dilation(gas, iterations=steps, mask=allowed) | gas
+            gas = _not_enclosed(gas, inside[box], spacing, open_mm, enclosed_fraction)
         out[box] = gas
     return out
+
+
+def _not_enclosed(gas: np.ndarray, inside: np.ndarray, spacing, ring_mm: float, enclosed_fraction: float) -> np.ndarray:
+    """The pockets of ``gas`` that lung does not enclose.
+
+    For each pocket, the ring of voxels ``ring_mm ... 2 * ring_mm`` outside it (beyond the partial-volume edge) is
+    looked at: a pocket whose ring is at least ``enclosed_fraction`` other air inside the body (lung around a bulla,
+    emphysematous lung) is not free gas; a pneumothorax (chest wall on one side) and bowel gas (bowel wall) are.
+    """
+    lab, n = ndi.label(gas)
+    keep = np.zeros_like(gas)
+    pad = [int(np.ceil(2 * ring_mm / s)) + 1 for s in spacing]
+    for idx, sl in enumerate(ndi.find_objects(lab), start=1):
+        box = tuple(slice(max(a.start - p, 0), min(a.stop + p, m)) for a, p, m in zip(sl, pad, gas.shape))
+        pocket = lab[box] == idx
+        dist = ndi.distance_transform_edt(~pocket, sampling=spacing)
+        ring = (dist > ring_mm) & (dist <= 2 * ring_mm)
+        other_air = inside[box] & ~gas[box]
+        frac = float(other_air[ring].mean()) if ring.any() else 0.0
+        logger.debug("free gas pocket %d: %.1f mL, ring %.2f other air", idx, float(pocket.sum()), frac)
+        if frac < enclosed_fraction:
+            keep[box] |= pocket
+    return keep
 
 
 def _closing_mm(mask: np.ndarray, radius: float, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -307,6 +331,7 @@ def segment_lungs(
     free_gas_sigma_mm: float = 2.0,
     free_gas_open_mm: float = 3.0,
     free_gas_min_ml: float = 20.0,
+    free_gas_enclosed_fraction: float = 0.6,
     lateral_fraction: float = 0.8,
     midline_mm: float = 10.0,
     max_midline_fraction: float = 0.15,
@@ -336,6 +361,9 @@ def segment_lungs(
         free_gas_sigma_mm: Gaussian sigma (mm) of that smoothing.
         free_gas_open_mm: radius (mm) of the opening: free gas pockets are at least twice as thick.
         free_gas_min_ml: smallest free gas pocket (mL) removed.
+        free_gas_enclosed_fraction: a pocket whose surroundings (``free_gas_open_mm`` ... twice that outside it)
+            are at least this fraction other air inside the body is enclosed by lung (emphysema, a bulla) and
+            is not free gas.
         lateral_fraction: a one-sided lung has at least this fraction of its voxels on one side of the midline.
         midline_mm: half-width (mm) of the band around the midline counted by ``max_midline_fraction``.
         max_midline_fraction: a two-sided region holds at most this fraction within the band.
@@ -389,7 +417,8 @@ def segment_lungs(
     airway = _airway(inside, body, sp, lr, airway_max_area_mm2, trachea_max_offset_mm, airway_gap_mm,
                      trachea_min_length_mm)
     inside &= ~airway
-    free = _free_gas(hu, inside, sp, free_gas_hu, free_gas_sigma_mm, free_gas_open_mm, free_gas_min_ml, voxel_ml)
+    free = _free_gas(hu, inside, sp, free_gas_hu, free_gas_sigma_mm, free_gas_open_mm, free_gas_min_ml, voxel_ml,
+                     free_gas_enclosed_fraction)
     cand = inside & ~free
 
     # midline: the trachea's left-right position (its upper half), else the body's centre

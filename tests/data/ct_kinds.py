@@ -58,7 +58,8 @@ def _gas(img, region, tex, level=-985.0, content=-150.0, content_above=1.3, nois
     img[region & (tex > content_above)] = content
 
 
-def chest(z_range=(-60.0, 250.0), *, left_lung=True, pneumothorax=False, colon=False, seed=0) -> Kind:
+def chest(z_range=(-60.0, 250.0), *, left_lung=True, pneumothorax=False, colon=False, emphysema=False,
+          seed=0) -> Kind:
     """A chest CT (optionally down into the abdomen with a gas-filled colon), true lungs and other regions.
 
     Args:
@@ -66,6 +67,8 @@ def chest(z_range=(-60.0, 250.0), *, left_lung=True, pneumothorax=False, colon=F
         left_lung: False: a pneumonectomy (the left hemithorax filled with fluid, 15 HU).
         pneumothorax: the right lung collapsed to 70 % of its size (towards the hilum) inside free air.
         colon: a colon full of gas (about 1.2 L, with faeces) below the diaphragm.
+        emphysema: severe emphysema: parenchyma -940 +- 50 HU (about 45 % of the lung below -950 HU) and ten
+            12 mm bullae (-995 HU).
     """
     x, y, z, affine = _grid(z_range)
     shape = x.shape
@@ -91,9 +94,17 @@ def chest(z_range=(-60.0, 250.0), *, left_lung=True, pneumothorax=False, colon=F
         extra["pneumothorax"] = right_cavity & ~right
         img[extra["pneumothorax"]] = (-1000 + 10 * rng_tex)[extra["pneumothorax"]]
     lungs = right | (left_cavity if left_lung else np.zeros_like(right))
-    par = (-860 + 35 * _texture(shape, 0.8, seed + 4)).astype(np.float32)
+    if emphysema:
+        par = (-940 + 50 * _texture(shape, 0.7, seed + 4)).astype(np.float32)
+    else:
+        par = (-860 + 35 * _texture(shape, 0.8, seed + 4)).astype(np.float32)
     vessels = _texture(shape, 1.2, seed + 5) > 2.0
     par[vessels] = 40.0
+    if emphysema:
+        deep = np.argwhere(ndi.binary_erosion(right_cavity | left_cavity, iterations=6))
+        for c in deep[np.random.default_rng(seed + 6).choice(len(deep), 10, replace=False)]:
+            cx, cy, cz = (x[tuple(c)], y[tuple(c)], z[tuple(c)])
+            par[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= 12.0 ** 2] = -995.0
     img[lungs] = par[lungs]
     if not left_lung:
         img[left_cavity] = 15.0

@@ -80,6 +80,15 @@ def test_pneumothorax_air_is_not_lung():
     assert abs(res.report["free_gas_next_to_lungs_ml"] - true_ml) <= 0.1 * true_ml
 
 
+def test_severe_emphysema_is_lung_not_free_gas():
+    """Emphysematous lung and bullae are air enclosed by lung: not removed as free gas (as a pneumothorax is)."""
+    k = chest(emphysema=True)
+    assert (k.image[k.lungs] < -950).mean() > 0.4
+    res = segment_lungs(k.image, k.affine)
+    assert res.report["lungs"] == 2 and res.report["free_gas_ml"] == 0.0
+    assert _dice(res.mask, k.lungs) >= 0.98
+
+
 def test_pneumonectomy_one_lung():
     k = chest(left_lung=False)
     res = segment_lungs(k.image, k.affine)
