@@ -206,7 +206,7 @@ def _not_enclosed(gas: np.ndarray, inside: np.ndarray, spacing, ring_mm: float, 
         ring = (dist > ring_mm) & (dist <= 2 * ring_mm)
         other_air = inside[box] & ~gas[box]
         frac = float(other_air[ring].mean()) if ring.any() else 0.0
-        logger.debug("free gas pocket %d: %.1f mL, ring %.2f other air", idx, float(pocket.sum()), frac)
+        logger.debug("free gas pocket %d: %d voxels, surroundings %.2f other air", idx, int(pocket.sum()), frac)
         if frac < enclosed_fraction:
             keep[box] |= pocket
     return keep
