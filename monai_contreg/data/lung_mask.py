@@ -21,8 +21,10 @@ and every direction (superior, left, right) comes from the affine's RAS frame, s
 5. free gas removed: air whose HU, smoothed by a Gaussian of ``free_gas_sigma_mm``, is below ``free_gas_hu``
    (-950) in pockets at least ``2 * free_gas_open_mm`` thick (a morphological opening) and of at least
    ``free_gas_min_ml``, grown by up to ``2 * free_gas_open_mm`` through voxels below ``free_gas_hu`` (the
-   pocket's thin parts): bowel and stomach gas, a pneumothorax, outside air; lung parenchyma (air mixed with
-   tissue, about -900 ... -700 HU) is not free gas;
+   pocket's thin parts), unless lung encloses the pocket (at least ``free_gas_enclosed_fraction`` of the shell
+   ``free_gas_open_mm`` ... ``2 * free_gas_open_mm`` outside it is other air: emphysema, a bulla): bowel and
+   stomach gas, a pneumothorax, outside air; lung parenchyma (air mixed with tissue, about -900 ... -700 HU) is
+   not free gas;
 6. each remaining connected region (largest first) is checked; a region that fails any check is not a lung:
 
    * ``volume_ml``: between ``min_lung_ml`` and ``max_lung_ml`` (twice that for one region holding both lungs);
