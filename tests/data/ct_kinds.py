@@ -67,7 +67,7 @@ def chest(z_range=(-60.0, 250.0), *, left_lung=True, pneumothorax=False, colon=F
         left_lung: False: a pneumonectomy (the left hemithorax filled with fluid, 15 HU).
         pneumothorax: the right lung collapsed to 70 % of its size (towards the hilum) inside free air.
         colon: a colon full of gas (about 1.2 L, with faeces) below the diaphragm.
-        emphysema: severe emphysema: parenchyma -940 +- 50 HU (about 45 % of the lung below -950 HU) and ten
+        emphysema: severe emphysema: parenchyma -940 +- 50 HU (42 % of the lung below -950 HU) and ten
             12 mm bullae (-995 HU).
     """
     x, y, z, affine = _grid(z_range)
