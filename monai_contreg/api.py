@@ -84,6 +84,10 @@ class RegistrationResult:
         fixed_itk, moving_itk: how ITK reads the fixed and moving input files
             (:class:`~monai_contreg.io.geometry_checks.ItkReading`), ``None`` for inputs given as arrays;
             :meth:`save_itk` composes any difference from the package's reading into the export.
+        mask_report: what masked the registration (:func:`~monai_contreg.data.lung_mask.auto_lung_masks`):
+            ``masked`` (bool) and per image (``fixed``, ``moving``) the mask's ``source`` (``"given"``,
+            ``"automatic"``, ``"not found"``, ``"none"``) with, for an automatic mask, its volumes per side (mL),
+            whether the lungs touch the image border, and each plausibility check; ``None`` when not recorded.
     """
 
     ddf: MetaTensor
@@ -102,6 +106,7 @@ class RegistrationResult:
     kernels: str = ""
     fixed_itk: ItkReading | None = None
     moving_itk: ItkReading | None = None
+    mask_report: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.moving_affine is None:
@@ -422,12 +427,13 @@ def prepare_pair(
     return _normalise("prepare_pair", data, cfg)
 
 
-def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig) -> dict[str, MetaTensor]:
-    """Automatic lung masks where a masking preset has none, then ``config.preprocess`` (MONAI transforms),
-    refusing images with no structure before and after it."""
+def _normalise(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig,
+               mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
+    """Automatic lung masks where a masking preset has none (what was done goes into ``mask_report``), then
+    ``config.preprocess`` (MONAI transforms), refusing images with no structure before and after it."""
     for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
         check_informative(where, k, data[k].as_tensor())
-    data = auto_lung_masks(data, cfg, where)  # missing masks of a masking preset (preprocess.auto_mask)
+    data = auto_lung_masks(data, cfg, where, mask_report)  # missing masks of a masking preset (preprocess.auto_mask)
     out = normalisation_transforms(cfg.preprocess)(data)
     for k in ("fixed", "moving"):
         mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
@@ -577,7 +583,8 @@ def _register_one_grid(
         t_ext = time.perf_counter()
         load_extension()
         t0 += time.perf_counter() - t_ext
-    data = _normalise("register", data, cfg)
+    mask_report: dict[str, Any] = {}
+    data = _normalise("register", data, cfg, mask_report)
     fixed_t = data["fixed"]
     affine = torch.as_tensor(_affine_of(fixed_t))
     est = check_memory(
@@ -606,7 +613,7 @@ def _register_one_grid(
     timings = {"load": t_load, **out.timings, "total": time.perf_counter() - t0}
     return RegistrationResult(
         ddf=ddf, working_ddf=working, history=out.history, tre_history=out.tre_history, timings=timings,
-        config=cfg, steps=out.steps, kernels=getattr(out, "kernels", ""),
+        config=cfg, steps=out.steps, kernels=getattr(out, "kernels", ""), mask_report=mask_report,
     )
 
 

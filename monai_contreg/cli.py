@@ -134,6 +134,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auto-mask", action="store_true",
                    help="do not segment the lungs of images given without a mask (presets that mask their inputs "
                         "do so by default; see 'contreg mask')")
+    p.add_argument("--require-mask", action="store_true",
+                   help="stop (exit 2) when an image given without a mask has no plausible lung, instead of "
+                        "registering unmasked with a warning")
     p.add_argument("--progress", action="store_true",
                    help="show a progress bar over optimisation steps even when stderr is not a terminal")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: one on a terminal)")
@@ -217,6 +220,8 @@ def _add_geometry_parsers(sub) -> None:
     p = sub.add_parser("mask", help="segment the lungs of a CT (the automatic mask of the masking presets)")
     p.add_argument("image", help="CT in HU: image file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="mask image (.nii.gz, .nii, .nrrd, .mha; uint8, 1 = lung)")
+    p.add_argument("--require-mask", action="store_true",
+                   help="accepted as on the registering commands; always on here: no plausible lung is an error (exit 2)")
     _series_option(p)
     p.set_defaults(handler="_cmd_mask")
 

@@ -65,6 +65,8 @@ def _config(args: argparse.Namespace, request: RunRequest | None = None):
         cfg.engine.progress = True
     if getattr(args, "no_auto_mask", False):
         cfg.preprocess.auto_mask = False
+    if getattr(args, "require_mask", False):
+        cfg.preprocess.require_mask = True
     return cfg
 
 
@@ -311,21 +313,17 @@ _EVAL_COLUMNS = ("TRE_kp", "TRE_kp_initial", "LogJacDetStd", "SDlogJ", "folding_
 
 
 def _cmd_mask(args: argparse.Namespace, request: RunRequest) -> int:
-    from .data.lung_mask import LungMaskError, lung_mask
+    from .data.lung_mask import describe_lungs, segment_lungs
     from .io.images import IMAGE_WRITE_FORMATS, load_image, save_image
-    from .spatial.conventions import spacing_from_affine
 
     if not str(args.output).lower().endswith(IMAGE_WRITE_FORMATS):
         raise UserInputError(f"-o/--output: path {args.output!r} must end with one of {list(IMAGE_WRITE_FORMATS)}.")
     t0 = time.perf_counter()
     img = load_image(args.image, series=args.series or None)
-    try:
-        mask = lung_mask(img)
-    except LungMaskError as exc:  # not a chest CT in HU (or no lungs in it): a user error, exit 2 as any other
-        raise UserInputError(f"{args.image}: {exc}") from exc
-    path = save_image(args.output, mask.astype(np.uint8), img.affine)
-    ml = float(mask.sum()) * float(np.prod(spacing_from_affine(img.affine))) / 1000.0
-    print(f"wrote {path}  lungs {ml:.0f} mL  grid {tuple(mask.shape)}  time {time.perf_counter() - t0:.1f}s")
+    seg = segment_lungs(img)  # no plausible lung: LungMaskError, a user error (exit 2, one line)
+    path = save_image(args.output, seg.mask.astype(np.uint8), img.affine)
+    print(f"wrote {path}  lungs {describe_lungs(seg.report)}  grid {tuple(seg.mask.shape)}  "
+          f"time {time.perf_counter() - t0:.1f}s")
     return 0
 
 

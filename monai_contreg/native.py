@@ -231,5 +231,6 @@ def _register_two_grids(
         history=getattr(res, "history", {}), tre_history=getattr(res, "tre_history", []), timings=timings,
         config=getattr(res, "config", None), steps=getattr(res, "steps", 0), moving_affine=m_aff,
         moving_shape=tuple(int(s) for s in m_img.shape[1:]), working_affine=w_aff, working_shape=w_shape,
-        working=res, output=output, kernels=getattr(res, "kernels", ""), **itk_readings(data),
+        working=res, output=output, kernels=getattr(res, "kernels", ""), mask_report=getattr(res, "mask_report", None),
+        **itk_readings(data),
     )

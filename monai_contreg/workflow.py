@@ -92,6 +92,8 @@ class PairOutcome:
         timings: the registration's timings (seconds: ``load``, ``features``, ``optimisation``, ``total``).
         kernels: the implementation of the similarity that ran: ``"compiled"`` (CPU kernels), ``"pytorch"``, or both
             joined by ``+`` (see :attr:`monai_contreg.api.RegistrationResult.kernels`).
+        mask: what masked the registration (:attr:`monai_contreg.api.RegistrationResult.mask_report`: each image's
+            mask source, the automatic mask's volumes per side, border contact and checks); ``None`` if unknown.
     """
 
     key: str
@@ -104,6 +106,7 @@ class PairOutcome:
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     kernels: str = ""
+    mask: dict[str, Any] | None = None
 
 
 @dataclass
@@ -358,6 +361,7 @@ def _run_pairs(
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "timings": outcome.timings,
                 "kernels": outcome.kernels,
+                "mask": outcome.mask,
                 **(case_extra or {}),
             }, None)
         elif outcome.status == "failed":
@@ -519,6 +523,7 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         wall_seconds=time.perf_counter() - t0,
         final_loss=None if losses[-1] is None else float(losses[-1]), steps=int(res.steps),
         timings={k: float(v) for k, v in res.timings.items()}, kernels=str(getattr(res, "kernels", "") or ""),
+        mask=getattr(res, "mask_report", None),
     )
 
 

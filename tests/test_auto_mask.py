@@ -71,12 +71,14 @@ def test_cli_mask_and_no_auto_mask(pair, tmp_path, capsys):
     assert main(["register", str(f), str(m), "-o", str(out), "--no-auto-mask", *sets]) == 0
     off = register(str(f), str(m), config=_cfg("preprocess.auto_mask=false")).to_learn2reg()
     assert np.allclose(np.asarray(nib.load(str(out)).dataobj), off, atol=1e-5)
-    # not a chest CT: contreg mask fails clearly, exit 2 (a user error, as on every command)
+    # not a chest CT: contreg mask fails clearly, one line, exit 2 (a user error)
     water = np.full((30, 30, 30), -1000.0, np.float32)
     water[3:27, 3:27, 3:27] = 0.0
     nib.save(nib.Nifti1Image(water, AFFINE), str(tmp_path / "w.nii.gz"))
     assert main(["mask", str(tmp_path / "w.nii.gz"), "-o", str(tmp_path / "wm.nii.gz")]) == 2
-    assert "does not look like a chest CT" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not look like a chest CT" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "wm.nii.gz").exists()
 
 
 def test_readme_recipe_mask_of_a_dicom_folder(tmp_path, capsys):
@@ -91,3 +93,83 @@ def test_readme_recipe_mask_of_a_dicom_folder(tmp_path, capsys):
     assert main(["mask", str(tmp_path / "ct"), "-o", str(tmp_path / "lungs.nii.gz")]) == 0
     assert np.array_equal(np.asarray(nib.load(str(tmp_path / "lungs.nii.gz")).dataobj) > 0, expected)
     assert "lungs 616 mL" in capsys.readouterr().out
+
+
+def _coarse(kind):
+    """A tests/data/ct_kinds volume at 6 mm (every second voxel): small enough to register in seconds."""
+    aff = kind.affine.copy()
+    aff[:3, :3] *= 2
+    return kind.image[::2, ::2, ::2].astype(np.float32), aff
+
+
+@pytest.fixture(scope="module")
+def cut_chest():
+    from tests.data.ct_kinds import chest, crop
+
+    return _coarse(crop(chest(), 0, 0, 83))  # the field of view cuts the right lung
+
+
+@pytest.fixture(scope="module")
+def no_lungs():
+    from tests.data.ct_kinds import abdomen
+
+    return _coarse(abdomen())  # about 430 mL of bowel gas, no lungs
+
+
+def test_register_records_the_mask_report(cut_chest, no_lungs):
+    from monai_contreg.data.lung_mask import LungMaskError, segment_lungs
+    from monai_contreg.errors import UserInputError
+
+    img, aff = cut_chest
+    mt = MetaTensor(torch.as_tensor(img), affine=torch.as_tensor(aff))
+    res = register(mt, mt.clone(), config=_cfg())
+    rep = res.mask_report
+    expected = segment_lungs(img, aff).report
+    assert rep["masked"] is True and rep["fixed"]["source"] == rep["moving"]["source"] == "automatic"
+    assert rep["fixed"]["touches_border"] and rep["fixed"]["border_faces"] == ["right"]
+    for k in ("volume_ml", "right_ml", "left_ml", "lungs"):
+        assert rep["fixed"][k] == expected[k]
+    # the two-grid path carries the working grid's report
+    nat = register_native(mt, mt.clone(), config=_cfg(), working_spacing=6.0)
+    assert nat.mask_report["masked"] is True and nat.mask_report["fixed"]["volume_ml"] == expected["volume_ml"]
+    # no lungs: registered unmasked, and said so; --require-mask stops instead
+    img, aff = no_lungs
+    mt = MetaTensor(torch.as_tensor(img), affine=torch.as_tensor(aff))
+    res = register(mt, mt.clone(), config=_cfg())
+    assert res.mask_report["masked"] is False and res.mask_report["fixed"]["source"] == "not found"
+    off = register(mt, mt.clone(), config=_cfg("preprocess.auto_mask=false")).ddf.as_tensor()
+    assert torch.equal(res.ddf.as_tensor(), off)  # unmasked is what ran
+    with pytest.raises(LungMaskError, match="--require-mask") as info:
+        register(mt, mt.clone(), config=_cfg("preprocess.require_mask=true"))
+    assert isinstance(info.value, UserInputError)
+
+
+def test_cli_no_lungs_is_a_user_error(no_lungs, cut_chest, tmp_path, capsys):
+    img, aff = no_lungs
+    f = tmp_path / "abdomen.nii.gz"
+    nib.save(nib.Nifti1Image(img, aff), str(f))
+    assert main(["mask", str(f), "-o", str(tmp_path / "m.nii.gz"), "--require-mask"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("contreg mask: error:") and "no plausible lung" in err[0]
+    sets = [a for s in FEW for a in ("--set", s)] + ["--threads", "1", "--quiet"]
+    for cmd in ("register", "register-native"):
+        assert main([cmd, str(f), str(f), "-o", str(tmp_path / f"{cmd}.nii.gz"), "--require-mask", *sets]) == 2
+        err = capsys.readouterr().err
+        assert f"contreg {cmd}: error:" in err and "--require-mask" in err and "no plausible lung" in err
+        assert not (tmp_path / f"{cmd}.nii.gz").exists()
+    # contreg mask says the lungs touch the image border
+    img, aff = cut_chest
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "chest.nii.gz"))
+    assert main(["mask", str(tmp_path / "chest.nii.gz"), "-o", str(tmp_path / "lungs.nii.gz")]) == 0
+    assert "touches the image border (right)" in capsys.readouterr().out
+
+
+def test_require_mask_option_reaches_the_config(tmp_path):
+    from monai_contreg.cli import _config, build_parser
+
+    parser = build_parser()
+    for argv in (["register", "f", "m", "-o", "d.nii.gz"], ["register-native", "f", "m", "-o", "d.nii.gz"],
+                 ["run", "ds", "-o", "out"]):
+        assert _config(parser.parse_args([*argv, "--require-mask"])).preprocess.require_mask is True
+        assert _config(parser.parse_args(argv)).preprocess.require_mask is False
+    assert parser.parse_args(["mask", "ct.nii.gz", "-o", "m.nii.gz", "--require-mask"]).require_mask is True

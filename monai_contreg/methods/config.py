@@ -55,6 +55,9 @@ class PreprocessConfig:
         auto_mask: with ``use_masks``, segment the lungs of an image given without a mask
             (:func:`monai_contreg.data.lung_mask.lung_mask`, CT in HU); an image that does not look like a
             chest CT is registered unmasked, with a logged warning. CLI: ``--no-auto-mask`` turns it off.
+        require_mask: with ``auto_mask``, an image without a plausible lung stops the run with
+            :class:`~monai_contreg.data.lung_mask.LungMaskError` (a user error, exit 2) instead of registering
+            unmasked. CLI: ``--require-mask``.
     """
 
     intensity: str = "window"
@@ -63,6 +66,7 @@ class PreprocessConfig:
     mask_fill: float = 0.0
     intensity_floor: float | None = -1024.0
     auto_mask: bool = True
+    require_mask: bool = False
 
 
 @dataclass
