@@ -118,6 +118,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
         f"wrote {path}  steps {res.steps}  time {res.timings['total']:.1f}s  "
         f"SDlogJ {stats['sdlogj']:.4f}  folding {stats['folding_percent']:.4f}%"
     )
+    from .evaluation.quality_cli import print_quality
+
+    print_quality(args, res, cfg)
     return 0
 
 
@@ -183,6 +186,11 @@ def _report_pair(outcome, i: int, n: int) -> None:
     if outcome.status == "done":
         loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.5g}"
         line, stream = f"{head} done in {outcome.seconds:.1f}s, {outcome.steps} steps, final loss {loss} -> {outcome.path}", sys.stdout
+        q = getattr(outcome, "quality", None)
+        if q:
+            from .evaluation.quality_cli import quality_text
+
+            line += f"; quality: {quality_text(q)}"
     elif outcome.status == "skipped":
         line, stream = f"{head} skipped: {outcome.path} exists", sys.stdout
     else:
@@ -239,7 +247,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run_split(
             args.dataset, args.split, args.output, cfg, device=args.device, fmt=args.format, overwrite=args.overwrite,
             progress=not args.no_bar and _show_progress(args), on_pair=_report_pair, evaluate=evaluate,
-            register_fn=register_fn,
+            register_fn=register_fn, quality=not args.no_quality,
         )
     code = 1 if summary.failed else 0
     if summary.rank != 0:  # torchrun's other ranks: their pairs' lines were printed; rank 0 sums up
@@ -256,6 +264,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"contreg run: error: failed pairs: {summary.failed} (see {summary.runtimes_path})", file=sys.stderr)
         if args.evaluate:
             print("contreg run: evaluation skipped: not every pair has a field", file=sys.stderr)
+    from .evaluation.quality_cli import suspect_pairs
+
+    suspects = suspect_pairs(summary.outcomes)
+    if suspects:
+        print("suspect pairs (landmark-free estimate): " + "; ".join(suspects), file=sys.stderr)
+        if args.fail_on_suspect:
+            code = 1
     return code
 
 
@@ -361,6 +376,8 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="when all pairs are done, evaluate the folder once (as 'contreg evaluate') and print a summary")
     p.add_argument("--eval-json", help="where --evaluate writes its results (default: OUT/evaluation.json)")
+    p.add_argument("--no-quality", action="store_true", help="do not estimate each pair's error (see 'contreg quality')")
+    p.add_argument("--fail-on-suspect", action="store_true", help="exit 1 when a pair's estimate is 'check' or 'failed'")
     g = p.add_argument_group(
         "distributed", "shard the pairs over processes with ignite.distributed (rank r registers pairs r::N); "
         "under torchrun (torchrun --nproc_per_node N -m monai_contreg.cli run ...) leave --nproc-per-node out; "
@@ -419,9 +436,10 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
     if args.itk:
         check_output_file("register-native", "--itk", args.itk, 2 * size)  # ITK writes float64 vectors
     spacing = args.working_spacing
+    cfg = _config(args)
     res = register_native(
         args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask, working_spacing=spacing,
-        config=_config(args), device=args.device, series=args.series or None, max_memory=_max_memory(args),
+        config=cfg, device=args.device, series=args.series or None, max_memory=_max_memory(args),
     )
     t0 = time.perf_counter()
     written = [str(res.save(args.output))] if args.output else []
@@ -432,6 +450,9 @@ def _cmd_register_native(args: argparse.Namespace) -> int:
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
         f"time {res.timings['total']:.1f}s"
     )
+    from .evaluation.quality_cli import print_quality
+
+    print_quality(args, res, cfg)
     return 0
 
 
@@ -494,6 +515,9 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")
     _series_option(p)
     _common(p)
+    from .evaluation.quality_cli import add_quality_option
+
+    add_quality_option(p)
     p.set_defaults(func=_cmd_register_native)
 
     p = sub.add_parser("mask", help="segment the lungs of a CT (the automatic mask of the masking presets)")
@@ -593,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-mask", help="moving image mask file")
     _series_option(p)
     _common(p)
+    from .evaluation.quality_cli import add_quality_option, add_quality_parser
+
+    add_quality_option(p)
     p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("demo", help="register the built-in synthetic pair and print TRE before/after")
@@ -603,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learn2reg_parsers(sub)
     _add_geometry_parsers(sub)
     _add_tune_parser(sub)
+    add_quality_parser(sub)
     return parser
 
 

@@ -18,7 +18,10 @@ Given the fixed image, the moving image and a field (of this package or of anoth
   of the field on the coarse grid inside the region.
 * ``out_of_image``: fraction of the region that the field maps outside the moving image.
 * ``outside_mind_ratio``, ``outside_residual_mm``: the same two measures over the body (voxels brighter than
-  an Otsu threshold of the fixed image) outside the region, where the mask leaves body out.
+  an Otsu threshold of the fixed image) outside the region, where the mask leaves body out (reported only: a
+  lung-masked registration leaves the body outside the lungs unregistered by design).
+* ``region_ml``: the region's volume; ``mask_like_outside_ml``: volume outside the mask with the mask's intensities,
+  in solid components that are not the air around the body (touching at most three faces of the grid).
 
 The estimate is a model, not a measurement: :func:`estimate_from_signals` applies the log-linear model of the
 JSON file :data:`MODEL_PATH` (``log TRE = b0 + sum_i b_i f_i`` over :data:`MODEL_FEATURES`), fitted by
@@ -26,8 +29,10 @@ JSON file :data:`MODEL_PATH` (``log TRE = b0 + sum_i b_i f_i`` over :data:`MODEL
 the failing-input cases, fields degraded on purpose), with a split-conformal interval. Its verdict
 (:func:`verdict`): ``ok`` below :data:`CHECK_MM`, ``check`` up to :data:`FAILED_MM`, ``failed`` above, raised to at
 least ``check`` when the field folds (> :data:`CHECK_FOLDING_PERCENT` %), maps > :data:`CHECK_OUT_OF_IMAGE` of the
-region out of the image, or leaves the body outside the mask clearly worse aligned than inside
-(:data:`CHECK_OUTSIDE_RATIO`). See ``docs/guides/quality.md``.
+region out of the image, when tissue like the masked one lies outside the mask (``mask_like_outside_ml`` above
+:data:`CHECK_MASK_LIKE_OUTSIDE` of the mask's volume: a lung cut by the field of view) or when an automatic lung
+mask is implausibly small (< :data:`CHECK_AUTO_MASK_ML` mL: bowel gas taken for lungs). See
+``docs/guides/quality.md``.
 """
 
 from __future__ import annotations
@@ -78,8 +83,10 @@ FAILED_MM = 3.0
 CHECK_FOLDING_PERCENT = 0.5
 #: A field mapping more than this fraction of the region out of the moving image is at least ``check``.
 CHECK_OUT_OF_IMAGE = 0.05
-#: Body outside the mask whose MIND ratio exceeds the region's by this much (and is >= 0.8) is at least ``check``.
-CHECK_OUTSIDE_RATIO = 0.25
+#: Tissue like the masked one outside the mask, above this fraction of the mask's volume: at least ``check``.
+CHECK_MASK_LIKE_OUTSIDE = 0.25
+#: An automatic lung mask below this volume (mL; adult lungs hold 2,500-6,000 mL) is at least ``check``.
+CHECK_AUTO_MASK_ML = 1000.0
 #: The model's input features, names of :func:`model_features`.
 MODEL_FEATURES = ("log_residual", "mind_ratio", "mind_ratio_worst", "log_residual_worst")
 
@@ -112,8 +119,8 @@ def _factors(spacing: Sequence[float], target: float) -> tuple[int, int, int]:
 def _robust_scale(x: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Clip to the 0.5-99.5 percentiles (of ``region`` when given) and map to [0, 1]."""
     vals = x[region] if region is not None and bool(region.any()) else x.reshape(-1)
-    if vals.numel() > 2_000_000:
-        vals = vals[:: vals.numel() // 1_000_000]
+    if vals.numel() > 200_000:
+        vals = vals[:: vals.numel() // 100_000]
     lo, hi = (float(v) for v in torch.quantile(vals.float(), torch.tensor([0.005, 0.995])))
     return ((x - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
 
@@ -130,6 +137,32 @@ def _otsu(x: np.ndarray, bins: int = 256) -> float:
     mu1 = (s0[-1] - s0) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
     return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _mask_like_outside(image: torch.Tensor, region: torch.Tensor) -> float:
+    """Voxels outside the (2-voxel dilated) mask whose intensity lies in the mask's 10-90 % range, eroded by one
+    voxel (solid structure, not the partial-volume shell of a body surface), in connected components that touch at
+    most three of the grid's six faces (the air around a body touches more) and hold at least 2 % of the mask's
+    voxels: structure like the masked one that the mask leaves out (a lung cut by the field of view)."""
+    from scipy import ndimage as ndi
+
+    img = image.numpy()
+    reg = region.numpy()
+    lo, hi = np.percentile(img[reg], [10, 90])
+    near = ndi.binary_dilation(reg, iterations=2)
+    cand = ndi.binary_erosion((img >= lo) & (img <= hi) & ~near)  # solid structure, not a partial-volume shell
+    lab, n = ndi.label(cand)
+    if n == 0:
+        return 0.0
+    sizes = np.bincount(lab.ravel())
+    faces = np.zeros(n + 1, dtype=np.int64)
+    for a in range(3):
+        for sl in (0, -1):
+            face = np.take(lab, sl, axis=a)
+            faces[np.unique(face[face > 0])] += 1
+    keep = (faces <= 3) & (sizes >= 0.02 * reg.sum())
+    keep[0] = False
+    return float(sizes[keep].sum())
 
 
 def _octants(region: torch.Tensor) -> list[torch.Tensor]:
@@ -158,16 +191,24 @@ def _residual_shift(mf: torch.Tensor, mw: torch.Tensor, r: int) -> tuple[torch.T
     ``s + e`` (where both neighbours lie in the search window).
     """
     c = mf.shape[1]
-    pad = F.pad(mw, (r, r, r, r, r, r), mode="replicate")
-    ref = mf[:, :, ::2, ::2, ::2]
-    h, w, d = ref.shape[2:]
+    pad = F.pad(mw, (r, r, r, r, r, r), mode="replicate")[0]
+    ref = mf[0, :, ::2, ::2, ::2].contiguous()
+    h, w, d = ref.shape[1:]
     n = 2 * r + 1
+    # the padded features split into its 8 parity lattices (contiguous): shift (i, j, k) of the stride-2 grid is
+    # a plain slice of lattice (i % 2, j % 2, k % 2)
+    lattices = {(a, b, e): pad[:, a::2, b::2, e::2].contiguous() for a in (0, 1) for b in (0, 1) for e in (0, 1)}
+    ref2 = ref.square().sum(0)
+    sq = {key: lat.square().sum(0) for key, lat in lattices.items()}
     costs = torch.empty((n, n, n, h, w, d))
     for i in range(n):
         for j in range(n):
             for k in range(n):
-                sh = pad[:, :, i : i + mf.shape[2] : 2, j : j + mf.shape[3] : 2, k : k + mf.shape[4] : 2]
-                costs[i, j, k] = (ref - sh[:, :, :h, :w, :d]).square().sum(1)[0] / c
+                key = (i % 2, j % 2, k % 2)
+                o = (i // 2, j // 2, k // 2)
+                sl = (slice(o[0], o[0] + h), slice(o[1], o[1] + w), slice(o[2], o[2] + d))
+                cross = (ref * lattices[key][(slice(None), *sl)]).sum(0)
+                costs[i, j, k] = (ref2 + sq[key][sl] - 2 * cross) / c
     flat = costs.reshape(n**3, 1, h, w, d)
     flat = F.avg_pool3d(F.pad(flat, (1, 1, 1, 1, 1, 1), mode="replicate"), 3, stride=1)
     costs = flat.reshape(n, n, n, h, w, d)
@@ -259,7 +300,7 @@ def quality_signals(
     a_fc = _coarse_affine(a_f, kf, f.shape[2:], cf)
     a_mc = _coarse_affine(a_m, km, m.shape[2:], cm)
     ratio = torch.tensor([n / c for n, c in zip(f.shape[2:], cf)]).view(1, 3, 1, 1, 1)
-    uc = F.adaptive_avg_pool3d(u, cf) / ratio  # coarse voxels of the coarse fixed grid
+    uc = downsample(u, kf) / ratio  # coarse voxels of the coarse fixed grid
     zero = torch.zeros_like(uc)
     # region: the fixed mask, else the body
     body_np = (fc[0, 0].numpy() > _otsu(fc[0, 0].numpy()))
@@ -272,9 +313,15 @@ def quality_signals(
         raise UserInputError(f"{where}: the region (fixed mask or body) has fewer than 27 voxels on the {target_spacing:g} mm grid.")
     mscale = _robust_scale(mc)
     fscale = _robust_scale(fc)
+    one_grid = cf == cm and np.allclose(a_fc, a_mc, atol=1e-3)
     warped = warp_between_grids(mscale, a_mc, uc, a_fc)
-    before = warp_between_grids(mscale, a_mc, zero, a_fc)
-    inside = warp_between_grids(torch.ones_like(mc), a_mc, uc, a_fc, padding_mode="zeros")[0, 0]
+    before = mscale if one_grid else warp_between_grids(mscale, a_mc, zero, a_fc)
+    if one_grid:  # x + u(x) inside the moving grid's extent [-0.5, n - 0.5] on every axis
+        pos = uc[0] + torch.stack(torch.meshgrid(*[torch.arange(k, dtype=uc.dtype) for k in cf], indexing="ij"))
+        lim = torch.tensor(cm, dtype=uc.dtype).view(3, 1, 1, 1)
+        inside = ((pos >= -0.5) & (pos <= lim - 0.5)).all(0).float()
+    else:
+        inside = warp_between_grids(torch.ones_like(mc), a_mc, uc, a_fc, padding_mode="zeros")[0, 0]
     mf, mw, mb = (mind_ssc(x) for x in (fscale, warped, before))
     after_map = (mf - mw).abs().mean(1)[0]
     before_map = (mf - mb).abs().mean(1)[0]
@@ -284,15 +331,23 @@ def quality_signals(
         return float(after_map[sel].mean()) / max(b, 1e-6)
 
     octs = _octants(region)
-    disp, _ = _residual_shift(mf, mw, SEARCH_RADIUS)
+    # the search runs over the bounding box of the region (and of the body outside it), 2 voxels of margin,
+    # its origin even so that the stride-2 grid stays that of the whole image
+    idx = torch.nonzero(region | body)
+    lo = [max(0, (int(v) - 2) // 2 * 2) for v in idx.min(0).values]
+    hi = [min(n, int(v) + 3) for v, n in zip(idx.max(0).values, cf)]
+    box = (slice(None), slice(None), *[slice(a, b) for a, b in zip(lo, hi)])
+    disp, _ = _residual_shift(mf[box], mw[box], SEARCH_RADIUS)
     sp_c = torch.as_tensor(spacing_from_affine(a_fc), dtype=torch.float32).view(3, 1, 1, 1)
-    res_len = (disp * sp_c).norm(dim=0)  # mm, on the stride-2 grid
-    res_full = res_len.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)[: cf[0], : cf[1], : cf[2]]
+    res_len = (disp * sp_c).norm(dim=0)  # mm, on the stride-2 grid of the box
+    up = res_len.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    res_full = torch.zeros(cf)
+    res_full[box[2:]] = up[: hi[0] - lo[0], : hi[1] - lo[1], : hi[2] - lo[2]]
 
     def residual_in(sel: torch.Tensor) -> float:
         return float(res_full[sel].mean())
 
-    det = jacobian_determinant(uc.double())[0, 0].float()
+    det = jacobian_determinant(uc)[0, 0]
     interior = torch.zeros_like(region)
     interior[1:-1, 1:-1, 1:-1] = True
     jsel = region & interior if bool((region & interior).any()) else region
@@ -316,7 +371,7 @@ def quality_signals(
     if "fixed_mask" in masks and "moving_mask" in masks:
         mmask = downsample(masks["moving_mask"], km)
         wm = warp_between_grids(mmask, a_mc, uc, a_fc, padding_mode="zeros")[0, 0] > 0.5
-        bm = warp_between_grids(mmask, a_mc, zero, a_fc, padding_mode="zeros")[0, 0] > 0.5
+        bm = (mmask[0, 0] if one_grid else warp_between_grids(mmask, a_mc, zero, a_fc, padding_mode="zeros")[0, 0]) > 0.5
 
         def _dice(a, b):
             return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
@@ -326,6 +381,9 @@ def quality_signals(
     rest = body & ~torch.as_tensor(
         F.max_pool3d(region[None, None].float(), 3, stride=1, padding=1)[0, 0].numpy() > 0
     )
+    voxel_ml = float(np.prod(spacing_from_affine(a_fc))) / 1000.0
+    out["region_ml"] = float(region.sum()) * voxel_ml
+    out["mask_like_outside_ml"] = _mask_like_outside(fc[0, 0], region) * voxel_ml if "fixed_mask" in masks else float("nan")
     if int(rest.sum()) >= max(27, int(0.05 * region.sum())):
         out["outside_mind_ratio"] = ratio_in(rest)
         out["outside_residual_mm"] = residual_in(rest)
@@ -387,8 +445,10 @@ def estimate_from_signals(signals: Mapping[str, float], model: Mapping[str, Any]
     return math.exp(z), math.exp(z - q), math.exp(z + q)
 
 
-def verdict(estimate_mm: float, signals: Mapping[str, float]) -> tuple[str, list[str]]:
-    """``("ok" | "check" | "failed", reasons)`` from the estimate and the signals (thresholds: module constants)."""
+def verdict(estimate_mm: float, signals: Mapping[str, float], region: str = "fixed mask") -> tuple[str, list[str]]:
+    """``("ok" | "check" | "failed", reasons)`` from the estimate and the signals (thresholds: module constants).
+
+    ``region``: what the signals' region was (``"fixed mask"``, ``"automatic lung mask"``, ``"body"``)."""
     reasons = []
     level = 0
     if estimate_mm >= FAILED_MM:
@@ -401,13 +461,15 @@ def verdict(estimate_mm: float, signals: Mapping[str, float]) -> tuple[str, list
     if signals.get("out_of_image", 0.0) > CHECK_OUT_OF_IMAGE:
         level = max(level, 1)
         reasons.append(f"{100 * signals['out_of_image']:.1f} % of the region is mapped out of the moving image")
-    outside = signals.get("outside_mind_ratio", float("nan"))
-    if math.isfinite(outside) and outside >= 0.8 and outside - signals["mind_ratio"] > CHECK_OUTSIDE_RATIO:
+    like = signals.get("mask_like_outside_ml", float("nan"))
+    if math.isfinite(like) and like > CHECK_MASK_LIKE_OUTSIDE * signals.get("region_ml", float("inf")):
         level = max(level, 1)
-        reasons.append(
-            f"the body outside the mask is left unregistered (MIND ratio {outside:.2f} there against "
-            f"{signals['mind_ratio']:.2f} inside): is the mask complete?"
-        )
+        reasons.append(f"{like:.0f} mL that look like the masked tissue lie outside the mask "
+                       f"({signals['region_ml']:.0f} mL): is the mask complete?")
+    if region == "automatic lung mask" and signals.get("region_ml", float("inf")) < CHECK_AUTO_MASK_ML:
+        level = max(level, 1)
+        reasons.append(f"the automatic lung mask holds only {signals['region_ml']:.0f} mL "
+                       f"(< {CHECK_AUTO_MASK_ML:g} mL): is this a chest CT?")
     return ("ok", "check", "failed")[level], reasons
 
 
@@ -463,7 +525,7 @@ class QualityReport:
         }
 
 
-def _load(where: str, name: str, value, reader: str = "auto"):
+def _load(where: str, name: str, value, reader: str = "auto", series=None):
     from monai.data import MetaTensor
 
     from ..io.images import load_image
@@ -474,7 +536,7 @@ def _load(where: str, name: str, value, reader: str = "auto"):
             from ..errors import MissingFileError
 
             raise MissingFileError(f"{where}: {name} file {str(p)!r} does not exist.")
-        img = load_image(p, reader=reader)
+        img = load_image(p, reader=reader, series=series, strict_series=False) if p.is_dir() else load_image(p, reader=reader)
         return img.as_tensor()[0], np.asarray(img.affine, dtype=np.float64)
     if isinstance(value, MetaTensor):
         return value.as_tensor().reshape(value.shape[-3:]), np.asarray(value.affine, dtype=np.float64).reshape(4, 4)
@@ -495,6 +557,7 @@ def estimate_quality(
     auto_mask: bool = True,
     model: Mapping[str, Any] | None = None,
     keep_maps: bool = False,
+    series=None,
 ) -> QualityReport:
     """Estimate a field's registration error without landmarks.
 
@@ -509,6 +572,7 @@ def estimate_quality(
             fails (no chest CT) the region is the body.
         model: a loaded model (default: :data:`MODEL_PATH`).
         keep_maps: keep coarse-grid maps for :mod:`monai_contreg.evaluation.html_report`.
+        series: Series Instance UID(s) of DICOM-folder inputs (as :func:`~monai_contreg.api.register`).
 
     Returns:
         A :class:`QualityReport`.
@@ -520,8 +584,8 @@ def estimate_quality(
     t0 = time.perf_counter()
     if sum(v is not None for v in (ddf, field_path, transform)) != 1:
         raise UserInputError(f"{where}: give exactly one of ddf, field_path (Learn2Reg field) or transform (ITK file).")
-    f, fa = _load(where, "fixed", fixed)
-    m, ma = _load(where, "moving", moving)
+    f, fa = _load(where, "fixed", fixed, series=series)
+    m, ma = _load(where, "moving", moving, series=series)
     fa = fa if fa is not None else (None if fixed_affine is None else np.asarray(fixed_affine, dtype=np.float64))
     ma = ma if ma is not None else (fa if moving_affine is None else np.asarray(moving_affine, dtype=np.float64))
     if ddf is None:
@@ -555,7 +619,7 @@ def estimate_quality(
     coarse = sig.pop("coarse_spacing", None)
     mdl = load_model() if model is None else model
     est, lo, hi = estimate_from_signals(sig, mdl)
-    v, reasons = verdict(est, sig)
+    v, reasons = verdict(est, sig, region)
     return QualityReport(
         estimated_error_mm=est, interval_mm=(lo, hi), verdict=v, reasons=reasons, signals=sig, region=region,
         coverage=1.0 - float(mdl.get("alpha", 0.1)), seconds=time.perf_counter() - t0, maps=maps, coarse_spacing=coarse,
