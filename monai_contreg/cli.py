@@ -303,7 +303,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_input_file("evaluate", "fields", args.fields)
     if args.runtimes:
         check_input_file("evaluate", "--runtimes", args.runtimes)
-    for option, path in (("--json", args.json), ("--csv", args.csv)):
+    for option, path in (("--json", args.json), ("--csv", args.csv), ("--html", getattr(args, "html", None))):
         if path:
             check_output_file("evaluate", option, path)
     if args.report:
@@ -331,6 +331,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         index = make_report(ds, args.fields, args.report, split=args.split, results=res)
         print(f"wrote {index}")
+    if args.html:
+        from .evaluation.html_report import evaluation_html_report
+
+        page = evaluation_html_report(ds, args.fields, args.html, split=args.split, results=res)
+        print(f"wrote {page} ({page.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -404,6 +409,8 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--json", help="write the results (official Learn2Reg layout: cases + aggregates) here")
     p.add_argument("--csv", help="write a per-pair table here")
     p.add_argument("--report", help="write a QA report (PNG per pair + index.md) into this folder")
+    p.add_argument("--html", help="write one self-contained interactive HTML report (TRE, landmark-free estimate, "
+                                  "slices of every pair) here")
     p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
     p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
     p.set_defaults(func=_cmd_evaluate)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..io.atomic import atomic_path
 
-__all__ = ["JACOBIAN_RANGE", "RESIDUAL_RANGE_MM", "encode_volume", "write_html_report"]
+__all__ = ["JACOBIAN_RANGE", "RESIDUAL_RANGE_MM", "encode_volume", "evaluation_html_report", "write_html_report"]
 
 #: det J shown from 0 (blue) through 1 (white) to this value (red).
 JACOBIAN_RANGE = 2.0
@@ -214,3 +214,38 @@ def write_html_report(path: str | Path, entries: Sequence[dict[str, Any]], title
     with atomic_path(out) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     return out
+
+
+def evaluation_html_report(dataset, fields, path: str | Path, split: str = "val", results: dict[str, Any] | None = None,
+                           on_case=None) -> Path:
+    """The report of a Learn2Reg split's fields (``contreg evaluate ... --html``): every pair's landmark-free
+    estimate (:func:`~monai_contreg.evaluation.quality.estimate_quality` with its maps) and, where the
+    evaluation ``results`` have it, its keypoint TRE after and before.
+
+    Args:
+        dataset: a :class:`~monai_contreg.data.learn2reg.Learn2RegDataset` (or its folder / description file).
+        fields: folder of fields or a submission zip.
+        path: the ``.html`` file.
+        split: split name or alias.
+        results: :func:`~monai_contreg.evaluation.learn2reg.evaluate_learn2reg` output (for the TRE columns).
+        on_case: called with the pair key after each pair.
+    """
+    from ..data.learn2reg import Learn2RegDataset, locate_fields
+    from .learn2reg import fields_folder
+    from .quality import estimate_quality
+
+    ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
+    pairs = ds.pairs(split)
+    cases = (results or {}).get("cases", {})
+    entries = []
+    with fields_folder(fields) as folder:
+        found = locate_fields(pairs, folder)
+        for pair in pairs:
+            rep = estimate_quality(pair.fixed, pair.moving, field_path=found[pair.key], fixed_mask=pair.fixed_mask,
+                                   moving_mask=pair.moving_mask, keep_maps=True)
+            c = cases.get(pair.key, {})
+            entries.append({"name": pair.key, "quality": rep,
+                            "tre_mm": c.get("TRE_kp", {}).get("mean"), "tre_initial_mm": c.get("TRE_kp_initial", {}).get("mean")})
+            if on_case is not None:
+                on_case(pair.key)
+    return write_html_report(path, entries, title=f"{ds.name} {ds.resolve_split(split)}: {len(entries)} pairs")
