@@ -140,8 +140,8 @@ def _otsu(x: np.ndarray, bins: int = 256) -> float:
 
 
 def _mask_like_outside(image: torch.Tensor, region: torch.Tensor) -> float:
-    """Voxels outside the (2-voxel dilated) mask whose intensity lies in the mask's 10-90 % range, eroded by one
-    voxel (solid structure, not the partial-volume shell of a body surface), in connected components that touch at
+    """Voxels outside the (2-voxel dilated) mask whose intensity lies in the mask's 10-90 % range, closed and eroded
+    by one voxel (solid structure, not the partial-volume shell of a body surface), in connected components that touch at
     most three of the grid's six faces (the air around a body touches more) and hold at least 2 % of the mask's
     voxels: structure like the masked one that the mask leaves out (a lung cut by the field of view)."""
     from scipy import ndimage as ndi
@@ -150,7 +150,8 @@ def _mask_like_outside(image: torch.Tensor, region: torch.Tensor) -> float:
     reg = region.numpy()
     lo, hi = np.percentile(img[reg], [10, 90])
     near = ndi.binary_dilation(reg, iterations=2)
-    cand = ndi.binary_erosion((img >= lo) & (img <= hi) & ~near)  # solid structure, not a partial-volume shell
+    # solid structure (closed over noise-sized holes, then eroded), not the partial-volume shell of a body surface
+    cand = ndi.binary_erosion(ndi.binary_closing((img >= lo) & (img <= hi)) & ~near)
     lab, n = ndi.label(cand)
     if n == 0:
         return 0.0

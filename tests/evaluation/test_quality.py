@@ -94,17 +94,19 @@ def test_masks_dice_out_of_image_and_folding():
 
 def test_mask_like_tissue_left_out_of_the_mask():
     """Two equal 'lungs' (dark, textured) in a bright body: masking one leaves the other's volume outside."""
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")).astype(np.float32)
+    shape = (64, 40, 44)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(np.float32)
     rng = np.random.default_rng(0)
-    img = np.full(SHAPE, 1.0, np.float32)
-    body = ((grid[0] - 23.5) / 22) ** 2 + ((grid[1] - 19.5) / 18) ** 2 < 1
+    img = np.full(shape, 1.0, np.float32)
+    body = ((grid[0] - 31.5) / 31) ** 2 + ((grid[1] - 19.5) / 18) ** 2 < 1
     img[~body] = 0.0
-    left = ((grid[0] - 13) / 7) ** 2 + ((grid[1] - 19.5) / 9) ** 2 + ((grid[2] - 21.5) / 14) ** 2 < 1
-    right = ((grid[0] - 34) / 7) ** 2 + ((grid[1] - 19.5) / 9) ** 2 + ((grid[2] - 21.5) / 14) ** 2 < 1
+    left = ((grid[0] - 16) / 9) ** 2 + ((grid[1] - 19.5) / 9) ** 2 + ((grid[2] - 21.5) / 14) ** 2 < 1
+    right = ((grid[0] - 47) / 9) ** 2 + ((grid[1] - 19.5) / 9) ** 2 + ((grid[2] - 21.5) / 14) ** 2 < 1
     img[left | right] = 0.3 + 0.05 * rng.standard_normal(int((left | right).sum()))
     t = torch.as_tensor(img)
-    s_one = _sig(t, t, torch.zeros((1, 3, *SHAPE)), torch.as_tensor(left.astype(np.float32)))
-    s_both = _sig(t, t, torch.zeros((1, 3, *SHAPE)), torch.as_tensor((left | right).astype(np.float32)))
+    zero = torch.zeros((1, 3, *shape))
+    s_one = _sig(t, t, zero, torch.as_tensor(left.astype(np.float32)))
+    s_both = _sig(t, t, zero, torch.as_tensor((left | right).astype(np.float32)))
     assert s_both["mask_like_outside_ml"] == 0.0
     assert s_one["mask_like_outside_ml"] > 0.4 * s_one["region_ml"]
     assert verdict(0.3, s_one)[0] == "check" and "outside the mask" in verdict(0.3, s_one)[1][0]
