@@ -21,6 +21,8 @@ Stages (each cached in ``--work``, so a second run only refits):
    coverage of the interval. With ``--write-model`` the coefficients are written to the package's
    ``monai_contreg/evaluation/quality_model.json``.
 
+``--stage cost`` times the estimate against a default registration (wall and CPU time) on ``--cost-pairs``.
+
 Case work folders: ``python ../shared/cases/case_21.py /tmp/q/case21`` (and ``case_22.py``) leave
 ``fixed.nii.gz``, ``moving.nii.gz``, ``d_default.nii.gz``, ``d_noauto.nii.gz``; this script rebuilds each case's
 known field with the script's own code (same seed) to score them.
@@ -267,6 +269,33 @@ def evaluate_model(rows: list[dict], model: dict) -> dict:
     }
 
 
+def stage_cost(pairs: list[dict], cases: list[str], threads: int) -> None:
+    """Time of the error estimate against the registration's (default ``io`` preset, ``threads`` threads), wall
+    clock and CPU time of this process (``time.process_time``: what the process itself used, less sensitive to
+    other jobs sharing the machine). The estimate runs as ``contreg register`` runs it: from the files."""
+    from monai_contreg.api import register
+    from monai_contreg.kernels import load_extension
+    from monai_contreg.methods.presets import get_preset
+
+    load_extension()
+    for pair in pairs:
+        if pair["case"] not in cases:
+            continue
+        cfg = get_preset("io")
+        cfg.engine.num_threads = threads
+        w, c = time.perf_counter(), time.process_time()
+        res = register(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"], moving_mask=pair["moving_mask"], config=cfg)
+        reg_w, reg_c = time.perf_counter() - w, time.process_time() - c
+        for masks in (True, False):
+            w, c = time.perf_counter(), time.process_time()
+            rep = res.quality(pair["fixed"], pair["moving"], fixed_mask=pair["fixed_mask"] if masks else None,
+                              moving_mask=pair["moving_mask"] if masks else None)
+            q_w, q_c = time.perf_counter() - w, time.process_time() - c
+            print(f"cost {pair['case']} ({'given masks' if masks else 'automatic mask'}): registration wall {reg_w:.1f}s "
+                  f"cpu {reg_c:.1f}s; quality wall {q_w:.1f}s cpu {q_c:.1f}s = {100 * q_c / reg_c:.1f} % of the "
+                  f"registration's CPU time ({100 * q_w / reg_w:.1f} % wall); {rep.line()}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -274,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases-work", type=Path, nargs="*", default=[],
                     help="work folders of ../shared/cases/case_21.py and case_22.py (named case21, case22)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--stage", default="all", help="fields (registrations only) | cases (signals of --cases-work only) | all")
+    ap.add_argument("--stage", default="all", help="fields (registrations only) | cases (signals of --cases-work only) | cost (time of the estimate) | all")
+    ap.add_argument("--cost-pairs", default="0101", help="--stage cost: pairs to time (comma-separated)")
     ap.add_argument("--write-model", action="store_true", help="write monai_contreg/evaluation/quality_model.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -282,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         alt = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlst_synth"
         args.data = alt if alt.is_dir() else Path("/work/shared/data/nlst_synth")
     pairs = nlst_pairs(args.data)
+    if args.stage == "cost":
+        stage_cost(pairs, args.cost_pairs.split(","), args.threads)
+        return 0
     if args.stage == "cases":  # the case scripts' fields only (no registration)
         stage_cases(args.cases_work, args.work)
         return 0

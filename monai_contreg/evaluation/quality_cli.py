@@ -39,9 +39,7 @@ def print_quality(args: argparse.Namespace, res, cfg) -> dict | None:
         print(f"quality: not estimated ({type(exc).__name__}: {exc})")
         return None
     seconds = time.perf_counter() - t0
-    reg = float(res.timings.get("total", 0.0))
-    share = f", {100 * seconds / reg:.1f} % of the registration's {reg:.1f}s" if reg > 0 else ""
-    print(f"quality: {rep.line()}  [{seconds:.1f}s{share}]")
+    print(f"quality: {rep.line()}  [{seconds:.1f}s]")
     out = rep.to_dict()
     out["seconds"] = seconds
     if getattr(args, "quality_json", None):
