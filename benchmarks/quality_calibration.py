@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
           f"evaluation {len(evals)} (pairs {sorted({r['pair'] for r in evals})})")
     print("Spearman of each signal with the true error, calibration fields:")
     for k in ("mind_ratio", "mind_ratio_worst", "residual_mm", "residual_worst_mm", "dice", "sdlogj",
-              "folding_percent", "out_of_image", "outside_mind_ratio", "outside_residual_mm"):
+              "folding_percent", "out_of_image", "outside_mind_ratio"):
         vals = [(r[k], r["tre_mm"]) for r in calib if r.get(k) is not None and math.isfinite(r[k])]
         if len(vals) > 3:
             a, b = zip(*vals)

@@ -17,9 +17,9 @@ Given the fixed image, the moving image and a field (of this package or of anoth
 * ``sdlogj``, ``folding_percent``: Jacobian statistics (:func:`~monai_contreg.spatial.jacobian.jacobian_determinant`)
   of the field on the coarse grid inside the region.
 * ``out_of_image``: fraction of the region that the field maps outside the moving image.
-* ``outside_mind_ratio``, ``outside_residual_mm``: the same two measures over the body (voxels brighter than
-  an Otsu threshold of the fixed image) outside the region, where the mask leaves body out (reported only: a
-  lung-masked registration leaves the body outside the lungs unregistered by design).
+* ``outside_mind_ratio``: the MIND ratio over the body (voxels brighter than an Otsu threshold of the fixed image)
+  outside the region, where the mask leaves body out (reported only: a lung-masked registration leaves the body
+  outside the lungs unregistered by design).
 * ``region_ml``: the region's volume; ``mask_like_outside_ml``: volume outside the mask with the mask's intensities,
   in solid components that are not the air around the body (touching at most three faces of the grid).
 
@@ -259,14 +259,14 @@ def quality_signals(
             mask the region is the body (Otsu threshold of the fixed image).
         target_spacing: voxel size (mm) of the coarse grid (an integer pooling factor per axis).
         keep_maps: also return ``"maps"``: numpy arrays on the coarse grid (``fixed``, ``warped``, ``before``
-            scaled to [0, 1]; ``jacobian``; ``residual_mm``: the residual-shift length at every coarse voxel,
-            nearest-upsampled from the stride-2 grid; ``region``) and ``"coarse_spacing"`` (mm).
+            scaled to [0, 1]; ``jacobian``; ``residual_mm``: the residual-shift length at every coarse voxel of the
+            region's bounding box, nearest-upsampled from the stride-2 grid, 0 elsewhere; ``region``) and ``"coarse_spacing"`` (mm).
 
     Returns:
         A dict of floats: ``mind_ratio``, ``mind_ratio_worst``, ``mind_before``, ``mind_after``, ``residual_mm``,
         ``residual_worst_mm``, ``dice``, ``dice_before`` (NaN without both masks), ``sdlogj``,
-        ``folding_percent``, ``out_of_image``, ``outside_mind_ratio``, ``outside_residual_mm`` (NaN without body
-        outside the region), ``region_voxels``, ``seconds``.
+        ``folding_percent``, ``out_of_image``, ``outside_mind_ratio`` (NaN without body outside the region),
+        ``region_voxels``, ``region_ml``, ``mask_like_outside_ml`` (NaN without a fixed mask), ``seconds``.
 
     Raises:
         UserInputError: shapes that do not match (the field not on the fixed grid, a mask off its image's grid),
@@ -332,9 +332,9 @@ def quality_signals(
         return float(after_map[sel].mean()) / max(b, 1e-6)
 
     octs = _octants(region)
-    # the search runs over the bounding box of the region (and of the body outside it), 2 voxels of margin,
-    # its origin even so that the stride-2 grid stays that of the whole image
-    idx = torch.nonzero(region | body)
+    # the search runs over the bounding box of the region, 2 voxels of margin, its origin even so that the
+    # stride-2 grid stays that of the whole image
+    idx = torch.nonzero(region)
     lo = [max(0, (int(v) - 2) // 2 * 2) for v in idx.min(0).values]
     hi = [min(n, int(v) + 3) for v, n in zip(idx.max(0).values, cf)]
     box = (slice(None), slice(None), *[slice(a, b) for a, b in zip(lo, hi)])
@@ -366,7 +366,6 @@ def quality_signals(
         "folding_percent": float((det[jsel] <= 0).float().mean() * 100),
         "out_of_image": float((inside[region] < 0.5).float().mean()),
         "outside_mind_ratio": float("nan"),
-        "outside_residual_mm": float("nan"),
         "region_voxels": int(region.sum()),
     }
     if "fixed_mask" in masks and "moving_mask" in masks:
@@ -387,7 +386,6 @@ def quality_signals(
     out["mask_like_outside_ml"] = _mask_like_outside(fc[0, 0], region) * voxel_ml if "fixed_mask" in masks else float("nan")
     if int(rest.sum()) >= max(27, int(0.05 * region.sum())):
         out["outside_mind_ratio"] = ratio_in(rest)
-        out["outside_residual_mm"] = residual_in(rest)
     out["seconds"] = time.perf_counter() - t0
     if keep_maps:
         out["maps"] = {
