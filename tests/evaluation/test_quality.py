@@ -200,3 +200,16 @@ def test_registration_result_quality():
     assert rep.region == "body" and rep.verdict in ("ok", "check", "failed")
     assert rep.interval_mm[0] <= rep.estimated_error_mm <= rep.interval_mm[1]
     assert rep.to_dict()["signals"]["mind_ratio"] == pytest.approx(rep.signals["mind_ratio"])
+
+
+def test_cli_quality_reads_an_itk_transform_like_the_field(tmp_path, capsys):
+    from monai_contreg.io.itk_transforms import save_itk_transform
+
+    fixed, moving, u = _pair()
+    p = _write(tmp_path, fixed, moving, u)
+    save_itk_transform(tmp_path / "tx.h5", u, AFF)
+    common = [str(p["fixed"]), str(p["moving"])]
+    assert main(["quality", *common, str(p["field"]), "--no-auto-mask", "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["quality", *common, "--transform", str(tmp_path / "tx.h5"), "--no-auto-mask", "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert b["estimated_error_mm"] == pytest.approx(a["estimated_error_mm"], rel=1e-3)
