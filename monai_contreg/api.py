@@ -236,6 +236,20 @@ class RegistrationResult:
         moved = map_points_world(points_voxel_to_world(fp, self.affine), self.ddf.as_tensor(), self.affine)
         return (moved - points_voxel_to_world(mp, self.moving_affine)).norm(dim=-1)
 
+    def quality(self, fixed, moving, *, fixed_mask=None, moving_mask=None, auto_mask: bool = True, **kwargs):
+        """The field's error estimated without landmarks: a
+        :class:`~monai_contreg.evaluation.quality.QualityReport` (a calibrated model's estimate, not a measurement).
+
+        ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); masks
+        as for :func:`register`. Other keywords go to :func:`~monai_contreg.evaluation.quality.estimate_quality`.
+        """
+        from .evaluation.quality import estimate_quality
+
+        return estimate_quality(
+            fixed, moving, self.ddf.as_tensor(), fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fixed_affine=self.affine, moving_affine=self.moving_affine, auto_mask=auto_mask, **kwargs,
+        )
+
     def jacobian_statistics(self, mask=None) -> dict[str, float]:
         """SDlogJ (true and Learn2Reg's), folding % and extremes of ``det J`` of the field on the fixed grid."""
         return jacobian_statistics(self.ddf.as_tensor().cpu(), mask)

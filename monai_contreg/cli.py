@@ -156,6 +156,8 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="when all pairs are done, evaluate the folder once (as 'contreg evaluate') and print a summary")
     p.add_argument("--eval-json", help="where --evaluate writes its results (default: OUT/evaluation.json)")
+    p.add_argument("--no-quality", action="store_true", help="do not estimate each pair's error (see 'contreg quality')")
+    p.add_argument("--fail-on-suspect", action="store_true", help="exit 1 when a pair's estimate is 'check' or 'failed'")
     g = p.add_argument_group(
         "distributed", "shard the pairs over processes with ignite.distributed (rank r registers pairs r::N); "
         "under torchrun (torchrun --nproc_per_node N -m monai_contreg.cli run ...) leave --nproc-per-node out; "
@@ -182,6 +184,8 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--json", help="write the results (official Learn2Reg layout: cases + aggregates) here")
     p.add_argument("--csv", help="write a per-pair table here")
     p.add_argument("--report", help="write a QA report (PNG per pair + index.md) into this folder")
+    p.add_argument("--html", help="write one self-contained interactive HTML report (TRE, landmark-free estimate, "
+                                  "slices of every pair) here")
     p.add_argument("--runtimes", help="run log with per-pair seconds (default: runtimes.json beside the fields)")
     p.add_argument("--no-mask", action="store_true", help="SDlogJ over the whole grid instead of the fixed mask")
     p.add_argument("--exclude-outside-keypoints", action="store_true",
@@ -196,6 +200,35 @@ def _add_learn2reg_parsers(sub) -> None:
     p.add_argument("--sha256", help="expected SHA-256 of the archive (hex)")
     p.add_argument("--no-extract", action="store_true", help="keep the archive packed")
     p.set_defaults(handler="_cmd_download")
+
+
+def _quality_options(p: argparse.ArgumentParser) -> None:
+    """``--no-quality`` and ``--quality-json`` of a command that registers one pair."""
+    p.add_argument("--no-quality", action="store_true",
+                   help="do not estimate the field's error after registering (default: estimate it, see 'contreg quality')")
+    p.add_argument("--quality-json", help="write the error estimate (as 'contreg quality --json') here")
+
+
+def _add_quality_parser(sub) -> None:
+    p = sub.add_parser(
+        "quality", help="estimate a field's registration error without landmarks (a calibrated model, not a measurement)",
+        description="Estimate the mean registration error (mm) of a field from the images alone: MIND-SSC mismatch "
+                    "before/after, a residual-shift consistency test, mask overlap, Jacobian statistics, mapped out of "
+                    "the image; a log-linear model calibrated on pairs with known answers gives the estimate, a "
+                    "split-conformal interval and a verdict ok / check / failed (docs/guides/quality.md).")
+    p.add_argument("fixed", help="fixed image file or DICOM folder")
+    p.add_argument("moving", help="moving image file or DICOM folder")
+    p.add_argument("field", nargs="?", help="Learn2Reg field on the fixed grid (.nii.gz, .nii, .npz; "
+                                            "voxels, fixed -> moving); or give --transform")
+    p.add_argument("--transform", help="ITK displacement field transform (.h5) or displacement image (LPS mm) instead of FIELD")
+    p.add_argument("--fixed-mask", help="fixed mask: the region the error is estimated in (default: the automatic lung mask, else the body)")
+    p.add_argument("--moving-mask", help="moving mask (for the Dice signal)")
+    p.add_argument("--no-auto-mask", action="store_true", help="no automatic lung mask: without --fixed-mask the region is the body")
+    p.add_argument("--json", help="write estimated_error_mm, its interval, the verdict and the raw signals here")
+    p.add_argument("--html", help="write a self-contained interactive HTML report here")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    _series_option(p)
+    p.set_defaults(handler="_cmd_quality")
 
 
 def _series_option(p: argparse.ArgumentParser) -> None:
@@ -215,6 +248,7 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")
     _series_option(p)
     _common(p)
+    _quality_options(p)
     p.set_defaults(handler="_cmd_register_native")
 
     p = sub.add_parser("mask", help="segment the lungs of a CT (the automatic mask of the masking presets)")
@@ -296,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-mask", help="moving image mask file")
     _series_option(p)
     _common(p)
+    _quality_options(p)
     p.set_defaults(handler="_cmd_register")
 
     p = sub.add_parser("demo", help="register the built-in synthetic pair and print TRE before/after")
@@ -306,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learn2reg_parsers(sub)
     _add_geometry_parsers(sub)
     _add_tune_parser(sub)
+    _add_quality_parser(sub)
     return parser
 
 

@@ -142,6 +142,9 @@ def _cmd_register(args: argparse.Namespace, request: RunRequest) -> int:
         f"wrote {path}  steps {res.steps}  time {res.timings['total']:.1f}s  "
         f"SDlogJ {stats['sdlogj']:.4f}  folding {stats['folding_percent']:.4f}%"
     )
+    from .evaluation.quality_cli import print_quality
+
+    print_quality(args, res, cfg)
     return 0
 
 
@@ -211,6 +214,11 @@ def _report_pair(outcome, i: int, n: int) -> None:
     if outcome.status == "done":
         loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.5g}"
         line, stream = f"{head} done in {outcome.seconds:.1f}s, {outcome.steps} steps, final loss {loss} -> {outcome.path}", sys.stdout
+        q = getattr(outcome, "quality", None)
+        if q:
+            from .evaluation.quality_cli import quality_text
+
+            line += f"; quality: {quality_text(q)}"
     elif outcome.status == "skipped":
         line, stream = f"{head} skipped: {outcome.path} exists", sys.stdout
     else:
@@ -250,7 +258,7 @@ def _cmd_evaluate(args: argparse.Namespace, request: RunRequest) -> int:
     check_input_file("evaluate", "fields", args.fields)
     if args.runtimes:
         check_input_file("evaluate", "--runtimes", args.runtimes)
-    for option, path in (("--json", args.json), ("--csv", args.csv)):
+    for option, path in (("--json", args.json), ("--csv", args.csv), ("--html", args.html)):
         if path:
             check_output_file("evaluate", option, path)
     if args.report:
@@ -278,6 +286,11 @@ def _cmd_evaluate(args: argparse.Namespace, request: RunRequest) -> int:
 
         index = make_report(ds, args.fields, args.report, split=args.split, results=res)
         print(f"wrote {index}")
+    if args.html:
+        from .evaluation.html_report import evaluation_html_report
+
+        page = evaluation_html_report(ds, args.fields, args.html, split=args.split, results=res)
+        print(f"wrote {page} ({page.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -395,7 +408,7 @@ def _cmd_run(args: argparse.Namespace, request: RunRequest) -> int:
         summary = run_split(
             args.dataset, args.split, args.output, cfg, device=request.device, fmt=args.format, overwrite=args.overwrite,
             progress=not args.no_bar and request.progress, on_pair=_report_pair, evaluate=evaluate,
-            max_memory=request.max_memory,
+            max_memory=request.max_memory, quality=not args.no_quality,
         )
     code = 1 if summary.failed else 0
     if summary.rank != 0:  # torchrun's other ranks: their pairs' lines were printed; rank 0 sums up
@@ -412,6 +425,13 @@ def _cmd_run(args: argparse.Namespace, request: RunRequest) -> int:
         print(f"contreg run: error: failed pairs: {summary.failed} (see {summary.runtimes_path})", file=sys.stderr)
         if args.evaluate:
             print("contreg run: evaluation skipped: not every pair has a field", file=sys.stderr)
+    from .evaluation.quality_cli import suspect_pairs
+
+    suspects = suspect_pairs(summary.outcomes)
+    if suspects:
+        print("suspect pairs (landmark-free estimate): " + "; ".join(suspects), file=sys.stderr)
+        if args.fail_on_suspect:
+            code = 1
     return code
 
 
@@ -463,7 +483,16 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "
         f"time {res.timings['total']:.1f}s"
     )
+    from .evaluation.quality_cli import print_quality
+
+    print_quality(args, res, cfg)
     return 0
+
+
+def _cmd_quality(args: argparse.Namespace, request: RunRequest) -> int:
+    from .evaluation.quality_cli import cmd_quality
+
+    return cmd_quality(args, request)
 
 
 def _itk_export_refusal(args: argparse.Namespace) -> str:

@@ -94,6 +94,8 @@ class PairOutcome:
             joined by ``+`` (see :attr:`monai_contreg.api.RegistrationResult.kernels`).
         mask: what masked the registration (:attr:`monai_contreg.api.RegistrationResult.mask_report`: each image's
             mask source, the automatic mask's volumes per side, border contact and checks); ``None`` if unknown.
+        quality: the landmark-free error estimate
+            (:meth:`~monai_contreg.evaluation.quality.QualityReport.to_dict`) when the run asked for it, else ``None``.
     """
 
     key: str
@@ -107,6 +109,7 @@ class PairOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     kernels: str = ""
     mask: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
 
 
 @dataclass
@@ -342,12 +345,13 @@ def _run_pairs(
     on_pair: Callable[[PairOutcome, int, int], None] | None = None,
     bar=None,
     case_extra: dict[str, Any] | None = None,
+    quality: bool = False,
 ) -> list[PairOutcome]:
     """The pair loop of a run (all pairs, or one rank's shard): register ``todo`` (``(index in split, pair)``),
     appending to ``outcomes`` and recording each pair that ran into ``log`` and into ``log_path`` (merged into the
     file under its lock, atomically: :func:`_record`)."""
     for i, pair in todo:
-        outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn)
+        outcome = _run_pair(pair, out, fmt, overwrite, cfg, device, fn, quality=quality)
         outcomes.append(outcome)
         if outcome.status == "done":
             log["config"] = cfg.to_dict()
@@ -362,6 +366,7 @@ def _run_pairs(
                 "timings": outcome.timings,
                 "kernels": outcome.kernels,
                 "mask": outcome.mask,
+                **({"quality": outcome.quality} if outcome.quality is not None else {}),
                 **(case_extra or {}),
             }, None)
         elif outcome.status == "failed":
@@ -416,6 +421,7 @@ def run_split(
     register_fn: Callable[..., Any] | None = None,
     evaluate: bool | str | Path = False,
     max_memory: str | float | int | None = None,
+    quality: bool = False,
 ) -> RunSummary:
     """Register every pair of a Learn2Reg split and write its field into ``out_dir``.
 
@@ -436,6 +442,9 @@ def run_split(
             ``True`` into ``OUT/evaluation.json``, a path there. Skipped (with a warning) when a pair failed.
         max_memory: memory each registration may use (bytes or ``"8G"``; ``register(max_memory=)``); ``None``:
             80 % of the available memory.
+        quality: after each pair, estimate its error without landmarks
+            (:meth:`~monai_contreg.api.RegistrationResult.quality`), kept in the outcome and in ``runtimes.json``
+            under ``"quality"`` (a failed estimate is recorded as ``{"error": ...}``, the pair stays done).
 
     Returns:
         A :class:`RunSummary`; failures are recorded there and in ``runtimes.json``, not raised.
@@ -462,6 +471,7 @@ def run_split(
             enumerate(pairs), len(pairs), out, fmt=fmt, overwrite=overwrite, cfg=cfg, device=device,
             fn=with_max_memory(register_fn or register, max_memory), log_path=log_path, log=log,
             outcomes=summary.outcomes, on_pair=on_pair, bar=bar,
+            quality=quality,
         )
     finally:
         if bar is not None:
@@ -484,7 +494,21 @@ def with_max_memory(fn: Callable[..., Any], max_memory: str | float | int | None
     return functools.partial(fn, max_memory=parse_memory("max_memory", max_memory))
 
 
-def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn) -> PairOutcome:
+def _pair_quality(pair: Learn2RegPair, res, cfg) -> dict[str, Any]:
+    """The error estimate of one registered pair (its ``to_dict()`` plus ``seconds``), or ``{"error": ...}``."""
+    t0 = time.perf_counter()
+    try:
+        rep = res.quality(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                          auto_mask=bool(cfg.preprocess.auto_mask))
+    except Exception as exc:  # an estimate that cannot be made must not fail a registered pair
+        logger.info("%s: quality estimate failed", pair.key, exc_info=True)
+        return {"error": " ".join(f"{type(exc).__name__}: {exc}".split()), "seconds": time.perf_counter() - t0}
+    d = rep.to_dict()
+    d["seconds"] = time.perf_counter() - t0
+    return d
+
+
+def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn, quality: bool = False) -> PairOutcome:
     existing = find_field(pair, out)
     if existing is not None and not overwrite:
         logger.info("%s: field %s exists, skipped", pair.key, existing.name)
@@ -524,6 +548,7 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         final_loss=None if losses[-1] is None else float(losses[-1]), steps=int(res.steps),
         timings={k: float(v) for k, v in res.timings.items()}, kernels=str(getattr(res, "kernels", "") or ""),
         mask=getattr(res, "mask_report", None),
+        quality=_pair_quality(pair, res, cfg) if quality else None,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from monai_contreg import errors
 from monai_contreg.cli import build_parser, main
 
-COMMANDS = ["register", "register-native", "run", "submit", "evaluate", "download", "demo", "mask", "warp", "tune"]
+COMMANDS = ["register", "register-native", "run", "submit", "evaluate", "download", "demo", "mask", "warp", "tune", "quality"]
 
 
 def _image(path, arr, spacing=2.0):
@@ -41,6 +41,7 @@ def _user_error_cases(tmp):
         "mask": (["mask", ct, "-o", str(tmp / "mask.nii.gz")], "does not look like a chest CT"),
         "warp": (["warp", "--field", str(disp)], "nothing to warp"),
         "tune": (["tune", str(tmp / "no_dataset"), "-o", str(tmp / "best.yaml")], "no_dataset"),
+        "quality": (["quality", ct, ct], "give the field"),
     }
 
 

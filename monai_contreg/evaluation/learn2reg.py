@@ -249,6 +249,18 @@ def load_runtimes(path: str | Path | None) -> dict[str, float]:
     return {k: float(v["seconds"]) for k, v in cases.items() if isinstance(v, dict) and v.get("seconds") is not None}
 
 
+def load_run_quality(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """Per-pair landmark-free estimates from a run log (``{"cases": {KEY: {"quality": {...}}}}``); ``{}`` if absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        log = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    cases = log.get("cases", {}) if isinstance(log, dict) else {}
+    return {k: v["quality"] for k, v in cases.items() if isinstance(v, dict) and isinstance(v.get("quality"), dict)}
+
+
 @contextlib.contextmanager
 def fields_folder(path: str | Path) -> Iterator[Path]:
     """Yield a folder holding the fields: ``path`` itself, or a temporary extraction of a submission zip.
@@ -327,6 +339,7 @@ def evaluate_learn2reg(
             times = load_runtimes(folder / RUNTIMES_FILE)
         else:
             times = load_runtimes(runtimes)
+        quality = load_run_quality(folder / RUNTIMES_FILE if runtimes == "auto" else runtimes if isinstance(runtimes, (str, Path)) else None)
         for pair in pairs:
             t0 = time.perf_counter()
             seen: dict[str, Any] = {}
@@ -341,10 +354,13 @@ def evaluate_learn2reg(
                 unmasked.append(pair.key)
             if pair.key in times:
                 cases[pair.key]["runtime"] = _metric(times[pair.key])
+            q = quality.get(pair.key)
+            if q is not None and q.get("estimated_error_mm") is not None:  # the run's landmark-free estimate
+                cases[pair.key]["quality_estimated_error_mm"] = _metric(float(q["estimated_error_mm"]))
             logger.info("evaluated %s in %.1fs", pair.key, time.perf_counter() - t0)
             if on_case is not None:
                 on_case(pair.key, cases[pair.key])
-    return {
+    out = {
         "name": ds.name,
         "split": key,
         "eval_version": EVAL_VERSION,
@@ -356,6 +372,9 @@ def evaluate_learn2reg(
         "aggregates": aggregate(cases),
         "cases": cases,
     }
+    if quality:  # the run log's estimates, verdicts and signals (contreg run computes them after each pair)
+        out["quality"] = {k: v for k, v in quality.items() if k in cases}
+    return out
 
 
 def _evaluate_pair(
