@@ -1,7 +1,7 @@
 """How much memory a registration will need, known before it starts; a clear error when it will not fit.
 
 :func:`estimate_memory` adds up the buffers of one :func:`monai_contreg.api.register` call on a grid of ``shape``
-(``N`` voxels, working grid of ``n = N / grid_factor^3``), in bytes of the computation dtype ``b``:
+(``N`` voxels, working grid of ``n = N / grid_factor^3``, the finest dense stage's), in bytes of the computation dtype ``b``:
 
 * ``images``: fixed and moving as loaded and normalised (``4 N b``), each mask (``2.5 N b``), ``minmax``
   normalisation's copies (``6 N b``);
@@ -10,7 +10,7 @@
   (``12 n b``) are kept;
 * ``optimisation``: both pooled feature maps and the compiled kernel's channels-last copies (``48 n b``), the field
   with its gradient, Adam's two moments, the smoothed field and the box-filter and regulariser buffers (``24 n b``);
-* ``discrete`` (``init``/``method`` ``"convex"``): the cost volume and its smoothing buffer,
+* ``discrete`` (a convex stage): the cost volume and its smoothing buffer,
   ``2 (2 disp_hw + 1)^3 N / grid_spacing^3 b``.
 
 The peak is ``images + max(features, optimisation, discrete)``. The factors were measured with the peak resident
@@ -93,7 +93,7 @@ def estimate_memory(
     Args:
         shape: the registration grid ``(H, W, D)`` (for :func:`~monai_contreg.native.register_native`: the
             working grid).
-        config: the registration config (``method``, ``init``, ``field.grid_factor``, ``preprocess``, ``convex``).
+        config: the registration config (its stages and ``preprocess``).
         masks: how many masks are given (0-2).
         dtype: computation dtype.
 
@@ -103,16 +103,21 @@ def estimate_memory(
     shape3 = tuple(int(s) for s in shape)
     b = torch.empty((), dtype=dtype).element_size()
     n_full = math.prod(shape3)
-    working = pooled_shape(shape3, config.field.grid_factor)
+    dense = config.dense_stages
+    convex = [s for s in config.stages if s.kind == "convex"]
+    # the largest working grid: the finest dense stage (or the convex stage's coarse grid when it runs alone)
+    factor = min(s.grid_factor for s in dense) if dense else convex[0].grid_spacing
+    working = pooled_shape(shape3, factor)
     n_work = math.prod(working)
     images = n_full * (_IMAGES + _MASK * masks + (_MINMAX if config.preprocess.intensity == "minmax" else 0.0))
+    channels = max([24 if s.second_dilation else 12 for s in dense] or [12])
     parts = {
         "images": images * b,
-        "features": (_MIND_FULL * n_full + 12 * n_work) * b,
-        "optimisation": 0.0 if config.method == "convex" else (_FEATURES + _FIELD) * n_work * b,
+        "features": (_MIND_FULL * n_full + channels * n_work) * b,
+        "optimisation": (_FEATURES * channels / 12 + _FIELD) * n_work * b if dense else 0.0,
     }
-    if config.method == "convex" or config.init == "convex":
-        cc = config.convex
+    if convex:
+        cc = convex[0]
         coarse = math.prod(pooled_shape(shape3, cc.grid_spacing))
         parts["discrete"] = (2 * (2 * cc.disp_hw + 1) ** 3 + 2 * 12) * coarse * b
     peak = parts["images"] + max(v for k, v in parts.items() if k != "images")
