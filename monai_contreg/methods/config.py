@@ -55,6 +55,8 @@ __all__ = [
     "OptimConfig",
     "PreprocessConfig",
     "RegistrationConfig",
+    "scale_schedules",
+    "schedule_steps",
 ]
 
 
@@ -678,6 +680,45 @@ class RegistrationConfig:
                 raise UserInputError(f"RegistrationConfig: engine.{name} must be > 0, got {v}.")
         if self.engine.checkpoint_every < 1:
             raise UserInputError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
+
+
+def schedule_steps(config: RegistrationConfig) -> list[int]:
+    """The Adam steps a config runs: one entry per dense stage, in order (``[]`` for the convex stage alone)."""
+    return [s.schedule.total_steps for s in config.dense_stages]
+
+
+def scale_schedules(config: RegistrationConfig, steps: int) -> RegistrationConfig:
+    """A copy of ``config`` whose dense stages' schedules are shortened (or lengthened) in proportion.
+
+    The longest dense stage gets ``steps`` steps and every dense stage's schedule is scaled by the same factor
+    ``steps / max(total_steps)`` (each rounded, at least 1 step), so the stages keep their proportions
+    (``accurate``'s 100 + 40 steps become 50 + 20 at ``steps=50``); within a schedule ``constant_steps`` and
+    ``cosine_end`` are scaled and rounded (a constant schedule, ``constant_steps >= total_steps``, stays constant),
+    ``cosine_period`` is scaled; learning rates are unchanged.
+
+    Raises:
+        UserInputError: ``steps`` < 1, or a config without a dense stage (no schedule).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserInputError(f"scale_schedule: steps must be an integer >= 1, got {steps!r}.")
+    dense = [i for i, s in enumerate(config.stages) if s.kind == "dense"]
+    if not dense:
+        raise UserInputError(f"scale_schedule: the config has no dense stage (stages: {_kinds(config)}), so no schedule to scale.")
+    out = copy.deepcopy(config)
+    stages = list(out.stages)
+    f = steps / max(stages[i].schedule.total_steps for i in dense)
+    for i in dense:
+        sched = stages[i].schedule
+        n = max(1, int(round(sched.total_steps * f)))
+        g = n / sched.total_steps
+        constant = sched.constant_steps >= sched.total_steps
+        cs = n if constant else min(n, int(round(sched.constant_steps * g)))
+        ce = max(cs, min(n, int(round(sched.cosine_end * g))))
+        stages[i] = dataclasses.replace(stages[i], schedule=dataclasses.replace(
+            sched, constant_steps=cs, cosine_end=ce, cosine_period=sched.cosine_period * g, total_steps=n))
+    out.stages = tuple(stages)
+    out.validate()
+    return out
 
 
 # --------------------------------------------------------------------------------------------- key resolution
