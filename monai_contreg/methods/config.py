@@ -453,6 +453,25 @@ STAGE_ALIASES: dict[str, tuple[str, str]] = {
 _SECTIONS = ("preprocess", "features", "field", "optim", "engine", "multilevel")
 
 
+class _NoConvexStage:
+    """``RegistrationConfig.convex`` of a config without a convex stage: reading or writing ``X`` raises the
+    config's error for the key ``convex.X``."""
+
+    def __init__(self, owner: RegistrationConfig) -> None:
+        object.__setattr__(self, "_owner", owner)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._owner.get(f"convex.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._owner.set(f"convex.{name}", value)
+
+    def __repr__(self) -> str:
+        return "<no convex stage>"
+
+
 def _default_stages() -> tuple[Any, ...]:
     return (DenseStage(),)
 
@@ -515,7 +534,10 @@ class RegistrationConfig:
 
     @property
     def convex(self) -> ConvexStage:
-        """The convex stage (``convex.*`` keys). Raises ``UserInputError`` if the config has none."""
+        """The convex stage (``convex.*`` keys). Without one, a stand-in whose every attribute raises the error of
+        :meth:`set`/:meth:`get` for that key (``cfg.convex.ic`` is refused exactly as ``--set convex.ic=...``)."""
+        if not any(s.kind == "convex" for s in self.stages):
+            return _NoConvexStage(self)
         return self.get("convex")
 
     @convex.setter
