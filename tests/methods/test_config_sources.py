@@ -431,19 +431,29 @@ def _yaml_blocks(text: str) -> list[str]:
 
 def test_every_yaml_block_of_the_configuration_guide_loads():
     """Each ```yaml block of docs/guides/configuration.md is accepted by ``--config`` on its preset (a first
-    comment ``# --preset NAME``, else ``io``), or, where it says ``# error:`` after the preset, refused with
-    that message."""
+    comment ``# --preset NAME``, else ``io``); a block saying ``# error: MESSAGE`` is refused with that message; a
+    block saying ``# search space`` is a tune search space accepted by :func:`~monai_contreg.tuning.parse_search_space`."""
+    from monai_contreg.tuning import parse_search_space
+
     blocks = _yaml_blocks(GUIDE.read_text())
-    assert len(blocks) >= 5
+    assert len(blocks) >= 8
     for block in blocks:
         m = re.match(r"# --preset (\S+)\n", block)
         preset = m.group(1) if m else "io"
         err = re.search(r"^# error: (.*)$", block, flags=re.M)
         data = yaml.safe_load(block) or {}
-        if err:
+        if re.search(r"^# search space$", block, flags=re.M):
+            assert len(parse_search_space(data, get_preset(preset))) == len(data), block
+        elif err:
             with pytest.raises(UserInputError) as exc:
                 RegistrationConfig.from_dict(data, get_preset(preset))
             assert err.group(1) in str(exc.value), block
         else:
             cfg = RegistrationConfig.from_dict(data, get_preset(preset))
-            assert cfg != get_preset(preset) or not data, block
+            assert data and cfg != get_preset(preset), block
+
+
+def test_the_python_example_of_the_configuration_guide_runs(capsys):
+    (code,) = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    exec(compile(code, str(GUIDE), "exec"), {})  # noqa: S102 - the guide's own example
+    assert capsys.readouterr().out == "['convex', 'dense']\n"
