@@ -504,9 +504,12 @@ class RegistrationConfig:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "stages":
             value = _make_stages("stages", value)
-        object.__setattr__(self, name, value)
         if name in _SECTIONS and isinstance(value, _Section):
+            owner = value.__dict__.get("_owner")
+            if owner is not None and owner is not self:
+                value = copy.copy(value)  # a section of another config (dataclasses.replace): this config's own copy
             value.__dict__["_owner"] = self  # the section's alias attributes act on this config
+        object.__setattr__(self, name, value)
 
     # ----------------------------------------------------------------- read from the stages
     @property
