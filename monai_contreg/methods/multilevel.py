@@ -109,39 +109,44 @@ def level_config(config: RegistrationConfig, level: DenseStage) -> RegistrationC
 
 
 def level_features(
-    fixed: torch.Tensor, moving: torch.Tensor, level: DenseStage, cache: dict | None = None, release: bool = False
+    fixed: torch.Tensor, moving: torch.Tensor, level: DenseStage, cache: dict | None = None, release: bool = False,
+    channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of one level: full-resolution MIND-SSC, average-pooled by the level's ``grid_factor``.
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
         level: the level (``mind_radius``, ``mind_dilation``, ``second_dilation``, ``grid_factor``).
-        cache: optional dict reused across levels: full-resolution MIND per ``(image, radius, dilation)``.
+        cache: optional dict reused across levels: full-resolution MIND per ``(image, radius, dilation)`` (with
+            ``"channels_last"`` appended to the key for that layout).
         release: drop this level's entries from ``cache`` as soon as they are pooled (their last use).
+        channels_last: keep the full-resolution MIND and the pooled features channels-last
+            (``torch.channels_last_3d``): the layout the compiled similarity samples from, so it makes no second
+            copy (at full resolution a copy is ~0.45 GiB per image); the multi-level method's. ``False``: the
+            default (contiguous) layout of the single-level method, whose full-resolution MIND a convex stage
+            before it shares.
 
     Returns:
-        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``), stored
-        channels-last (``torch.channels_last_3d``): the layout the compiled similarity samples from, so it
-        makes no second copy (at full resolution a copy is ~0.45 GiB per image).
+        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``).
     """
     check_tensor("level_features", "fixed", fixed, 5)
     check_tensor("level_features", "moving", moving, 5)
     cache = {} if cache is None else cache
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     dilations = [level.mind_dilation] + ([level.second_dilation] if level.second_dilation else [])
     outs = []
     with torch.no_grad():
         for img_key, img in (("fixed", fixed), ("moving", moving)):
             parts = []
             for d in dilations:
-                key = (img_key, level.mind_radius, d)
-                # kept channels-last: a full-resolution level then samples this very tensor (no copy)
-                full = cache[key] if key in cache else mind_ssc(img, level.mind_radius, d).contiguous(memory_format=torch.channels_last_3d)
+                key = (img_key, level.mind_radius, d, *(("channels_last",) if channels_last else ()))
+                full = cache[key] if key in cache else mind_ssc(img, level.mind_radius, d).contiguous(memory_format=fmt)
                 cache[key] = full
-                parts.append(downsample(full, level.grid_factor).contiguous(memory_format=torch.channels_last_3d))
+                parts.append(downsample(full, level.grid_factor).contiguous(memory_format=fmt))
                 del full
                 if release:
                     del cache[key]
-            feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last_3d)
+            feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1).contiguous(memory_format=fmt)
             outs.append(feat)
             del parts
     return outs[0], outs[1]
@@ -205,7 +210,7 @@ def run_dense_stages(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     handlers: list[Any] | None = None,
     name: str = "",
-    cache: dict | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MethodOutput:
     """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with dense ``stages``, one after the other.
 
@@ -224,7 +229,8 @@ def run_dense_stages(
             count across stages).
         handlers: extra ignite handlers, attached to every stage's engine (after :class:`LevelEvents` is
             registered, with several stages, so they may listen to ``LEVEL_COMPLETED``).
-        cache: optional dict of full-resolution MIND per ``(image, radius, dilation)`` shared with earlier stages.
+        features: optional ``(fixed, moving)`` features of the first stage, already computed on its grid (a
+            convex stage before it computed them from the same MIND).
 
     Returns:
         :class:`~monai_contreg.methods.io.MethodOutput` whose ``field`` is the last stage's; ``timings`` has
@@ -247,7 +253,7 @@ def run_dense_stages(
         )
     multi = len(stages) > 1
     image_shape = tuple(int(s) for s in fixed.shape[2:])
-    cache = {} if cache is None else cache
+    cache: dict = {}
     # the full-resolution MIND of a (radius, dilation) is kept only until the last stage that uses it
     last_use = {}
     for i, lv in enumerate(stages):
@@ -264,8 +270,12 @@ def run_dense_stages(
     for i, lv in enumerate(stages):
         t0 = time.perf_counter()
         dils = [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else [])
-        ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils))
-        for key in [k for k in cache if last_use.get(k[1:], -1) <= i]:
+        if i == 0 and features is not None:
+            (ff, mf), features = features, None
+        else:  # one stage: the single-level method's features (default layout)
+            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils),
+                                    channels_last=multi)
+        for key in [k for k in cache if last_use.get(k[1:3], -1) <= i]:
             del cache[key]
         if fixed.is_cuda:
             torch.cuda.synchronize(fixed.device)

@@ -8,8 +8,8 @@ Each stage starts from the field the previous one ended with; one runner per sta
   consecutive dense stages are the multi-resolution method (:func:`~monai_contreg.methods.multilevel.run_dense_stages`),
   one stage the single-level paper method.
 
-The full-resolution MIND-SSC features of one ``(image, radius, dilation)`` are computed once and shared by the
-stages that use them.
+A convex stage and one dense stage after it with the same MIND settings share one full-resolution MIND-SSC, pooled
+twice (ConvexAdam); the dense stages of the multi-level method share theirs across levels.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
-from ..features.mind import mind_ssc
 from ..optim.field import DisplacementField
 from ..optim.handlers import check_divergence
-from ..spatial.filters import downsample
 from .config import METHOD_NAMES, ConvexStage, RegistrationConfig
-from .convex import coupled_convex
+from .convex import coupled_convex, pooled_mind
 from .io import MethodOutput
 from .multilevel import run_dense_stages
 
@@ -42,26 +40,29 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _convex_stage(fixed: torch.Tensor, moving: torch.Tensor, stage: ConvexStage, cache: dict) -> tuple[torch.Tensor, float, float]:
-    """The convex stage: MIND-SSC (``cache``d at full resolution) pooled by ``grid_spacing``, :func:`coupled_convex`.
+def _convex_stage(
+    fixed: torch.Tensor, moving: torch.Tensor, stage: ConvexStage, also: int | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, float, float]:
+    """The convex stage: MIND-SSC pooled by ``grid_spacing`` (:func:`pooled_mind`), then :func:`coupled_convex`.
+
+    Args:
+        also: a second pooling factor of the same full-resolution MIND (the next dense stage's ``grid_factor`` when
+            it uses the same MIND settings: computed once, as ConvexAdam does).
 
     Returns:
-        The DDF ``(1, 3, h, w, d)`` on the coarse grid (its voxels), the features' and the solver's seconds.
+        The DDF ``(1, 3, h, w, d)`` on the coarse grid (its voxels), the features pooled by ``also`` (fixed,
+        moving; ``None`` without ``also``), the features' and the solver's seconds.
     """
     t0 = time.perf_counter()
-    with torch.no_grad():
-        feats = []
-        for key, img in (("fixed", fixed), ("moving", moving)):
-            full = cache.get((key, stage.mind_radius, stage.mind_dilation))
-            if full is None:
-                full = cache[(key, stage.mind_radius, stage.mind_dilation)] = mind_ssc(img, stage.mind_radius, stage.mind_dilation)
-            feats.append(downsample(full, stage.grid_spacing).contiguous())
+    factors = (stage.grid_spacing,) if also is None else (stage.grid_spacing, also)
+    fixed_feats = pooled_mind(fixed, factors, stage.mind_radius, stage.mind_dilation)
+    moving_feats = pooled_mind(moving, factors, stage.mind_radius, stage.mind_dilation)
     _sync(fixed)
     t_feat = time.perf_counter() - t0
     t1 = time.perf_counter()
-    ddf = coupled_convex(feats[0], feats[1], stage)
+    ddf = coupled_convex(fixed_feats[0], moving_feats[0], stage)
     _sync(ddf)
-    return ddf, t_feat, time.perf_counter() - t1
+    return ddf, (None if also is None else (fixed_feats[1], moving_feats[1])), t_feat, time.perf_counter() - t1
 
 
 def run_method(
@@ -107,11 +108,13 @@ def run_method(
     unknown = [s.kind for s in stages if s.kind not in ("convex", "dense")]
     if unknown:
         raise UserInputError(f"run_method: no runner for stage kind(s) {unknown}; this version runs 'convex' and 'dense' stages.")
-    cache: dict = {}
     timings: dict[str, float] = {}
-    ddf = init_ddf
+    ddf, features = init_ddf, None
     if stages[0].kind == "convex":
-        ddf, t_feat, t_disc = _convex_stage(fixed, moving, stages[0], cache)
+        c = stages[0]
+        nxt = dense[0] if len(dense) == 1 else None
+        share = nxt is not None and not nxt.second_dilation and (nxt.mind_radius, nxt.mind_dilation) == (c.mind_radius, c.mind_dilation)
+        ddf, features, t_feat, t_disc = _convex_stage(fixed, moving, c, nxt.grid_factor if share else None)
         timings = {"features": t_feat, "discrete": t_disc}
         if not dense:
             if config.engine.divergence_check:  # the discrete stage's equivalent of the engine's DivergenceGuard
@@ -122,7 +125,7 @@ def run_method(
             return MethodOutput(field=field, timings=timings, steps=0)
     out = run_dense_stages(
         fixed, moving, config, dense, init_ddf=ddf, fixed_mask=fixed_mask, keypoints=keypoints, spacing=spacing,
-        handlers=handlers, name=name, cache=cache,
+        handlers=handlers, name=name, features=features,
     )
     if timings:
         out.timings = {**out.timings, "features": out.timings["features"] + timings["features"], "discrete": timings["discrete"]}
