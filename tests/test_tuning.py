@@ -101,7 +101,7 @@ def test_unknown_keys_are_errors_naming_the_key(space, match):
     ({"low": 0.0, "high": 2.0, "log": True}, r"log range needs low > 0"),
     ({"low": 1.0}, r"needs both low and high"),
     ({"low": "a", "high": 2.0}, r"low must be a finite number"),
-    ({"low": -1.0, "high": 2.0}, r"optim\.reg_weight: value -1\.0 is rejected by the config.*reg_weight must be >= 0"),
+    ({"low": -1.0, "high": 2.0}, r"optim\.reg_weight: value -1\.0 is rejected by the config.*reg_weight must be a finite number >= 0"),
     ({"choices": []}, r"choices must be a non-empty list"),
     ({"choices": [1.0, 1.0]}, r"choices must be distinct"),
     ({"low": 1.0, "high": 2.0, "lgo": True}, r"unexpected entries \['lgo'\]"),
