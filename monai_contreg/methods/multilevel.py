@@ -17,6 +17,7 @@ Options of :class:`~monai_contreg.methods.config.MultilevelConfig`, shared by ev
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,8 @@ from .config import DenseStage, RegistrationConfig
 from .io import MethodOutput, instance_optimisation
 
 __all__ = ["LevelEvents", "carry_field", "level_config", "level_features", "run_dense_stages", "run_multilevel"]
+
+logger = logging.getLogger(__name__)
 
 
 class LevelEvents(EventEnum):
@@ -280,6 +283,8 @@ def run_dense_stages(
         if fixed.is_cuda:
             torch.cuda.synchronize(fixed.device)
         t_feat = time.perf_counter() - t0
+        label = f"{name}[level {i}]" if multi else name
+        logger.info("%sstage features: %.2fs (working grid %s)", f"{label} " if label else "", t_feat, tuple(ff.shape[2:]))
         shape = pooled_shape(image_shape, lv.grid_factor)
         if ddf is not None and i > 0:
             ddf = carry_field(ddf, shape)
@@ -295,8 +300,9 @@ def run_dense_stages(
         out = instance_optimisation(
             ff, mf, config, stage=lv, init_ddf=ddf, keypoints=keypoints, image_shape=image_shape,
             spacing=spacing, handlers=[_LevelMarker(i), *(handlers or [])] if multi else handlers,
-            name=f"{name}[level {i}]" if multi else name, regularizer=regularizer,
+            name=label, regularizer=regularizer,
         )
+        logger.info("%sstage optimisation: %.2fs (%d steps)", f"{label} " if label else "", out.timings.get("optimisation", 0.0), out.steps)
         del ff, mf
         if not multi:
             out.timings = {"features": t_feat, **out.timings}

@@ -116,6 +116,8 @@ def run_method(
         share = nxt is not None and not nxt.second_dilation and (nxt.mind_radius, nxt.mind_dilation) == (c.mind_radius, c.mind_dilation)
         ddf, features, t_feat, t_disc = _convex_stage(fixed, moving, c, nxt.grid_factor if share else None)
         timings = {"features": t_feat, "discrete": t_disc}
+        logger.info("%sstage features: %.2fs (convex grid %s); discrete: %.2fs", f"{name} " if name else "", t_feat,
+                    tuple(ddf.shape[2:]), t_disc)
         if not dense:
             if config.engine.divergence_check:  # the discrete stage's equivalent of the engine's DivergenceGuard
                 check_divergence(ddf, config.engine.divergence_final_max_displacement, config.engine.divergence_max_folding,
