@@ -46,7 +46,7 @@ def test_run_writes_fields_and_runtime_log(run_out):
     assert log["name"] == "TINY" and log["split"] == "registration_val" and log["failures"] == {}
     case = log["cases"]["0001_0001"]
     assert case["steps"] == 3 and 0 < case["seconds"] <= case["wall_seconds"] and np.isfinite(case["final_loss"])
-    assert log["config"]["optim"]["schedule"]["total_steps"] == 3
+    assert log["config"]["stages"][0]["schedule"]["total_steps"] == 3  # the config as a list of stages
     from monai_contreg.kernels import extension_status
 
     # which implementation ran is recorded per pair

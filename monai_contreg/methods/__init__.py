@@ -1,4 +1,5 @@
-"""Registration methods (the paper's instance optimisation, ConvexAdam's coupled convex stage), configuration, presets.
+"""Registration methods (the paper's instance optimisation, ConvexAdam's coupled convex stage), configuration (a list of
+stages), presets.
 
 Submodules load on first use (PEP 562), so that a lower layer may import one of them (e.g. ``methods.config``)
 without importing the rest of the package.
@@ -11,6 +12,9 @@ from typing import Any
 
 _EXPORTS = {
     "ConvexConfig": "config",
+    "ConvexStage": "config",
+    "DenseStage": "config",
+    "STAGE_KINDS": "config",
     "EngineConfig": "config",
     "FeatureConfig": "config",
     "FieldConfig": "config",
@@ -32,8 +36,11 @@ _EXPORTS = {
 __all__ = [
     "METHODS",
     "PRESETS",
+    "STAGE_KINDS",
     "ConvexConfig",
+    "ConvexStage",
     "CoupledConvex",
+    "DenseStage",
     "EngineConfig",
     "FeatureConfig",
     "FieldConfig",

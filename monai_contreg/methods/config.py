@@ -1,11 +1,27 @@
-"""Typed configuration of a registration: every constant of the method is a named, documented field.
+"""Typed configuration of a registration: a list of stages plus the settings they share.
 
-A :class:`RegistrationConfig` nests one dataclass per concern. It round-trips through plain dicts (YAML/JSON,
-MONAI bundles) with :meth:`RegistrationConfig.from_dict` / :meth:`RegistrationConfig.to_dict`, and accepts
-dotted overrides (``"optim.steps=100"``) with :meth:`RegistrationConfig.with_overrides`; a part that is an
-integer picks one level of ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"``, counted from 0, coarse to
-fine). Unknown keys are errors that name the key and suggest the nearest valid one; a level index that is not an
-integer or is out of range is an error naming the key and the valid indices.
+A :class:`RegistrationConfig` is one structure: ``stages``, the registration's stages in the order they run
+(``kind`` ``"dense"``: an Adam instance optimisation of a dense field, :class:`DenseStage`; ``"convex"``:
+ConvexAdam's coupled convex discrete stage, :class:`ConvexStage`), and sections of settings every stage shares
+(``preprocess``, ``features.storage``, ``field.design_spacing``, ``optim.betas``/``padding_mode``/``keep_in_image``,
+``engine``, ``multilevel.mask_aware``/``cross_weight``). The presets: ``io`` is one dense stage, ``accurate`` two
+(half, then full resolution), ``convexadam`` a convex stage then one dense stage.
+
+Each setting lives in one place, and every way of giving settings reaches it through one function,
+:meth:`RegistrationConfig.set` (:func:`monai_contreg.methods.keys.apply_items`) (``--set``, ``--config`` files, :meth:`~RegistrationConfig.from_dict` and so the
+bundle's ``--method_overrides``, :meth:`~RegistrationConfig.with_overrides` and so ``tune`` search spaces, and
+the Python attributes below): the same key gives the same result or the same :class:`~monai_contreg.errors.UserInputError`
+from every source. A key is dotted (``stages.1.reg_weight``; a part that is an integer indexes a list, from 0); a
+nested mapping is the same as its dotted keys (``{"optim": {"reg_weight": 2}}`` is ``optim.reg_weight``).
+
+The keys of earlier versions keep working as aliases of the stage field they name
+(:data:`STAGE_ALIASES`): ``optim.schedule``, ``optim.reg_weight``, ``field.grid_factor``,
+``field.smoothing_passes``/``smoothing_kernel`` reach the config's one dense stage, ``features.mind_radius``/
+``mind_dilation`` every stage when there is at most one dense stage, ``convex.*`` the convex stage,
+``multilevel.levels.I`` the I-th dense stage, and ``method``/``init`` add or remove stages. Where an alias has no
+single target (``optim.reg_weight`` on ``accurate``, two dense stages; ``convex.ic`` on ``io``, no convex stage) it
+is an error naming the key to use instead, never a setting silently ignored. Unknown keys are errors naming the key
+and the nearest valid one; an index out of range names the valid indices.
 """
 
 from __future__ import annotations
@@ -16,17 +32,22 @@ import json
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from .._validation import suggest
-from ..modes import FeatureStorage, PaddingMode
 from ..errors import MissingFileError, UserInputError, describe_parse_error
-from ..optim.schedule import PiecewiseSchedule
+from ..modes import FeatureStorage, PaddingMode
+from .keys import _SECTIONS, STAGE_ALIASES, apply_items, flatten, get_key, make_stages, scale_schedules, schedule_steps
+from .keys import _check_stage as _check_stage
+from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, ConvexConfig, ConvexStage, DenseStage, LevelConfig
 
 __all__ = [
     "INIT_NAMES",
     "METHOD_NAMES",
+    "STAGE_ALIASES",
+    "STAGE_KINDS",
     "ConvexConfig",
+    "ConvexStage",
+    "DenseStage",
     "EngineConfig",
     "FeatureConfig",
     "FieldConfig",
@@ -35,6 +56,8 @@ __all__ = [
     "OptimConfig",
     "PreprocessConfig",
     "RegistrationConfig",
+    "scale_schedules",
+    "schedule_steps",
 ]
 
 
@@ -69,59 +92,83 @@ class PreprocessConfig:
     require_mask: bool = False
 
 
-@dataclass
-class FeatureConfig:
-    """MIND-SSC descriptor settings.
+class _Section:
+    """A section of shared settings that also answers the earlier per-stage keys of its name (aliases).
 
-    Both sizes are in voxels of the image the features are computed on (full resolution, before pooling); at the
-    preset's :attr:`FieldConfig.design_spacing` (1.5 mm) the defaults span 3 mm (dilation) and a 3-voxel box.
-
-    Attributes:
-        mind_radius: half-width (image voxels) of the box filter over patch distances.
-        mind_dilation: spacing (image voxels) of the 6-neighbourhood.
-        storage: precision the optimisation keeps the working-grid features in: ``"float32"`` or ``"bfloat16"``
-            (rounded once; arithmetic stays float32; halves the sampled memory on the compiled CPU path).
+    The alias attributes (e.g. ``OptimConfig.reg_weight``) hold nothing: reading or writing one goes through the
+    owning config's :meth:`RegistrationConfig.get` / :meth:`RegistrationConfig.set` with the dotted key
+    (``"optim.reg_weight"``), so the Python attribute behaves exactly as ``--set optim.reg_weight=...``.
     """
 
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    storage: str = "float32"
+    def _owner_for(self, key: str) -> RegistrationConfig:
+        owner = self.__dict__.get("_owner")
+        if owner is None:
+            raise UserInputError(
+                f"{type(self).__name__}: {key} is a stage setting and this section belongs to no RegistrationConfig; "
+                "per-stage settings live in RegistrationConfig.stages (set them there, or on the config)."
+            )
+        return owner
+
+
+def _alias(key: str) -> property:
+    """A property that reads and writes the dotted ``key`` on the section's owning config."""
+
+    def fget(self: _Section) -> Any:
+        return self._owner_for(key).get(key)
+
+    def fset(self: _Section, value: Any) -> None:
+        self._owner_for(key).set(key, value)
+
+    return property(fget, fset, doc=f"Alias of the stage setting ``{key}`` (see :data:`STAGE_ALIASES`).")
 
 
 @dataclass
-class FieldConfig:
-    """The optimised field.
+class FeatureConfig(_Section):
+    """MIND-SSC settings shared by every stage (each stage has its own ``mind_radius``/``mind_dilation``).
 
-    Units: ``design_spacing`` is in mm; every other constant of the method is in voxels: ``grid_factor`` in image
-    voxels, ``smoothing_kernel`` in working-grid voxels, MIND's radius and dilation (:class:`FeatureConfig`) in
-    image voxels, the learning rates (:class:`~monai_contreg.optim.schedule.PiecewiseSchedule`) and the
-    regulariser (:attr:`OptimConfig.reg_weight`) act on a field in working-grid voxels. They were set on images at
+    Attributes:
+        storage: precision the optimisation keeps the working-grid features in: ``"float32"`` or ``"bfloat16"``
+            (rounded once; arithmetic stays float32; halves the sampled memory on the compiled CPU path).
+        mind_radius, mind_dilation: aliases (not stored here) of every stage's ``mind_radius``/``mind_dilation``
+            when the config has at most one dense stage (see :data:`STAGE_ALIASES`).
+    """
+
+    storage: str = "float32"
+
+    mind_radius = _alias("features.mind_radius")
+    mind_dilation = _alias("features.mind_dilation")
+
+
+@dataclass
+class FieldConfig(_Section):
+    """The working grid every stage's field is defined relative to.
+
+    Units: ``design_spacing`` is in mm; every other constant of the method is in voxels: a dense stage's
+    ``grid_factor`` in image voxels, its ``smoothing_kernel`` in working-grid voxels, MIND's radius and dilation in
+    image voxels, the learning rates (:class:`~monai_contreg.optim.schedule.PiecewiseSchedule`) and the regulariser
+    (:attr:`DenseStage.reg_weight`) act on a field in working-grid voxels. They were set on images at
     ``design_spacing``: :func:`monai_contreg.native.register_native` resamples to that spacing by default, so they
     keep their physical size (at 1.5 mm: a 3 mm working grid, peak step 15 working voxels = 45 mm).
 
     Attributes:
-        grid_factor: working-grid coarsening factor (2 = half resolution); features are average-pooled by it.
-        smoothing_passes: box-filter passes applied to the parameter on read.
-        smoothing_kernel: box-filter width (working-grid voxels).
         design_spacing: isotropic image spacing (mm) the preset's voxel constants were set at (NLST: 1.5 mm);
             the default working spacing of :func:`~monai_contreg.native.register_native`.
+        grid_factor, smoothing_passes, smoothing_kernel: aliases (not stored here) of the one dense stage's
+            fields (see :data:`STAGE_ALIASES`).
     """
 
-    grid_factor: int = 2
-    smoothing_passes: int = 3
-    smoothing_kernel: int = 3
     design_spacing: float = 1.5
+
+    grid_factor = _alias("field.grid_factor")
+    smoothing_passes = _alias("field.smoothing_passes")
+    smoothing_kernel = _alias("field.smoothing_kernel")
 
 
 @dataclass
-class OptimConfig:
-    """Adam instance optimisation.
+class OptimConfig(_Section):
+    """Adam settings shared by every dense stage (each has its own schedule and regulariser weight).
 
     Attributes:
-        schedule: the piecewise learning-rate schedule; ``schedule.total_steps`` is the number of Adam steps.
-        reg_weight: weight ``lambda`` of the diffusion regulariser (field in working-grid voxels). Default 1.75,
-            tuned on nlst_synth so that SDlogJ (true std of log det J) stays <= 0.1 on the large-motion pair;
-            the authors' value 1.25 is kept in the ``io-authors`` and ``convexadam`` presets (README, "Defaults").
         betas: Adam's ``(beta1, beta2)``.
         padding_mode: ``grid_sample`` padding of the warped moving features (``"border"`` or ``"zeros"``).
         keep_in_image: after every Adam step, clamp the field's parameter so that each working-grid voxel ``x``
@@ -130,13 +177,15 @@ class OptimConfig:
             gradient (border padding) and Adam's momentum (an early step of about the learning rate, 15 working
             voxels at peak) carries it further away; on small or unmasked images the whole field ran off that way.
             On lung-masked NLST-size pairs the bound is inactive, or touches only a few border voxels.
+        schedule, reg_weight: aliases (not stored here) of the one dense stage's fields (see :data:`STAGE_ALIASES`).
     """
 
-    schedule: PiecewiseSchedule = _field(default_factory=PiecewiseSchedule)
-    reg_weight: float = 1.75
     betas: tuple[float, float] = (0.9, 0.999)
     padding_mode: str = "border"
     keep_in_image: bool = True
+
+    schedule = _alias("optim.schedule")
+    reg_weight = _alias("optim.reg_weight")
 
 
 @dataclass
@@ -205,154 +254,25 @@ class EngineConfig:
     divergence_max_folding: float = 10.0
 
 
-#: Valid values of :attr:`RegistrationConfig.method` (``"convex"`` = the discrete stage alone, no Adam).
-METHOD_NAMES = ("io", "convex")
-#: Valid values of :attr:`RegistrationConfig.init` (``"convex"`` = start Adam from the discrete stage's field).
-INIT_NAMES = ("zero", "convex")
-
-
 @dataclass
-class ConvexConfig:
-    """The coupled convex discrete stage of ConvexAdam (see :mod:`monai_contreg.methods.convex`).
+class MultilevelConfig(_Section):
+    """Regulariser options shared by every dense stage.
 
     Attributes:
-        grid_spacing: average-pooling factor of the full-resolution MIND features (NLST: 6 -> 37x32x37).
-        disp_hw: search half-width in coarse voxels: integer shifts in ``[-disp_hw, disp_hw]^3``.
-        cost_smoothing_kernel: box-filter width applied to each slice of the cost volume.
-        cost_smoothing_passes: number of such box-filter passes (ConvexAdam: two 3^3 filters).
-        field_smoothing_kernel: box-filter width applied to the shift field after each labelling.
-        field_smoothing_passes: number of such passes (ConvexAdam: one).
-        coupling_weights: the coupling weights of the successive coupled iterations
-            (``label = argmin_d cost(d) + w |d - u|^2``); empty = the smoothed argmin only.
-        ic: make the field inverse consistent with the moving->fixed field.
-        ic_iters: iterations of ``u1 <- (u1 - u2 o (id + u1)) / 2`` (and symmetric).
-        padding_mode: how moving features are extended beyond the image for large shifts:
-            ``"border"`` (replicate the edge, as the Adam stage's sampling) or ``"zeros"``.
-        chunk_size: number of shifts processed at once (bounds the memory beyond the cost volume).
-    """
-
-    grid_spacing: int = 6
-    disp_hw: int = 4
-    cost_smoothing_kernel: int = 3
-    cost_smoothing_passes: int = 2
-    field_smoothing_kernel: int = 3
-    field_smoothing_passes: int = 1
-    coupling_weights: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    ic: bool = True
-    ic_iters: int = 15
-    padding_mode: str = "border"
-    chunk_size: int = 64
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field (``convex.<name>``), what it expects and what it got."""
-        from .._validation import choose
-
-        for name, low in (("grid_spacing", 1), ("disp_hw", 0), ("ic_iters", 0), ("chunk_size", 1),
-                          ("cost_smoothing_passes", 0), ("field_smoothing_passes", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserInputError(f"ConvexConfig: convex.{name} must be an integer >= {low}, got {v!r}.")
-        for name in ("cost_smoothing_kernel", "field_smoothing_kernel"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
-                raise UserInputError(f"ConvexConfig: convex.{name} must be a positive odd integer, got {v!r}.")
-        if not isinstance(self.ic, bool):
-            raise UserInputError(f"ConvexConfig: convex.ic must be true or false, got {self.ic!r}.")
-        weights = tuple(self.coupling_weights)
-        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and w < float("inf")) for w in weights):
-            raise UserInputError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
-        self.coupling_weights = tuple(float(w) for w in weights)
-        choose("ConvexConfig", "convex.padding_mode", self.padding_mode, (PaddingMode.BORDER.value, PaddingMode.ZEROS.value))
-
-
-@dataclass
-class LevelConfig:
-    """One level of the multi-resolution instance optimisation (:mod:`monai_contreg.methods.multilevel`).
-
-    Attributes:
-        grid_factor: this level's working-grid coarsening factor (1 = full resolution, 2 = half, ...).
-        schedule: its piecewise learning-rate schedule (``schedule.total_steps`` Adam steps; rates in voxels of
-            this level's grid).
-        reg_weight: weight of its diffusion (or mask-aware) regulariser, field in this level's voxels.
-        mind_radius, mind_dilation: MIND-SSC settings of its features (computed at full resolution, then
-            average-pooled by ``grid_factor``).
-        second_dilation: a second feature scale: MIND-SSC with this dilation (same radius) concatenated to the
-            first, 24 channels instead of 12 (0 = off).
-        smoothing_passes: box-filter passes applied to its parameter on read.
-        smoothing_kernel: width of those box filters (odd; a finer grid needs a wider one for the same
-            smoothing in mm).
-    """
-
-    grid_factor: int = 2
-    schedule: PiecewiseSchedule = _field(default_factory=PiecewiseSchedule)
-    reg_weight: float = 1.75
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    second_dilation: int = 0
-    smoothing_passes: int = 3
-    smoothing_kernel: int = 3
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``UserInputError`` naming the field (``multilevel.levels[i].<name>``) and what it expects."""
-        from ..errors import UserInputError
-
-        for name, low in (("grid_factor", 1), ("mind_radius", 0), ("mind_dilation", 1), ("second_dilation", 0),
-                          ("smoothing_passes", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserInputError(f"LevelConfig: {name} must be an integer >= {low}, got {v!r}.")
-        k = self.smoothing_kernel
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-            raise UserInputError(f"LevelConfig: smoothing_kernel must be a positive odd integer, got {k!r}.")
-        if isinstance(self.reg_weight, bool) or not isinstance(self.reg_weight, (int, float)) or not 0 <= self.reg_weight < float("inf"):
-            raise UserInputError(f"LevelConfig: reg_weight must be a finite number >= 0, got {self.reg_weight!r}.")
-        self.reg_weight = float(self.reg_weight)
-        self.schedule.validate()
-
-
-@dataclass
-class MultilevelConfig:
-    """Multi-resolution instance optimisation (``levels`` empty = off: the single-level paper method).
-
-    When ``levels`` is non-empty, method ``"io"`` runs one Adam optimisation per level, coarse to fine, each
-    on its own grid and features, the field of one level carried exactly (trilinear, linear extrapolation at
-    the border) onto the next level's grid as its initial field. The ``field.grid_factor``, ``optim.schedule``,
-    ``optim.reg_weight`` and ``features.mind_*`` settings are then replaced by the levels' own.
-
-    Attributes:
-        levels: the levels, coarse to fine (:class:`LevelConfig`; dicts in YAML/JSON).
         mask_aware: sliding-motion-aware regulariser: differences of the field across the fixed image's mask
             boundary are weighted by ``cross_weight`` instead of 1 (needs a fixed mask). Off by default.
         cross_weight: weight of the across-boundary differences when ``mask_aware`` (0 = free sliding).
+        levels: alias (not stored here) of the config's dense stages, coarse to fine: ``multilevel.levels.I`` is
+            the I-th dense stage (see :data:`STAGE_ALIASES`); giving a list replaces the dense stages.
     """
 
-    levels: tuple[LevelConfig, ...] = ()
     mask_aware: bool = False
     cross_weight: float = 0.0
 
+    levels = _alias("multilevel.levels")
+
     def validate(self) -> None:
         """Raise ``UserInputError`` naming the offending field."""
-        from ..errors import UserInputError
-
-        self.levels = _levels("multilevel.levels", self.levels)
-        factors = [lv.grid_factor for lv in self.levels]
-        if any(b > a for a, b in zip(factors, factors[1:])):
-            raise UserInputError(
-                f"MultilevelConfig: multilevel.levels must run coarse to fine (grid_factor not increasing), got grid "
-                f"factors {factors}: a coarser level after a finer one undoes its detail."
-            )
-        for i, lv in enumerate(self.levels):
-            if lv.second_dilation and lv.second_dilation == lv.mind_dilation:
-                raise UserInputError(
-                    f"MultilevelConfig: multilevel.levels.{i}.second_dilation ({lv.second_dilation}) equals its "
-                    "mind_dilation: the second feature scale would duplicate the first; give another dilation or 0 (off)."
-                )
         if not isinstance(self.mask_aware, bool):
             raise UserInputError(f"MultilevelConfig: multilevel.mask_aware must be true or false, got {self.mask_aware!r}.")
         w = self.cross_weight
@@ -361,117 +281,151 @@ class MultilevelConfig:
         self.cross_weight = float(w)
 
 
-def _levels(name: str, value: Any) -> tuple[LevelConfig, ...]:
-    """A tuple of validated :class:`LevelConfig` from a list of LevelConfig or (partial) dicts."""
-    from ..errors import UserInputError
+class _NoConvexStage:
+    """``RegistrationConfig.convex`` of a config without a convex stage: reading or writing ``X`` raises the
+    config's error for the key ``convex.X``."""
 
-    if not isinstance(value, (list, tuple)):
-        raise UserInputError(f"RegistrationConfig: {name} must be a list of levels (mappings), got {value!r}.")
-    out = []
-    for i, item in enumerate(value):
-        if isinstance(item, LevelConfig):
-            item.validate()
-            out.append(item)
-            continue
-        if not isinstance(item, dict):
-            raise UserInputError(f"RegistrationConfig: {name}[{i}] must be a mapping of LevelConfig fields, got {item!r}.")
-        level = LevelConfig()
-        try:
-            _merge(level, item, f"{name}[{i}]")
-            level.validate()
-        except UserInputError:
-            raise
-        except ValueError as exc:
-            raise UserInputError(f"{exc} (in {name}[{i}])") from None
-        out.append(level)
-    return tuple(out)
+    def __init__(self, owner: RegistrationConfig) -> None:
+        object.__setattr__(self, "_owner", owner)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._owner.get(f"convex.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._owner.set(f"convex.{name}", value)
+
+    def __repr__(self) -> str:
+        return "<no convex stage>"
 
 
-def _level_index(name: str, key: Any, count: int) -> int:
-    """The level index ``key`` (an int, or a string of digits as dotted keys give) checked against ``count`` levels.
-
-    Raises:
-        UserInputError: naming ``name.key``: not an integer, or outside ``0 .. count - 1``, with the valid indices.
-    """
-    valid = (f"valid indices of {name}: {list(range(count))} (its levels, coarse to fine)" if count else
-             f"{name} is empty (a single-level config): there is no level to set; give the levels first "
-             "(e.g. preset 'accurate', or a list of level mappings)")
-    if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit())):
-        raise UserInputError(f"RegistrationConfig: {name}.{key}: level index {key!r} is not an integer; {valid}.")
-    index = int(key)
-    if not 0 <= index < count:
-        raise UserInputError(f"RegistrationConfig: {name}.{key}: level index {index} is out of range; {valid}.")
-    return index
-
-
-def _patch_levels(name: str, current: Any, patch: dict[Any, Any]) -> tuple[LevelConfig, ...]:
-    """Levels ``current`` with some of them changed: ``patch`` maps a level index to a (partial) level mapping.
-
-    This is what dotted keys with an index give (``multilevel.levels.1.reg_weight=2`` becomes
-    ``{"1": {"reg_weight": 2.0}}``); levels not named are kept as they are, the count of levels does not change.
-
-    Raises:
-        UserInputError: an index that is not an integer or is out of range (naming the key and the valid indices),
-        an unknown level field (with the nearest valid one), a value the level rejects.
-    """
-    levels = list(current) if isinstance(current, (list, tuple)) else []
-    for key, value in patch.items():
-        i = _level_index(name, key, len(levels))
-        where = f"{name}.{key}"
-        if not isinstance(value, dict):
-            raise UserInputError(
-                f"RegistrationConfig: {where} must be a mapping of LevelConfig fields "
-                f"({[f.name for f in dataclasses.fields(LevelConfig)]}), got {value!r}."
-            )
-        level = copy.deepcopy(levels[i]) if isinstance(levels[i], LevelConfig) else _levels(name, [levels[i]])[0]
-        _merge(level, value, where)
-        try:
-            level.validate()
-        except ValueError as exc:
-            raise UserInputError(f"{exc} (in {where})") from None
-        levels[i] = level
-    return _levels(name, levels)
+def _default_stages() -> tuple[Any, ...]:
+    return (DenseStage(),)
 
 
 @dataclass
 class RegistrationConfig:
-    """Everything that defines a registration run.
+    """Everything that defines a registration run: its stages, and the settings they share.
 
     Attributes:
-        method: the method this config runs (``"io"``: instance optimisation, the paper's method;
-            ``"convex"``: ConvexAdam's coupled convex discrete stage alone, configured by ``convex``).
-        init: initial field of ``"io"``: ``"zero"`` (the paper) or ``"convex"`` (the discrete stage's field,
-            i.e. ConvexAdam when combined with its Adam settings).
-        preprocess, features, field, optim, engine, convex, multilevel: see the nested dataclasses
-            (``multilevel.levels`` empty, the default, keeps the single-level method).
+        stages: the stages in the order they run (:data:`STAGE_KINDS`: :class:`DenseStage`, :class:`ConvexStage`;
+            mappings with a ``kind`` in YAML/JSON). Each stage starts from the field the previous one ended with; a
+            convex stage can only come first, dense stages run coarse to fine. Default: one dense stage (``io``).
+        preprocess, features, field, optim, engine, multilevel: settings every stage shares (the nested
+            dataclasses). Their alias attributes (``optim.reg_weight``, ``field.grid_factor``, ...) read and
+            write the stage fields they name (:data:`STAGE_ALIASES`).
+
+    ``method`` (``"convex"``: the convex stage alone, else ``"io"``), ``init`` (``"convex"`` when a convex stage
+    comes first, else ``"zero"``) and ``convex`` (the convex stage) are read from the stages; setting them is
+    :meth:`set` with that key.
     """
 
-    method: str = "io"
-    init: str = "zero"
+    stages: tuple[Any, ...] = _field(default_factory=_default_stages)
     preprocess: PreprocessConfig = _field(default_factory=PreprocessConfig)
     features: FeatureConfig = _field(default_factory=FeatureConfig)
     field: FieldConfig = _field(default_factory=FieldConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     engine: EngineConfig = _field(default_factory=EngineConfig)
-    convex: ConvexConfig = _field(default_factory=ConvexConfig)
     multilevel: MultilevelConfig = _field(default_factory=MultilevelConfig)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "stages":
+            value = make_stages("stages", value)
+        if name in _SECTIONS and isinstance(value, _Section):
+            owner = value.__dict__.get("_owner")
+            if owner is not None and owner is not self:
+                value = copy.copy(value)  # a section of another config (dataclasses.replace): this config's own copy
+            value.__dict__["_owner"] = self  # the section's alias attributes act on this config
+        object.__setattr__(self, name, value)
+
+    # ----------------------------------------------------------------- read from the stages
+    @property
+    def dense_stages(self) -> tuple[DenseStage, ...]:
+        """The dense stages, coarse to fine (the levels of a multi-level config)."""
+        return tuple(s for s in self.stages if s.kind == "dense")
+
+    @property
+    def method(self) -> str:
+        """``"convex"`` when the stages are the convex stage alone, else ``"io"`` (set: :meth:`set` ``"method"``)."""
+        return "io" if self.dense_stages else "convex"
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.set("method", value)
+
+    @property
+    def init(self) -> str:
+        """``"convex"`` when a convex stage comes first, else ``"zero"`` (set: :meth:`set` ``"init"``)."""
+        return "convex" if self.stages and self.stages[0].kind == "convex" else "zero"
+
+    @init.setter
+    def init(self, value: str) -> None:
+        self.set("init", value)
+
+    @property
+    def convex(self) -> ConvexStage:
+        """The convex stage (``convex.*`` keys). Without one, a stand-in whose every attribute raises the error of
+        :meth:`set`/:meth:`get` for that key (``cfg.convex.ic`` is refused exactly as ``--set convex.ic=...``)."""
+        if not any(s.kind == "convex" for s in self.stages):
+            return _NoConvexStage(self)
+        return self.get("convex")
+
+    @convex.setter
+    def convex(self, value: ConvexConfig) -> None:
+        self.set("convex", value)
+
+    # ----------------------------------------------------------------- the one way in
+    def get(self, key: str) -> Any:
+        """The value of a dotted key (any key :meth:`set` takes; the same errors for keys it refuses).
+
+        Raises:
+            UserInputError: an unknown key (with the nearest valid one), an index out of range (with the valid
+                indices), an alias with no single target (naming the key to read instead).
+        """
+        return get_key(self, key)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set one dotted key in place and validate the config; every source of settings ends here.
+
+        ``key`` is canonical (``stages.1.reg_weight``, ``optim.betas``) or an alias of earlier versions
+        (:data:`STAGE_ALIASES`, ``multilevel.levels.I...``, ``method``, ``init``); a mapping value is the same as
+        its dotted keys. Values are checked against the field's type (a bool field takes only true/false).
+
+        Raises:
+            UserInputError: an unknown key (with the nearest valid one), an index that is not an integer or is out
+                of range (with the valid indices), an alias with no single target on this config (naming the key
+                to use instead), a value of the wrong type or range (naming the key).
+        """
+        apply_items(self, [(key, value)])
 
     # ----------------------------------------------------------------- dict round trip
     def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (tuples as lists), suitable for YAML/JSON."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """A plain nested dict (tuples as lists, each stage with its ``kind``), suitable for YAML/JSON."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        d["stages"] = [{"kind": s.kind, **sd} for s, sd in zip(self.stages, d["stages"])]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: RegistrationConfig | None = None) -> RegistrationConfig:
-        """Build a config from a (possibly partial) nested dict, on top of ``base`` (default: defaults)."""
+        """Build a config from a (possibly partial) nested dict, on top of ``base`` (default: defaults).
+
+        Each leaf of ``data`` is one dotted key given to :meth:`set` (``{"optim": {"reg_weight": 2}}`` is
+        ``optim.reg_weight=2``); keys that change the stages (``stages``, ``multilevel.levels``, ``method``,
+        ``init``) are applied first.
+
+        Raises:
+            UserInputError: as :meth:`set`, or ``data`` not a mapping.
+        """
+        if not isinstance(data, dict):
+            raise UserInputError(f"RegistrationConfig: a config must be a mapping, got {type(data).__name__} ({data!r}).")
         out = copy.deepcopy(base) if base is not None else cls()
-        _merge(out, data, "config")
-        out.validate()
+        apply_items(out, flatten("", data))
         return out
 
     @classmethod
     def from_file(cls, path: str | Path, base: RegistrationConfig | None = None) -> RegistrationConfig:
-        """Load a YAML or JSON file holding a (partial) config dict."""
+        """Load a YAML or JSON file holding a (partial) config dict (:meth:`from_dict`)."""
         p = Path(path)
         if not p.is_file():
             raise MissingFileError(f"RegistrationConfig.from_file: config file {str(p)!r} does not exist.")
@@ -492,72 +446,74 @@ class RegistrationConfig:
         return cls.from_dict(data, base)
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> RegistrationConfig:
-        """Apply dotted overrides (``"section.option=value"`` strings, or a dict of them) to a copy.
+        """Apply dotted overrides (``"section.option=value"`` strings, or a dict of them) to a copy (:meth:`set`).
 
-        Values are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``) and checked
-        against the option's type (a bool option takes only ``true``/``false``). An integer part indexes
-        ``multilevel.levels`` (``"multilevel.levels.1.reg_weight=2"`` changes level 1 only; the other levels and
-        the number of levels are kept).
+        Values of strings are parsed as YAML scalars/lists (``1.5``, ``true``, ``[-1000, 1000]``, ``null``).
 
         Raises:
-            UserInputError: a malformed override, an unknown key (with the nearest valid one), a level index that
-                is not an integer or out of range (with the valid indices), a value of the wrong type or range.
+            UserInputError: a malformed override, or as :meth:`set`.
 
         Examples:
             >>> cfg = RegistrationConfig().with_overrides(["optim.schedule.total_steps=100", "preprocess.use_masks=false"])
-            >>> cfg.optim.schedule.total_steps, cfg.preprocess.use_masks
+            >>> cfg.stages[0].schedule.total_steps, cfg.preprocess.use_masks
             (100, False)
             >>> RegistrationConfig().with_overrides(["engine.fused=maybe"])
             Traceback (most recent call last):
             ...
-            monai_contreg.errors.UserInputError: RegistrationConfig: config.engine.fused expects bool | None, got 'maybe'.
+            monai_contreg.errors.UserInputError: RegistrationConfig: engine.fused expects bool | None, got 'maybe'.
         """
         import yaml
 
-        items = overrides.items() if isinstance(overrides, dict) else []
-        if not isinstance(overrides, dict):
-            parsed = []
+        if isinstance(overrides, dict):
+            items = list(overrides.items())
+        else:
+            items = []
             for item in overrides:
-                if "=" not in item:
+                if not isinstance(item, str) or "=" not in item:
                     raise UserInputError(f"RegistrationConfig.with_overrides: override {item!r} must look like 'key.sub=value'.")
                 k, v = item.split("=", 1)
-                parsed.append((k.strip(), yaml.safe_load(v)))
-            items = parsed
-        nested: dict[str, Any] = {}
-        keys = []
-        for key, value in items:
-            node = nested
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value
-            keys.append(key)
-        out = RegistrationConfig.from_dict(nested, self)
-        _check_effective(keys, out)
+                try:
+                    items.append((k.strip(), yaml.safe_load(v)))
+                except yaml.YAMLError as exc:
+                    raise UserInputError(f"RegistrationConfig.with_overrides: cannot parse the value of {item!r}: {describe_parse_error(exc)}") from None
+        out = copy.deepcopy(self)
+        apply_items(out, items)
         return out
 
     def validate(self) -> None:
-        """Check values (names of options, ranges); raise ``ValueError`` naming the field."""
+        """Check the stages (kinds, order, each stage's values) and the shared values; raise ``UserInputError``."""
         from .._validation import choose
 
-        choose("RegistrationConfig", "method", self.method, METHOD_NAMES)
-        choose("RegistrationConfig", "init", self.init, INIT_NAMES)
+        stages = self.stages
+        if not stages:
+            raise UserInputError(f"RegistrationConfig: stages is empty; give at least one stage (kinds: {sorted(STAGE_KINDS)}).")
+        kinds = [s.kind for s in stages]
+        for i, s in enumerate(stages):
+            _check_stage(s, f"stages.{i}")
+            if s.kind == "convex" and i:
+                raise UserInputError(
+                    f"RegistrationConfig: stages.{i} is a convex stage, but a convex stage starts from no field, so it "
+                    f"can only be the first stage (stages: {kinds})."
+                )
+        dense = [(i, s) for i, s in enumerate(stages) if s.kind == "dense"]
+        factors = [s.grid_factor for _, s in dense]
+        if any(b > a for a, b in zip(factors, factors[1:])):
+            raise UserInputError(
+                f"RegistrationConfig: the dense stages must run coarse to fine (grid_factor not increasing), got grid "
+                f"factors {factors} (stages {[i for i, _ in dense]}): a coarser stage after a finer one undoes its detail."
+            )
+        self.multilevel.validate()
+        if self.multilevel.mask_aware and not dense:
+            raise UserInputError(
+                f"RegistrationConfig: multilevel.mask_aware has no effect on this config: it has no dense stage (stages: "
+                f"{kinds}); the mask-aware regulariser belongs to the dense stages."
+            )
         choose("RegistrationConfig", "preprocess.intensity", self.preprocess.intensity, ("window", "minmax", "none"))
         choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, PaddingMode)
         lo, hi = self.preprocess.window
         if not lo < hi:
             raise UserInputError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
-        if self.field.grid_factor < 1:
-            raise UserInputError(f"RegistrationConfig: field.grid_factor must be >= 1, got {self.field.grid_factor}.")
-        if self.field.smoothing_passes < 0:
-            raise UserInputError(f"RegistrationConfig: field.smoothing_passes must be >= 0, got {self.field.smoothing_passes}.")
-        if self.field.smoothing_kernel < 1 or self.field.smoothing_kernel % 2 == 0:
-            raise UserInputError(f"RegistrationConfig: field.smoothing_kernel must be a positive odd integer, got {self.field.smoothing_kernel}.")
         choose("RegistrationConfig", "features.storage", self.features.storage, FeatureStorage)
-        if self.features.mind_radius < 0 or self.features.mind_dilation < 1:
-            raise UserInputError("RegistrationConfig: features.mind_radius must be >= 0 and features.mind_dilation >= 1.")
-        if self.optim.reg_weight < 0:
-            raise UserInputError(f"RegistrationConfig: optim.reg_weight must be >= 0, got {self.optim.reg_weight}.")
         b1, b2 = self.optim.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise UserInputError(f"RegistrationConfig: optim.betas must lie in [0, 1), got {self.optim.betas}.")
@@ -577,107 +533,4 @@ class RegistrationConfig:
                 raise UserInputError(f"RegistrationConfig: engine.{name} must be > 0, got {v}.")
         if self.engine.checkpoint_every < 1:
             raise UserInputError(f"RegistrationConfig: engine.checkpoint_every must be >= 1, got {self.engine.checkpoint_every}.")
-        self.optim.schedule.validate()
-        self.convex.validate()
-        self.multilevel.validate()
 
-
-#: Single-level settings that every level of ``multilevel.levels`` replaces by its own (dotted key -> level field).
-LEVEL_REPLACED_KEYS: dict[str, str] = {
-    "optim.schedule": "schedule",
-    "optim.reg_weight": "reg_weight",
-    "field.grid_factor": "grid_factor",
-    "field.smoothing_passes": "smoothing_passes",
-    "field.smoothing_kernel": "smoothing_kernel",
-    "features.mind_radius": "mind_radius",
-    "features.mind_dilation": "mind_dilation",
-}
-
-
-def _check_effective(keys: list[str], cfg: RegistrationConfig) -> None:
-    """Refuse dotted overrides that cannot change what ``cfg`` runs (a silently ignored setting).
-
-    On a multi-level config (``multilevel.levels`` non-empty) the single-level keys of :data:`LEVEL_REPLACED_KEYS`
-    are replaced by each level's own; without levels, ``multilevel.mask_aware``/``cross_weight`` do nothing.
-
-    Raises:
-        UserInputError: naming the key and the key to set instead.
-    """
-    n = len(cfg.multilevel.levels)
-    for key in keys:
-        if n:
-            for prefix, name in LEVEL_REPLACED_KEYS.items():
-                if key == prefix or key.startswith(prefix + "."):
-                    rest = key[len(prefix):]
-                    raise UserInputError(
-                        f"RegistrationConfig: {key} has no effect on a multi-level config (multilevel.levels, "
-                        f"{n} levels, e.g. preset 'accurate'): each level uses its own {name}; set "
-                        f"multilevel.levels.I.{name}{rest} instead (I = 0..{n - 1}, coarse to fine)."
-                    )
-        elif key.startswith("multilevel.") and key.split(".")[1] in ("mask_aware", "cross_weight"):
-            raise UserInputError(
-                f"RegistrationConfig: {key} has no effect on a single-level config (multilevel.levels is empty); "
-                "it applies to the multi-level method (preset 'accurate', or give multilevel.levels)."
-            )
-
-
-def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
-    """Merge a nested dict into a dataclass instance, checking key names and coercing simple types."""
-    if not isinstance(data, dict):
-        raise UserInputError(f"RegistrationConfig: {where} must be a mapping, got {type(data).__name__} ({data!r}).")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    hints = get_type_hints(type(obj))
-    for key, value in data.items():
-        if key not in fields:
-            raise UserInputError(
-                f"RegistrationConfig: unknown option {where}.{key}; valid options of {where}: "
-                f"{sorted(fields)}.{suggest(key, fields)}"
-            )
-        current = getattr(obj, key)
-        name = f"{where}.{key}"
-        if dataclasses.is_dataclass(current):
-            _merge(current, value, name)
-            if hasattr(current, "validate"):
-                current.validate()
-            continue
-        setattr(obj, key, _coerce(name, value, hints[key], current))
-
-
-def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
-    text = getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint)
-    if "LevelConfig" in text:  # multilevel.levels: a list of (partial) level mappings, or {index: patch}
-        if isinstance(value, dict):
-            return _patch_levels(name, current, value)
-        return _levels(name, value)
-    if value is None:
-        if "None" in text:
-            return None
-        raise UserInputError(f"RegistrationConfig: {name} must not be null.")
-    base = text[: -len(" | None")] if text.endswith(" | None") else text  # Optional[X]: X once null is handled
-    if base != text:
-        hint = {"bool": bool, "int": int, "float": float, "str": str}.get(base, hint)
-    try:
-        if text.startswith("tuple") or isinstance(current, tuple):
-            variable = "..." in text  # tuple[float, ...]: any length
-            if not isinstance(value, (list, tuple)) or (not variable and len(value) != len(current)):
-                raise ValueError
-            return tuple(float(v) for v in value)
-        if hint is bool or text == "bool":
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if hint is int or text == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(value)
-        if hint is float or text.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str or text.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise UserInputError(
-            f"RegistrationConfig: {name} expects {text.replace('typing.', '')}, got {value!r}."
-        ) from None
-    return value

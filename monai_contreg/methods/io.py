@@ -2,7 +2,7 @@
 
 Input: preprocessed fixed and moving images ``(1, 1, H, W, D)`` on one grid. Steps: MIND-SSC features at full
 resolution, average-pooled to the working grid; a :class:`~monai_contreg.optim.DisplacementField` (zero or
-given initial field); an ignite engine running ``schedule.total_steps`` Adam steps on
+given initial field); an ignite engine running ``schedule.total_steps`` Adam steps (one dense stage's settings) on
 ``SSD(MIND_fixed, MIND_moving o (id + u)) + lambda * diffusion(u)``.
 """
 
@@ -32,7 +32,8 @@ from ..optim.handlers import (
 )
 from ..optim.schedule import PiecewiseLRScheduler
 from ..spatial.filters import downsample
-from .config import RegistrationConfig
+from ..errors import UserInputError
+from .config import DenseStage, RegistrationConfig
 
 __all__ = ["MethodOutput", "compute_features", "instance_optimisation"]
 
@@ -64,23 +65,43 @@ class MethodOutput:
     kernels: str = ""
 
 
-def compute_features(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """MIND-SSC of both images at full resolution, average-pooled by ``config.field.grid_factor``.
+def _one_dense(where: str, config: RegistrationConfig, stage: DenseStage | None) -> DenseStage:
+    """``stage``, or the config's one dense stage (a ``UserInputError`` naming ``stage=`` with several or none)."""
+    if stage is not None:
+        return stage
+    dense = config.dense_stages
+    if len(dense) != 1:
+        raise UserInputError(
+            f"{where}: config has {len(dense)} dense stages (stages: {[s.kind for s in config.stages]}); pass the "
+            "stage to run as stage=, or run the whole config with monai_contreg.methods.run.run_method."
+        )
+    return dense[0]
+
+
+def compute_features(
+    fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationConfig, stage: DenseStage | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MIND-SSC of both images at full resolution, average-pooled by the dense stage's ``grid_factor``.
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on the same grid.
+        config: the config; its one dense stage is used unless ``stage`` is given.
+        stage: the dense stage (``mind_radius``, ``mind_dilation``, ``grid_factor``).
 
     Returns:
         Two ``(1, 12, h, w, d)`` tensors on the working grid.
+
+    Raises:
+        UserInputError: unequal shapes; no ``stage`` and not exactly one dense stage in ``config``.
     """
     check_tensor("compute_features", "fixed", fixed, 5)
     check_tensor("compute_features", "moving", moving, 5)
     if fixed.shape != moving.shape:
-        raise ValueError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
-    fc = config.features
+        raise UserInputError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
+    st = _one_dense("compute_features", config, stage)
     with torch.no_grad():
-        ff = downsample(mind_ssc(fixed, fc.mind_radius, fc.mind_dilation), config.field.grid_factor)
-        mf = downsample(mind_ssc(moving, fc.mind_radius, fc.mind_dilation), config.field.grid_factor)
+        ff = downsample(mind_ssc(fixed, st.mind_radius, st.mind_dilation), st.grid_factor)
+        mf = downsample(mind_ssc(moving, st.mind_radius, st.mind_dilation), st.grid_factor)
     return ff.contiguous(), mf.contiguous()
 
 
@@ -96,12 +117,14 @@ def instance_optimisation(
     handlers: list[Any] | None = None,
     name: str = "",
     regularizer: Any = None,
+    stage: DenseStage | None = None,
 ) -> MethodOutput:
-    """Run the Adam instance optimisation on working-grid features (one ignite engine run).
+    """Run the Adam instance optimisation of one dense stage on working-grid features (one ignite engine run).
 
     Args:
         fixed_features, moving_features: ``(1, C, h, w, d)`` on the working grid.
-        config: the registration config (``field``, ``optim``, ``engine`` sections are used).
+        config: the registration config: its shared ``optim``, ``engine`` and ``features.storage`` settings, and
+            its one dense stage unless ``stage`` is given.
         init_ddf: optional initial DDF ``(1, 3, ...)`` on any grid over the same field of view (its voxels).
         keypoints: optional ``(fixed, moving)`` ``(N, 3)`` voxel coordinates on the full grid, for TRE monitoring
             (needs ``image_shape`` and ``config.engine.tre_every > 0``); never used in the loss.
@@ -110,7 +133,9 @@ def instance_optimisation(
         handlers: extra objects with an ``attach(engine)`` method (ignite handlers).
         name: label used in log lines.
         regularizer: optional ``ddf -> scalar`` replacing the diffusion regulariser (weighted by
-            ``optim.reg_weight``), e.g. the multi-level method's mask-aware one.
+            the stage's ``reg_weight``), e.g. the multi-level method's mask-aware one.
+        stage: the dense stage to run (:class:`~monai_contreg.methods.config.DenseStage`: grid, schedule,
+            regulariser weight, smoothing).
 
     Raises:
         RegistrationDivergedError: the loss became non-finite, or (``config.engine.divergence_check``) the run went
@@ -118,18 +143,19 @@ def instance_optimisation(
     """
     check_finite("instance_optimisation", "fixed_features", fixed_features)
     check_finite("instance_optimisation", "moving_features", moving_features)
-    fcfg, ocfg, ecfg = config.field, config.optim, config.engine
+    st = _one_dense("instance_optimisation", config, stage)
+    ocfg, ecfg = config.optim, config.engine
     shape = tuple(fixed_features.shape[2:])
     fld = DisplacementField(
-        shape, init=init_ddf, smoothing_passes=fcfg.smoothing_passes, kernel_size=fcfg.smoothing_kernel,
+        shape, init=init_ddf, smoothing_passes=st.smoothing_passes, kernel_size=st.smoothing_kernel,
         dtype=fixed_features.dtype, device=fixed_features.device,
     )
-    sched = ocfg.schedule
+    sched = st.schedule
     # torch's fused Adam (one kernel over the field instead of a chain of element-wise ops; same update to float
     # rounding) unless the step is asked to stay on plain PyTorch ops (engine.fused=False)
     optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False)
     engine = create_registration_engine(
-        fld, fixed_features, moving_features, optimizer, reg_weight=ocfg.reg_weight, padding_mode=ocfg.padding_mode,
+        fld, fixed_features, moving_features, optimizer, reg_weight=st.reg_weight, padding_mode=ocfg.padding_mode,
         fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer,
     )
     PiecewiseLRScheduler(optimizer, sched).attach(engine)

@@ -14,7 +14,7 @@ Single-level presets (``io``, ``io-authors``, ``io-lr1``, ``io-lr15``, ``refine`
   (``12 n b``) are kept;
 * ``optimisation``: both pooled feature maps and the compiled kernel's channels-last copies (``48 n b``), the field
   with its gradient, Adam's two moments, the smoothed field and the box-filter and regulariser buffers (``24 n b``);
-* ``discrete`` (``init``/``method`` ``"convex"``; ``convex`` has no other stage): the cost volume and its
+* ``discrete`` (a convex stage; ``convex`` has no other stage): the cost volume and its
   smoothing buffer, ``2 (2 disp_hw + 1)^3 N / grid_spacing^3 b``, and both images' pooled features.
 
 Multi-level presets (``accurate``; :mod:`monai_contreg.methods.multilevel`), per level ``i`` on its grid of ``n_i``
@@ -95,8 +95,7 @@ def estimate_memory(
     Args:
         shape: the registration grid ``(H, W, D)`` (for :func:`~monai_contreg.native.register_native`: the
             working grid).
-        config: the registration config (``method``, ``init``, ``field.grid_factor``, ``preprocess``, ``convex``,
-            ``multilevel.levels``).
+        config: the registration config (its stages and ``preprocess``).
         masks: how many masks are given (0-2).
         dtype: computation dtype.
 
@@ -111,17 +110,19 @@ def estimate_memory(
     n_full = math.prod(shape3)
     images = n_full * (_IMAGES + _MASK * masks + (_MINMAX if config.preprocess.intensity == "minmax" else 0.0))
     parts: dict[str, float] = {"images": images}
-    levels = tuple(getattr(config.multilevel, "levels", ()) or ())
-    if levels:
-        working = pooled_shape(shape3, min(lv.grid_factor for lv in levels))
-        parts.update(_multilevel_stages(shape3, levels))
+    dense = list(config.dense_stages)
+    convex = [st for st in config.stages if st.kind == "convex"]
+    if len(dense) > 1:
+        working = pooled_shape(shape3, min(st.grid_factor for st in dense))
+        parts.update(_multilevel_stages(shape3, dense))
     else:
-        working = pooled_shape(shape3, config.field.grid_factor)
+        # one dense stage, or the convex stage's coarse grid when it runs alone
+        working = pooled_shape(shape3, dense[0].grid_factor if dense else convex[0].grid_spacing)
         n_work = math.prod(working)
         parts["features"] = _MIND_FULL * n_full + 12 * n_work
-        parts["optimisation"] = 0.0 if config.method == "convex" else (_FEATURES + _FIELD) * n_work
-    if config.method == "convex" or config.init == "convex":
-        cc = config.convex
+        parts["optimisation"] = (_FEATURES + _FIELD) * n_work if dense else 0.0
+    if convex:
+        cc = convex[0]
         coarse = math.prod(pooled_shape(shape3, cc.grid_spacing))
         parts["discrete"] = (2 * (2 * cc.disp_hw + 1) ** 3 + 2 * 12) * coarse
     parts = {k: v * b for k, v in parts.items()}

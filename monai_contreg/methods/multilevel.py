@@ -1,6 +1,6 @@
 """Multi-resolution instance optimisation: the paper's Adam optimisation run level by level, coarse to fine.
 
-Each level (:class:`~monai_contreg.methods.config.LevelConfig`) is one run of the same ignite engine as the
+Each level (a dense stage, :class:`~monai_contreg.methods.config.DenseStage`) is one run of the same ignite engine as the
 single-level method (:func:`~monai_contreg.methods.io.instance_optimisation`) on its own working grid
 (``grid_factor``), with its own MIND-SSC features (full-resolution MIND with the level's radius/dilation,
 average-pooled onto the level's grid; optionally a second dilation concatenated), schedule, regulariser weight
@@ -9,7 +9,7 @@ and smoothing. The (smoothed) field a level ends with is carried onto the next l
 fires :attr:`LevelEvents.LEVEL_COMPLETED` (``engine.state.level`` holds the level's index); the returned
 history concatenates the levels' per-step lists and adds ``history["level"]``.
 
-Options of :class:`~monai_contreg.methods.config.MultilevelConfig` (off unless a preset turns them on):
+Options of :class:`~monai_contreg.methods.config.MultilevelConfig`, shared by every dense stage (off unless a preset turns them on):
 ``mask_aware`` replaces the diffusion regulariser by the mask-aware (sliding) one,
 :func:`~monai_contreg.losses.regularization.masked_diffusion`, built from the fixed mask on each level's grid.
 """
@@ -17,6 +17,7 @@ Options of :class:`~monai_contreg.methods.config.MultilevelConfig` (off unless a
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,10 +33,12 @@ from ..losses.regularization import mask_edge_weights, masked_diffusion
 from ..spatial.conventions import check_shape3
 from ..spatial.filters import downsample, pooled_shape
 from ..spatial.resample import resample_ddf
-from .config import LevelConfig, RegistrationConfig
+from .config import DenseStage, RegistrationConfig
 from .io import MethodOutput, instance_optimisation
 
-__all__ = ["LevelEvents", "carry_field", "level_config", "level_features", "run_multilevel"]
+__all__ = ["LevelEvents", "carry_field", "level_config", "level_features", "run_dense_stages", "run_multilevel"]
+
+logger = logging.getLogger(__name__)
 
 
 class LevelEvents(EventEnum):
@@ -101,54 +104,52 @@ def carry_field(ddf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return resample_ddf(_pad_linear(ddf), _grid_affine(src, pad=1), _grid_affine(shape), shape)
 
 
-def level_config(config: RegistrationConfig, level: LevelConfig) -> RegistrationConfig:
-    """The single-level config that runs ``level``: ``config`` with the level's grid, schedule, weight, MIND."""
+def level_config(config: RegistrationConfig, level: DenseStage) -> RegistrationConfig:
+    """A copy of ``config`` whose stages are ``level`` alone (the single-level config that runs that level)."""
     cfg = copy.deepcopy(config)
-    cfg.multilevel.levels = ()
-    cfg.field.grid_factor = level.grid_factor
-    cfg.field.smoothing_passes = level.smoothing_passes
-    cfg.field.smoothing_kernel = level.smoothing_kernel
-    cfg.optim.schedule = copy.deepcopy(level.schedule)
-    cfg.optim.reg_weight = level.reg_weight
-    cfg.features.mind_radius = level.mind_radius
-    cfg.features.mind_dilation = level.mind_dilation
+    cfg.stages = (copy.deepcopy(level),)
     return cfg
 
 
 def level_features(
-    fixed: torch.Tensor, moving: torch.Tensor, level: LevelConfig, cache: dict | None = None, release: bool = False
+    fixed: torch.Tensor, moving: torch.Tensor, level: DenseStage, cache: dict | None = None, release: bool = False,
+    channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of one level: full-resolution MIND-SSC, average-pooled by the level's ``grid_factor``.
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
         level: the level (``mind_radius``, ``mind_dilation``, ``second_dilation``, ``grid_factor``).
-        cache: optional dict reused across levels: full-resolution MIND per ``(image, radius, dilation)``.
+        cache: optional dict reused across levels: full-resolution MIND per ``(image, radius, dilation)`` (with
+            ``"channels_last"`` appended to the key for that layout).
         release: drop this level's entries from ``cache`` as soon as they are pooled (their last use).
+        channels_last: keep the full-resolution MIND and the pooled features channels-last
+            (``torch.channels_last_3d``): the layout the compiled similarity samples from, so it makes no second
+            copy (at full resolution a copy is ~0.45 GiB per image); the multi-level method's. ``False``: the
+            default (contiguous) layout of the single-level method, whose full-resolution MIND a convex stage
+            before it shares.
 
     Returns:
-        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``), stored
-        channels-last (``torch.channels_last_3d``): the layout the compiled similarity samples from, so it
-        makes no second copy (at full resolution a copy is ~0.45 GiB per image).
+        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``).
     """
     check_tensor("level_features", "fixed", fixed, 5)
     check_tensor("level_features", "moving", moving, 5)
     cache = {} if cache is None else cache
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     dilations = [level.mind_dilation] + ([level.second_dilation] if level.second_dilation else [])
     outs = []
     with torch.no_grad():
         for img_key, img in (("fixed", fixed), ("moving", moving)):
             parts = []
             for d in dilations:
-                key = (img_key, level.mind_radius, d)
-                # kept channels-last: a full-resolution level then samples this very tensor (no copy)
-                full = cache[key] if key in cache else mind_ssc(img, level.mind_radius, d).contiguous(memory_format=torch.channels_last_3d)
+                key = (img_key, level.mind_radius, d, *(("channels_last",) if channels_last else ()))
+                full = cache[key] if key in cache else mind_ssc(img, level.mind_radius, d).contiguous(memory_format=fmt)
                 cache[key] = full
-                parts.append(downsample(full, level.grid_factor).contiguous(memory_format=torch.channels_last_3d))
+                parts.append(downsample(full, level.grid_factor).contiguous(memory_format=fmt))
                 del full
                 if release:
                     del cache[key]
-            feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last_3d)
+            feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1).contiguous(memory_format=fmt)
             outs.append(feat)
             del parts
     return outs[0], outs[1]
@@ -191,59 +192,103 @@ def run_multilevel(
     handlers: list[Any] | None = None,
     name: str = "",
 ) -> MethodOutput:
-    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` level by level (``config.multilevel``).
+    """Register preprocessed ``fixed``/``moving`` with the dense stages of ``config`` (:func:`run_dense_stages`).
+
+    Raises:
+        UserInputError: the config has no dense stage, or ``mask_aware`` without a fixed mask.
+    """
+    return run_dense_stages(fixed, moving, config, config.dense_stages, init_ddf=init_ddf, fixed_mask=fixed_mask,
+                            keypoints=keypoints, spacing=spacing, handlers=handlers, name=name)
+
+
+def run_dense_stages(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    config: RegistrationConfig,
+    stages: Sequence[DenseStage],
+    *,
+    init_ddf: torch.Tensor | None = None,
+    fixed_mask: torch.Tensor | None = None,
+    keypoints: tuple[torch.Tensor, torch.Tensor] | None = None,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    handlers: list[Any] | None = None,
+    name: str = "",
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> MethodOutput:
+    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with dense ``stages``, one after the other.
+
+    One stage is the single-level paper method; several are the multi-resolution method (coarse to fine, each
+    stage's field carried onto the next stage's grid by :func:`carry_field`; each stage's engine fires
+    :attr:`LevelEvents.LEVEL_COMPLETED` with ``engine.state.level`` = its index among the dense stages).
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
-        config: a config whose ``multilevel.levels`` is non-empty (``engine``, ``features.storage``,
-            ``optim.betas``/``padding_mode`` and ``multilevel`` are used).
-        init_ddf: optional initial DDF ``(1, 3, ...)`` of the first level (voxels of its own grid).
+        config: the config whose shared sections the stages use (``engine``, ``features.storage``,
+            ``optim.betas``/``padding_mode``/``keep_in_image``, ``multilevel.mask_aware``/``cross_weight``).
+        stages: the dense stages (:class:`~monai_contreg.methods.config.DenseStage`), coarse to fine.
+        init_ddf: optional initial DDF ``(1, 3, ...)`` of the first stage (voxels of its own grid).
         fixed_mask: ``(1, 1, H, W, D)`` fixed mask (values > 0.5 inside); required by ``multilevel.mask_aware``.
         keypoints, spacing, name: as :func:`~monai_contreg.methods.io.instance_optimisation` (TRE monitor steps
-            count across levels).
-        handlers: extra ignite handlers, attached to every level's engine (after :class:`LevelEvents` is
-            registered, so they may listen to ``LEVEL_COMPLETED``).
+            count across stages).
+        handlers: extra ignite handlers, attached to every stage's engine (after :class:`LevelEvents` is
+            registered, with several stages, so they may listen to ``LEVEL_COMPLETED``).
+        features: optional ``(fixed, moving)`` features of the first stage, already computed on its grid (a
+            convex stage before it computed them from the same MIND).
 
     Returns:
-        :class:`~monai_contreg.methods.io.MethodOutput` whose ``field`` is the last level's; ``history`` has the
-        concatenated per-step lists plus ``"level"``; ``timings`` has ``features``, ``optimisation`` (sums) and
-        ``level<i>`` (features + optimisation of level ``i``).
+        :class:`~monai_contreg.methods.io.MethodOutput` whose ``field`` is the last stage's; ``timings`` has
+        ``features`` and ``optimisation`` (sums); with several stages ``history`` has the concatenated per-step
+        lists plus ``"level"`` and ``timings`` has ``level<i>`` (features + optimisation of stage ``i``);
+        ``kernels`` joins the similarity implementations of every stage; ``stopped_early`` is true if a stage
+        stopped early.
 
     Raises:
-        UserInputError: no levels, or ``mask_aware`` without a fixed mask.
+        UserInputError: no stages, or ``mask_aware`` without a fixed mask.
     """
     ml = config.multilevel
-    if not ml.levels:
-        raise UserInputError("run_multilevel: config.multilevel.levels is empty; give at least one level.")
+    stages = list(stages)
+    if not stages:
+        raise UserInputError("run_dense_stages: no dense stage to run; give at least one (stages with kind: dense).")
     if ml.mask_aware and fixed_mask is None:
         raise UserInputError(
             "run_multilevel: multilevel.mask_aware needs the fixed image's mask (--fixed-mask on the command line, "
             "register(..., fixed_mask=...) in Python, or preprocess.auto_mask); got none."
         )
+    multi = len(stages) > 1
     image_shape = tuple(int(s) for s in fixed.shape[2:])
     cache: dict = {}
-    # the full-resolution MIND of a (radius, dilation) is kept only until the last level that uses it
+    # the full-resolution MIND of a (radius, dilation) is kept only until the last stage that uses it
     last_use = {}
-    for i, lv in enumerate(ml.levels):
+    for i, lv in enumerate(stages):
         for d in [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else []):
             last_use[(lv.mind_radius, d)] = i
     history: dict[str, list[float]] = {}
     tre_history: list[tuple[int, float]] = []
     timings: dict[str, float] = {"features": 0.0, "optimisation": 0.0}
     steps = 0
+    kernels: set[str] = set()
+    stopped_early = False
     ddf = init_ddf
     out: MethodOutput | None = None
-    for i, lv in enumerate(ml.levels):
+    for i, lv in enumerate(stages):
         t0 = time.perf_counter()
         dils = [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else [])
-        ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils))
-        for key in [k for k in cache if last_use.get(k[1:], -1) <= i]:
+        if i == 0 and features is not None:
+            (ff, mf), features = features, None
+        else:  # one stage: the single-level method's features (default layout)
+            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils),
+                                    channels_last=multi)
+        for key in [k for k in cache if last_use.get(k[1:3], -1) <= i]:
             del cache[key]
+        if fixed.is_cuda:
+            torch.cuda.synchronize(fixed.device)
         t_feat = time.perf_counter() - t0
+        label = f"{name}[level {i}]" if multi else name
+        logger.info("%sstage features: %.2fs (working grid %s)", f"{label} " if label else "", t_feat, tuple(ff.shape[2:]))
         shape = pooled_shape(image_shape, lv.grid_factor)
         if ddf is not None and i > 0:
             ddf = carry_field(ddf, shape)
-        out = None  # the previous level's field and optimiser state are no longer needed
+        out = None  # the previous stage's field and optimiser state are no longer needed
         regularizer = None
         if ml.mask_aware:
             weights = mask_edge_weights(_level_mask(fixed_mask, shape), ml.cross_weight)
@@ -253,11 +298,15 @@ def run_multilevel(
                 return masked_diffusion(u, _w)
 
         out = instance_optimisation(
-            ff, mf, level_config(config, lv), init_ddf=ddf, keypoints=keypoints, image_shape=image_shape,
-            spacing=spacing, handlers=[_LevelMarker(i), *(handlers or [])], name=f"{name}[level {i}]",
-            regularizer=regularizer,
+            ff, mf, config, stage=lv, init_ddf=ddf, keypoints=keypoints, image_shape=image_shape,
+            spacing=spacing, handlers=[_LevelMarker(i), *(handlers or [])] if multi else handlers,
+            name=label, regularizer=regularizer,
         )
+        logger.info("%sstage optimisation: %.2fs (%d steps)", f"{label} " if label else "", out.timings.get("optimisation", 0.0), out.steps)
         del ff, mf
+        if not multi:
+            out.timings = {"features": t_feat, **out.timings}
+            return out
         with torch.no_grad():
             ddf = out.field().detach()
         n = out.steps
@@ -266,11 +315,13 @@ def run_multilevel(
         history.setdefault("level", []).extend([float(i)] * n)
         tre_history.extend((steps + s, t) for s, t in out.tre_history)
         steps += n
+        kernels.update(k for k in out.kernels.split("+") if k)
+        stopped_early = stopped_early or out.stopped_early
         timings["features"] += t_feat
         timings["optimisation"] += out.timings.get("optimisation", 0.0)
         timings[f"level{i}"] = time.perf_counter() - t0
     assert out is not None
     return MethodOutput(
         field=out.field, history=history, tre_history=tre_history, timings=timings, steps=steps,
-        stopped_early=out.stopped_early,
+        stopped_early=stopped_early, kernels="+".join(sorted(kernels)),
     )

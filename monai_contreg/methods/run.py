@@ -1,9 +1,15 @@
-"""Dispatch from a config's ``method`` to the method implementation (one entry per method).
+"""Run a registration's stages (:attr:`~monai_contreg.methods.config.RegistrationConfig.stages`) in order.
 
-* ``"io"``: the paper's instance optimisation (:func:`~monai_contreg.methods.io.instance_optimisation`), starting
-  from zero (``init="zero"``), from the coupled convex discrete stage (``init="convex"``: ConvexAdam), or from a
-  given ``init_ddf``.
-* ``"convex"``: the coupled convex discrete stage alone (:mod:`monai_contreg.methods.convex`), no Adam.
+Each stage starts from the field the previous one ended with; one runner per stage kind:
+
+* ``"convex"``: ConvexAdam's coupled convex discrete stage (:mod:`monai_contreg.methods.convex`): starts from no
+  field, so only first; alone it is the ``convex`` preset (no Adam).
+* ``"dense"``: the paper's Adam instance optimisation (:func:`~monai_contreg.methods.io.instance_optimisation`);
+  consecutive dense stages are the multi-resolution method (:func:`~monai_contreg.methods.multilevel.run_dense_stages`),
+  one stage the single-level paper method.
+
+A convex stage and one dense stage after it with the same MIND settings share one full-resolution MIND-SSC, pooled
+twice (ConvexAdam); the dense stages of the multi-level method share theirs across levels.
 """
 
 from __future__ import annotations
@@ -14,14 +20,13 @@ from typing import Any
 
 import torch
 
-from .._validation import choose
 from ..errors import UserInputError
 from ..optim.field import DisplacementField
 from ..optim.handlers import check_divergence
-from .config import INIT_NAMES, METHOD_NAMES, RegistrationConfig
+from .config import METHOD_NAMES, ConvexStage, RegistrationConfig
 from .convex import coupled_convex, pooled_mind
-from .io import MethodOutput, compute_features, instance_optimisation
-from .multilevel import run_multilevel
+from .io import MethodOutput
+from .multilevel import run_dense_stages
 
 __all__ = ["METHODS", "run_method"]
 
@@ -33,6 +38,31 @@ METHODS = METHOD_NAMES
 def _sync(x: torch.Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
+
+
+def _convex_stage(
+    fixed: torch.Tensor, moving: torch.Tensor, stage: ConvexStage, also: int | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, float, float]:
+    """The convex stage: MIND-SSC pooled by ``grid_spacing`` (:func:`pooled_mind`), then :func:`coupled_convex`.
+
+    Args:
+        also: a second pooling factor of the same full-resolution MIND (the next dense stage's ``grid_factor`` when
+            it uses the same MIND settings: computed once, as ConvexAdam does).
+
+    Returns:
+        The DDF ``(1, 3, h, w, d)`` on the coarse grid (its voxels), the features pooled by ``also`` (fixed,
+        moving; ``None`` without ``also``), the features' and the solver's seconds.
+    """
+    t0 = time.perf_counter()
+    factors = (stage.grid_spacing,) if also is None else (stage.grid_spacing, also)
+    fixed_feats = pooled_mind(fixed, factors, stage.mind_radius, stage.mind_dilation)
+    moving_feats = pooled_mind(moving, factors, stage.mind_radius, stage.mind_dilation)
+    _sync(fixed)
+    t_feat = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    ddf = coupled_convex(fixed_feats[0], moving_feats[0], stage)
+    _sync(ddf)
+    return ddf, (None if also is None else (fixed_feats[1], moving_feats[1])), t_feat, time.perf_counter() - t1
 
 
 def run_method(
@@ -47,81 +77,58 @@ def run_method(
     name: str = "",
     fixed_mask: torch.Tensor | None = None,
 ) -> MethodOutput:
-    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` with ``config.method``.
+    """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` by running ``config.stages`` in order.
 
     Args:
         fixed, moving: ``(1, 1, H, W, D)`` preprocessed images on one grid.
-        config: the registration config (``method``, ``init`` and the sections they use).
-        init_ddf: optional initial DDF ``(1, 3, ...)`` for ``"io"`` (voxels of its own grid); it replaces
-            ``config.init``. Not accepted by ``"convex"``.
-        keypoints, spacing, handlers, name: passed to :func:`instance_optimisation`.
+        config: the registration config (its stages and the sections they share).
+        init_ddf: optional initial DDF ``(1, 3, ...)`` of the first dense stage (voxels of its own grid); it
+            replaces a leading convex stage. Not accepted by the convex stage alone.
+        keypoints, spacing, handlers, name: passed to :func:`~monai_contreg.methods.io.instance_optimisation`
+            (several dense stages: to every stage, TRE steps counted across them).
         fixed_mask: optional ``(1, 1, H, W, D)`` fixed mask, used by ``multilevel.mask_aware`` only.
 
-    With ``config.multilevel.levels`` non-empty, ``"io"`` runs the multi-resolution method
-    (:func:`~monai_contreg.methods.multilevel.run_multilevel`), from ``init_ddf``, from zero, or (``init="convex"``)
-    from the discrete stage's field.
-
     Returns:
-        :class:`MethodOutput`; for ``"convex"`` its field is the discrete result on the coarse grid (no
-        smoothing on read, ``steps == 0``). ``timings`` holds ``features``, ``discrete`` (when the discrete
-        stage ran) and ``optimisation`` seconds.
+        :class:`MethodOutput`; for the convex stage alone its field is the discrete result on the coarse grid (no
+        smoothing on read, ``steps == 0``). ``timings`` holds ``features``, ``discrete`` (when the convex stage
+        ran) and ``optimisation`` seconds (and ``level<i>`` with several dense stages).
 
     Raises:
-        RegistrationDivergedError: the optimisation (or, for ``"convex"``, its result) went off; see
+        UserInputError: an invalid config, ``init_ddf`` with the convex stage alone.
+        RegistrationDivergedError: the optimisation (or, for the convex stage alone, its result) went off; see
             ``config.engine.divergence_*``.
     """
-    method = choose("run_method", "method", config.method, METHODS)
-    init = choose("run_method", "init", config.init, INIT_NAMES)
-    if method == "convex" and init_ddf is not None:
-        raise UserInputError("run_method: init_ddf is not accepted by method 'convex' (the discrete stage starts from nothing); got a tensor.")
-    discrete = method == "convex" or (init == "convex" and init_ddf is None)
-    fc = config.features
-    t0 = time.perf_counter()
-    if method == "io" and config.multilevel.levels:
-        timings = {}
-        if discrete:
-            feats = [pooled_mind(x, (config.convex.grid_spacing,), fc.mind_radius, fc.mind_dilation)[0] for x in (fixed, moving)]
-            timings["features"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            init_ddf = coupled_convex(feats[0], feats[1], config.convex)
-            _sync(init_ddf)
-            timings["discrete"] = time.perf_counter() - t1
-            del feats
-        out = run_multilevel(
-            fixed, moving, config, init_ddf=init_ddf, fixed_mask=fixed_mask, keypoints=keypoints, spacing=spacing,
-            handlers=handlers, name=name,
-        )
-        out.timings = {**out.timings, "features": out.timings["features"] + timings.get("features", 0.0),
-                       **({"discrete": timings["discrete"]} if "discrete" in timings else {})}
-        return out
-    if discrete:
-        factors = (config.convex.grid_spacing,) if method == "convex" else (config.convex.grid_spacing, config.field.grid_factor)
-        fixed_feats = pooled_mind(fixed, factors, fc.mind_radius, fc.mind_dilation)
-        moving_feats = pooled_mind(moving, factors, fc.mind_radius, fc.mind_dilation)
-    else:
-        ff, mf = compute_features(fixed, moving, config)
-        fixed_feats, moving_feats = [ff], [mf]
-    _sync(fixed)
-    timings = {"features": time.perf_counter() - t0}
-    logger.info("%sstage features: %.2fs (working grid %s)", f"{name} " if name else "", timings["features"],
-                tuple(fixed_feats[-1].shape[2:]))
-    if discrete:
-        t1 = time.perf_counter()
-        coarse = coupled_convex(fixed_feats[0], moving_feats[0], config.convex)
-        _sync(coarse)
-        timings["discrete"] = time.perf_counter() - t1
-        if method == "convex":
+    config.validate()
+    stages = list(config.stages)
+    dense = list(config.dense_stages)
+    if stages[0].kind == "convex" and init_ddf is not None:
+        if not dense:
+            raise UserInputError("run_method: init_ddf is not accepted by method 'convex' (the discrete stage starts from nothing); got a tensor.")
+        stages = stages[1:]  # a given initial field replaces the discrete stage
+    unknown = [s.kind for s in stages if s.kind not in ("convex", "dense")]
+    if unknown:
+        raise UserInputError(f"run_method: no runner for stage kind(s) {unknown}; this version runs 'convex' and 'dense' stages.")
+    timings: dict[str, float] = {}
+    ddf, features = init_ddf, None
+    if stages[0].kind == "convex":
+        c = stages[0]
+        nxt = dense[0] if len(dense) == 1 else None
+        share = nxt is not None and not nxt.second_dilation and (nxt.mind_radius, nxt.mind_dilation) == (c.mind_radius, c.mind_dilation)
+        ddf, features, t_feat, t_disc = _convex_stage(fixed, moving, c, nxt.grid_factor if share else None)
+        timings = {"features": t_feat, "discrete": t_disc}
+        logger.info("%sstage features: %.2fs (convex grid %s); discrete: %.2fs", f"{name} " if name else "", t_feat,
+                    tuple(ddf.shape[2:]), t_disc)
+        if not dense:
             if config.engine.divergence_check:  # the discrete stage's equivalent of the engine's DivergenceGuard
-                check_divergence(coarse, config.engine.divergence_final_max_displacement, config.engine.divergence_max_folding,
+                check_divergence(ddf, config.engine.divergence_final_max_displacement, config.engine.divergence_max_folding,
                                  f"{name or 'registration'}: the coupled convex stage",
                                  ("engine.divergence_final_max_displacement", "engine.divergence_max_folding"))
-            field = DisplacementField(coarse.shape[2:], init=coarse, smoothing_passes=0, dtype=coarse.dtype, device=coarse.device)
+            field = DisplacementField(ddf.shape[2:], init=ddf, smoothing_passes=0, dtype=ddf.dtype, device=ddf.device)
             return MethodOutput(field=field, timings=timings, steps=0)
-        init_ddf = coarse
-    out = instance_optimisation(
-        fixed_feats[-1], moving_feats[-1], config, init_ddf=init_ddf, keypoints=keypoints,
-        image_shape=tuple(fixed.shape[2:]), spacing=spacing, handlers=handlers, name=name,
+    out = run_dense_stages(
+        fixed, moving, config, dense, init_ddf=ddf, fixed_mask=fixed_mask, keypoints=keypoints, spacing=spacing,
+        handlers=handlers, name=name, features=features,
     )
-    out.timings = {**timings, **out.timings}
-    logger.info("%sstage optimisation: %.2fs (%d steps)", f"{name} " if name else "", out.timings["optimisation"], out.steps)
+    if timings:
+        out.timings = {**out.timings, "features": out.timings["features"] + timings["features"], "discrete": timings["discrete"]}
     return out

@@ -278,48 +278,22 @@ def default_search_space(preset: str) -> dict[str, Any]:
     return json.loads(json.dumps(DEFAULT_SPACES[preset]))
 
 
-def _scaled(sched, steps: int):
-    """``sched`` (a :class:`~monai_contreg.optim.schedule.PiecewiseSchedule`) at ``steps`` steps, breakpoints
-    scaled by ``steps / total_steps`` and rounded; a constant schedule stays constant."""
-    f = steps / sched.total_steps
-    constant = sched.constant_steps >= sched.total_steps
-    cs = steps if constant else min(steps, int(round(sched.constant_steps * f)))
-    ce = max(cs, min(steps, int(round(sched.cosine_end * f))))
-    return dataclasses.replace(sched, constant_steps=cs, cosine_end=ce, cosine_period=sched.cosine_period * f, total_steps=steps)
-
-
 def schedule_steps(config: RegistrationConfig) -> list[int]:
-    """The Adam steps a config runs: one entry per level of a multi-level config (coarse to fine), else
-    ``[optim.schedule.total_steps]``."""
-    if config.multilevel.levels:
-        return [lv.schedule.total_steps for lv in config.multilevel.levels]
-    return [config.optim.schedule.total_steps]
+    """The Adam steps a config runs: one entry per dense stage, coarse to fine (``[]`` for a convex stage alone);
+    :func:`monai_contreg.methods.keys.schedule_steps`."""
+    from ..methods.keys import schedule_steps as steps_of
+
+    return steps_of(config)
 
 
 def scale_schedule(config: RegistrationConfig, steps: int) -> RegistrationConfig:
-    """A copy of ``config`` whose schedules are shortened (or lengthened) to ``steps``, breakpoints in proportion.
-
-    Single-level config: ``optim.schedule`` runs ``steps`` steps; ``constant_steps`` and ``cosine_end`` are
-    scaled by ``steps / total_steps`` and rounded (a constant schedule, ``constant_steps >= total_steps``, stays
-    constant), ``cosine_period`` is scaled; learning rates are unchanged.
-
-    Multi-level config (``multilevel.levels``, e.g. preset ``accurate``): ``steps`` is the length of the longest
-    level, and every level's schedule is scaled by the same factor ``steps / max(level total_steps)`` (each
-    rounded, at least 1 step), so the levels keep their proportions: ``accurate``'s 100 + 40 steps become
-    50 + 20 at ``steps=50``. ``optim.schedule`` (unused by such a config) is set to ``steps`` as well.
+    """A copy of ``config`` whose dense stages' schedules are scaled so the longest runs ``steps`` steps
+    (:func:`monai_contreg.methods.keys.scale_schedules`: ``accurate``'s 100 + 40 steps become 50 + 20 at
+    ``steps=50``; breakpoints in proportion, learning rates unchanged).
 
     Raises:
-        UserInputError: ``steps`` < 1.
+        UserInputError: ``steps`` < 1, or a config without a dense stage.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserInputError(f"scale_schedule: steps must be an integer >= 1, got {steps!r}.")
-    out = RegistrationConfig.from_dict({}, config)
-    out.optim.schedule = _scaled(config.optim.schedule, steps)
-    if out.multilevel.levels:
-        f = steps / max(lv.schedule.total_steps for lv in out.multilevel.levels)
-        out.multilevel.levels = tuple(
-            dataclasses.replace(lv, schedule=_scaled(lv.schedule, max(1, int(round(lv.schedule.total_steps * f)))))
-            for lv in out.multilevel.levels
-        )
-    out.validate()
-    return out
+    from ..methods.keys import scale_schedules
+
+    return scale_schedules(config, steps)

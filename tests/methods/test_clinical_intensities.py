@@ -35,12 +35,13 @@ def _padded(vol, outside, value):
 
 
 def _few_steps(preset: str) -> list[str]:
-    """FEW_STEPS for a single-level preset; for a multi-level one (``accurate``) the same on each level's schedule."""
-    levels = len(get_preset(preset).multilevel.levels)
-    if not levels:
+    """FEW_STEPS for a preset with one dense stage; with several (``accurate``) the same on each dense stage's
+    schedule; without one (``convex``) no schedule."""
+    levels = len(get_preset(preset).dense_stages)
+    if levels == 1:
         return FEW_STEPS
-    return [f"multilevel.levels.{i}.{o[len('optim.'):]}" if o.startswith("optim.schedule") else o
-            for i in range(levels) for o in FEW_STEPS if o.startswith("optim.schedule") or i == 0]
+    return [f"multilevel.levels.{i}.{o[len('optim.'):]}" for i in range(levels) for o in FEW_STEPS
+            if o.startswith("optim.schedule")] + [o for o in FEW_STEPS if not o.startswith("optim.schedule")]
 
 
 def _field(preset, fixed, moving, outside, padding, extra=()):

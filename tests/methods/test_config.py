@@ -24,18 +24,18 @@ def test_overrides_parse_types():
 
 
 def test_unknown_option_suggests():
-    with pytest.raises(ValueError, match=r"unknown option config.optim.reg_wieght.*Did you mean 'reg_weight'"):
+    with pytest.raises(ValueError, match=r"unknown option optim.reg_wieght.*Did you mean 'reg_weight'"):
         RegistrationConfig.from_dict({"optim": {"reg_wieght": 1.0}})
-    with pytest.raises(ValueError, match=r"unknown option config.optimm.*Did you mean 'optim'"):
+    with pytest.raises(ValueError, match=r"unknown option optimm.steps.*Did you mean 'optim'"):
         RegistrationConfig().with_overrides(["optimm.steps=3"])
 
 
 def test_bad_values_named():
-    with pytest.raises(ValueError, match=r"config.optim.schedule.total_steps expects int, got 'many'"):
+    with pytest.raises(ValueError, match=r"optim.schedule.total_steps expects int, got 'many'"):
         RegistrationConfig.from_dict({"optim": {"schedule": {"total_steps": "many"}}})
     with pytest.raises(ValueError, match=r"unknown preprocess.intensity 'minmx'.*Did you mean 'minmax'"):
         RegistrationConfig.from_dict({"preprocess": {"intensity": "minmx"}})
-    with pytest.raises(ValueError, match=r"field.smoothing_kernel must be a positive odd integer"):
+    with pytest.raises(ValueError, match=r"smoothing_kernel must be a positive odd integer, got 4. \(in field.smoothing_kernel, that is stages.0.smoothing_kernel\)"):
         RegistrationConfig.from_dict({"field": {"smoothing_kernel": 4}})
 
 
@@ -76,24 +76,27 @@ def test_dotted_keys_with_a_level_index_reach_one_level():
 
 @pytest.mark.parametrize("override, message", [
     ("multilevel.levels.2.reg_weight=1",
-     "RegistrationConfig: config.multilevel.levels.2: level index 2 is out of range; valid indices of "
-     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+     "RegistrationConfig: multilevel.levels.2.reg_weight: level index 2 is out of range; valid indices of "
+     "multilevel.levels: [0, 1]."),
     ("multilevel.levels.-1.reg_weight=1",
-     "RegistrationConfig: config.multilevel.levels.-1: level index -1 is out of range; valid indices of "
-     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+     "RegistrationConfig: multilevel.levels.-1.reg_weight: level index -1 is out of range; valid indices of "
+     "multilevel.levels: [0, 1]."),
     ("multilevel.levels.fine.reg_weight=1",
-     "RegistrationConfig: config.multilevel.levels.fine: level index 'fine' is not an integer; valid indices of "
-     "config.multilevel.levels: [0, 1] (its levels, coarse to fine)."),
+     "RegistrationConfig: multilevel.levels.fine.reg_weight: level index 'fine' is not an integer; valid indices of "
+     "multilevel.levels: [0, 1]."),
     ("multilevel.levels.1.reg_wieght=1",
-     "RegistrationConfig: unknown option config.multilevel.levels.1.reg_wieght; valid options of "
-     "config.multilevel.levels.1: ['grid_factor', 'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', "
-     "'second_dilation', 'smoothing_kernel', 'smoothing_passes']. Did you mean 'reg_weight'?"),
+     "RegistrationConfig: unknown option multilevel.levels.1.reg_wieght; valid options of stages.1: ['grid_factor', "
+     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'smoothing_kernel', "
+     "'smoothing_passes']. Did you mean 'reg_weight'?"),
     ("multilevel.levels.1.smoothing_kernel=4",
-     "LevelConfig: smoothing_kernel must be a positive odd integer, got 4. (in config.multilevel.levels.1)"),
+     "DenseStage: smoothing_kernel must be a positive odd integer, got 4. (in multilevel.levels.1.smoothing_kernel, "
+     "that is stages.1.smoothing_kernel)"),
     ("multilevel.levels.1=3",
-     "RegistrationConfig: config.multilevel.levels.1 must be a mapping of LevelConfig fields (['grid_factor', "
+     "RegistrationConfig: multilevel.levels.1 must be a mapping of DenseStage fields (['grid_factor', "
      "'schedule', 'reg_weight', 'mind_radius', 'mind_dilation', 'second_dilation', 'smoothing_passes', "
      "'smoothing_kernel']), got 3."),
+    ("stages.2.reg_weight=1",
+     "RegistrationConfig: stages.2.reg_weight: stage index 2 is out of range; valid indices of stages: [0, 1]."),
 ])
 def test_bad_level_keys_name_the_key_and_the_valid_indices(override, message):
     with pytest.raises(ValueError) as err:
@@ -101,13 +104,15 @@ def test_bad_level_keys_name_the_key_and_the_valid_indices(override, message):
     assert str(err.value) == message
 
 
-def test_a_level_index_on_a_single_level_config_says_there_are_no_levels():
+def test_a_level_index_counts_the_dense_stages():
+    # multilevel.levels.I is the I-th dense stage: on io the one stage, on convexadam the stage after the convex one
+    assert get_preset("io").with_overrides(["multilevel.levels.0.reg_weight=1"]).stages[0].reg_weight == 1.0
+    assert get_preset("convexadam").with_overrides(["multilevel.levels.0.reg_weight=1"]).stages[1].reg_weight == 1.0
     with pytest.raises(ValueError) as err:
-        get_preset("io").with_overrides(["multilevel.levels.0.reg_weight=1"])
+        get_preset("convex").with_overrides(["multilevel.levels.0.reg_weight=1"])
     assert str(err.value) == (
-        "RegistrationConfig: config.multilevel.levels.0: level index 0 is out of range; config.multilevel.levels is "
-        "empty (a single-level config): there is no level to set; give the levels first (e.g. preset 'accurate', or "
-        "a list of level mappings).")
+        "RegistrationConfig: multilevel.levels.0.reg_weight: level index 0 is out of range; multilevel.levels is "
+        "empty on this config (it has no dense stage).")
 
 
 def test_cli_set_reaches_a_level(capsys):
@@ -122,31 +127,33 @@ def test_cli_set_reaches_a_level(capsys):
 
     assert main(["register", "f.nii.gz", "m.nii.gz", "-o", "d.nii.gz", "--preset", "accurate",
                  "--set", "multilevel.levels.3.reg_weight=1"]) == 2
-    assert "config.multilevel.levels.3: level index 3 is out of range; valid indices of config.multilevel.levels: [0, 1]" \
+    assert "multilevel.levels.3.reg_weight: level index 3 is out of range; valid indices of multilevel.levels: [0, 1]" \
         in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("key, value, instead", [
-    ("optim.reg_weight", "10", "multilevel.levels.I.reg_weight"),
-    ("optim.schedule.peak_lr", "30", "multilevel.levels.I.schedule.peak_lr"),
-    ("field.grid_factor", "3", "multilevel.levels.I.grid_factor"),
-    ("field.smoothing_kernel", "5", "multilevel.levels.I.smoothing_kernel"),
-    ("features.mind_dilation", "3", "multilevel.levels.I.mind_dilation"),
+    ("optim.reg_weight", "10", "stages.I.reg_weight"),
+    ("optim.schedule.peak_lr", "30", "stages.I.schedule.peak_lr"),
+    ("field.grid_factor", "3", "stages.I.grid_factor"),
+    ("field.smoothing_kernel", "5", "stages.I.smoothing_kernel"),
+    ("features.mind_dilation", "3", "stages.I.mind_dilation"),
 ])
 def test_single_level_keys_are_refused_on_a_multilevel_config(key, value, instead):
-    # each level has its own: a single-level setting would be silently ignored by the multi-level method
-    with pytest.raises(UserInputError, match=re.escape(f"{key} has no effect on a multi-level config") + ".*"
-                       + re.escape(f"set {instead} instead (I = 0..1, coarse to fine)")):
+    # each dense stage has its own: a single-level setting would have no single place to go
+    with pytest.raises(UserInputError, match=re.escape(f"{key} is ambiguous on this config: it has 2 dense stages") + ".*"
+                       + re.escape(f"set {instead} instead (I = 0, 1)")):
         get_preset("accurate").with_overrides([f"{key}={value}"])
     assert get_preset("io").with_overrides([f"{key}={value}"])  # the single-level method uses it
 
 
-def test_multilevel_options_are_refused_without_levels_and_levels_run_coarse_to_fine():
-    with pytest.raises(UserInputError, match=r"multilevel.mask_aware has no effect on a single-level config"):
-        get_preset("convexadam").with_overrides(["multilevel.mask_aware=true"])
+def test_multilevel_options_and_stage_order():
+    # the mask-aware regulariser belongs to the dense stages: any config with one takes it, the convex stage alone not
+    assert get_preset("convexadam").with_overrides(["multilevel.mask_aware=true"]).multilevel.mask_aware
+    with pytest.raises(UserInputError, match=r"multilevel.mask_aware has no effect on this config: it has no dense stage"):
+        get_preset("convex").with_overrides(["multilevel.mask_aware=true"])
     assert get_preset("accurate").with_overrides(["multilevel.mask_aware=true"]).multilevel.mask_aware
     with pytest.raises(UserInputError, match=r"coarse to fine \(grid_factor not increasing\), got grid factors \[2, 4\]"):
         get_preset("accurate").with_overrides(["multilevel.levels.1.grid_factor=4"])
-    with pytest.raises(UserInputError, match=r"multilevel.levels.0.second_dilation \(2\) equals its mind_dilation"):
+    with pytest.raises(UserInputError, match=r"second_dilation \(2\) equals its mind_dilation.*\(in multilevel.levels.0.second_dilation"):
         get_preset("accurate").with_overrides(["multilevel.levels.0.second_dilation=2"])
     assert get_preset("accurate").with_overrides(["multilevel.levels.0.second_dilation=3"]).multilevel.levels[0].second_dilation == 3

@@ -20,7 +20,10 @@ def _package_imports(path: Path) -> set[str]:
 
 
 def test_config_imports_only_leaves():
-    assert _package_imports(PKG / "methods" / "config.py") <= LEAVES
+    # config.py, and the two modules it is split into (stage kinds; dotted keys), import only leaves and each other
+    assert _package_imports(PKG / "methods" / "stages.py") <= LEAVES
+    assert _package_imports(PKG / "methods" / "keys.py") <= LEAVES | {"methods.stages"}
+    assert _package_imports(PKG / "methods" / "config.py") <= LEAVES | {"methods.stages", "methods.keys"}
     assert _package_imports(PKG / "optim" / "schedule.py") <= {"_validation", "modes", "errors"}
     assert _package_imports(PKG / "modes.py") == set()
 
@@ -35,4 +38,5 @@ def test_importing_config_loads_nothing_above_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(eval(out))  # noqa: S307 - our own printed list
     assert loaded <= {"monai_contreg", "monai_contreg.methods", "monai_contreg.methods.config", "monai_contreg._validation",
-                      "monai_contreg.modes", "monai_contreg.errors", "monai_contreg.optim", "monai_contreg.optim.schedule"}
+                      "monai_contreg.methods.stages", "monai_contreg.methods.keys",
+                      "monai_contreg.modes", "monai_contreg.errors", "monai_contreg.options", "monai_contreg.optim", "monai_contreg.optim.schedule"}

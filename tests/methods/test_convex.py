@@ -201,18 +201,21 @@ def test_presets():
 
 
 def test_config_fields_and_errors():
-    cfg = RegistrationConfig().with_overrides(["convex.coupling_weights=[0.1, 1]", "convex.ic=false"])
+    cfg = get_preset("convexadam").with_overrides(["convex.coupling_weights=[0.1, 1]", "convex.ic=false"])
     assert cfg.convex.coupling_weights == (0.1, 1.0) and cfg.convex.ic is False
     with pytest.raises(ValueError, match=r"ConvexConfig: convex.disp_hw must be an integer >= 0, got -1"):
         ConvexConfig(disp_hw=-1)
     with pytest.raises(ValueError, match=r"convex.cost_smoothing_kernel must be a positive odd integer, got 4"):
-        RegistrationConfig.from_dict({"convex": {"cost_smoothing_kernel": 4}})
+        RegistrationConfig.from_dict({"convex": {"cost_smoothing_kernel": 4}}, get_preset("convex"))
     with pytest.raises(ValueError, match=r"convex.coupling_weights must be finite numbers >= 0, got \(-1.0,\)"):
-        RegistrationConfig.from_dict({"convex": {"coupling_weights": [-1]}})
+        RegistrationConfig.from_dict({"convex": {"coupling_weights": [-1]}}, get_preset("convex"))
     with pytest.raises(ValueError, match=r"unknown convex.padding_mode 'zero'.*Did you mean 'zeros'"):
-        RegistrationConfig.from_dict({"convex": {"padding_mode": "zero"}})
-    with pytest.raises(ValueError, match=r"unknown option config.convex.disp_wh.*Did you mean 'disp_hw'"):
-        RegistrationConfig.from_dict({"convex": {"disp_wh": 3}})
+        RegistrationConfig.from_dict({"convex": {"padding_mode": "zero"}}, get_preset("convex"))
+    with pytest.raises(ValueError, match=r"unknown option convex.disp_wh.*Did you mean 'disp_hw'"):
+        RegistrationConfig.from_dict({"convex": {"disp_wh": 3}}, get_preset("convex"))
+    # on a config without a convex stage the convex settings have nowhere to go
+    with pytest.raises(ValueError, match=r"convex.ic has no effect on this config: it has no convex stage"):
+        RegistrationConfig.from_dict({"convex": {"ic": False}})
     with pytest.raises(ValueError, match=r"RegistrationConfig: unknown method 'convx'.*Did you mean 'convex'"):
         RegistrationConfig.from_dict({"method": "convx"})
     with pytest.raises(ValueError, match=r"RegistrationConfig: unknown init 'zeros'.*Did you mean 'zero'"):

@@ -64,12 +64,12 @@ def test_every_preset_has_an_estimate_for_each_of_its_stages(name):
     cfg = get_preset(name)
     est = estimate_memory((48, 40, 32), cfg, masks=2)
     stages = {k: v for k, v in est.parts.items() if k != "images"}
-    levels = cfg.multilevel.levels
+    levels = cfg.dense_stages if len(cfg.dense_stages) > 1 else ()
     if levels:
         assert {f"level {i} optimisation" for i in range(len(levels))} <= set(stages) and "level 0 features" in stages
     else:
         assert {"features", "optimisation"} <= set(stages)
-    assert ("discrete" in stages) == (cfg.method == "convex" or cfg.init == "convex")
+    assert ("discrete" in stages) == any(st.kind == "convex" for st in cfg.stages)
     assert est.total == est.parts["images"] + max(stages.values()) and min(stages.values()) >= 0
 
 

@@ -1,0 +1,177 @@
+"""The stage kinds of a registration (:attr:`~monai_contreg.methods.config.RegistrationConfig.stages`).
+
+A stage has a ``kind`` (:data:`STAGE_KINDS`) and its own settings: ``"dense"`` (:class:`DenseStage`, an Adam
+instance optimisation of a dense field) and ``"convex"`` (:class:`ConvexStage`, ConvexAdam's coupled convex
+discrete stage, with :class:`ConvexConfig`'s solver settings). A new kind (an affine stage) adds a dataclass with a
+``kind`` class attribute and a ``validate()`` method here, and a runner in :mod:`monai_contreg.methods.run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as _field
+from typing import ClassVar
+
+from ..errors import UserInputError
+from ..modes import PaddingMode
+from ..optim.schedule import PiecewiseSchedule
+
+__all__ = ["INIT_NAMES", "METHOD_NAMES", "STAGE_KINDS", "ConvexConfig", "ConvexStage", "DenseStage", "LevelConfig"]
+
+
+#: Valid values of the ``method`` alias (``"convex"`` = the convex stage alone, no Adam).
+METHOD_NAMES = ("io", "convex")
+#: Valid values of the ``init`` alias (``"convex"`` = a convex stage first: Adam starts from its field).
+INIT_NAMES = ("zero", "convex")
+
+
+@dataclass
+class ConvexConfig:
+    """The coupled convex discrete stage of ConvexAdam (see :mod:`monai_contreg.methods.convex`).
+
+    Attributes:
+        grid_spacing: average-pooling factor of the full-resolution MIND features (NLST: 6 -> 37x32x37).
+        disp_hw: search half-width in coarse voxels: integer shifts in ``[-disp_hw, disp_hw]^3``.
+        cost_smoothing_kernel: box-filter width applied to each slice of the cost volume.
+        cost_smoothing_passes: number of such box-filter passes (ConvexAdam: two 3^3 filters).
+        field_smoothing_kernel: box-filter width applied to the shift field after each labelling.
+        field_smoothing_passes: number of such passes (ConvexAdam: one).
+        coupling_weights: the coupling weights of the successive coupled iterations
+            (``label = argmin_d cost(d) + w |d - u|^2``); empty = the smoothed argmin only.
+        ic: make the field inverse consistent with the moving->fixed field.
+        ic_iters: iterations of ``u1 <- (u1 - u2 o (id + u1)) / 2`` (and symmetric).
+        padding_mode: how moving features are extended beyond the image for large shifts:
+            ``"border"`` (replicate the edge, as the Adam stage's sampling) or ``"zeros"``.
+        chunk_size: number of shifts processed at once (bounds the memory beyond the cost volume).
+    """
+
+    grid_spacing: int = 6
+    disp_hw: int = 4
+    cost_smoothing_kernel: int = 3
+    cost_smoothing_passes: int = 2
+    field_smoothing_kernel: int = 3
+    field_smoothing_passes: int = 1
+    coupling_weights: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    ic: bool = True
+    ic_iters: int = 15
+    padding_mode: str = "border"
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field (``convex.<name>``), what it expects and what it got."""
+        from .._validation import choose
+
+        for name, low in (("grid_spacing", 1), ("disp_hw", 0), ("ic_iters", 0), ("chunk_size", 1),
+                          ("cost_smoothing_passes", 0), ("field_smoothing_passes", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserInputError(f"ConvexConfig: convex.{name} must be an integer >= {low}, got {v!r}.")
+        for name in ("cost_smoothing_kernel", "field_smoothing_kernel"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
+                raise UserInputError(f"ConvexConfig: convex.{name} must be a positive odd integer, got {v!r}.")
+        if not isinstance(self.ic, bool):
+            raise UserInputError(f"ConvexConfig: convex.ic must be true or false, got {self.ic!r}.")
+        weights = tuple(self.coupling_weights)
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and w < float("inf")) for w in weights):
+            raise UserInputError(f"ConvexConfig: convex.coupling_weights must be finite numbers >= 0, got {self.coupling_weights!r}.")
+        self.coupling_weights = tuple(float(w) for w in weights)
+        choose("ConvexConfig", "convex.padding_mode", self.padding_mode, (PaddingMode.BORDER.value, PaddingMode.ZEROS.value))
+
+
+@dataclass
+class DenseStage:
+    """A dense stage (``kind: dense``): one Adam instance optimisation of a dense field (the paper's method).
+
+    It starts from the field the previous stage ended with (zero for the first stage, or a given initial field),
+    carried onto its own working grid (:func:`~monai_contreg.methods.multilevel.carry_field`). Dense stages run
+    coarse to fine (``grid_factor`` not increasing).
+
+    Attributes:
+        grid_factor: its working-grid coarsening factor in image voxels (1 = full resolution, 2 = half, ...);
+            features are average-pooled by it.
+        schedule: its piecewise learning-rate schedule (``schedule.total_steps`` Adam steps; rates in voxels of
+            its grid).
+        reg_weight: weight ``lambda`` of its diffusion (or mask-aware) regulariser, field in its grid's voxels.
+            The ``io`` preset's 1.75 was tuned on nlst_synth so that SDlogJ stays <= 0.1 on the large-motion pair;
+            the authors' value 1.25 is kept in the ``io-authors`` and ``convexadam`` presets.
+        mind_radius, mind_dilation: MIND-SSC settings of its features (image voxels; computed at full resolution,
+            then average-pooled by ``grid_factor``).
+        second_dilation: a second feature scale: MIND-SSC with this dilation (same radius) concatenated to the
+            first, 24 channels instead of 12 (0 = off).
+        smoothing_passes: box-filter passes applied to its parameter on read.
+        smoothing_kernel: width of those box filters (odd, working-grid voxels; a finer grid needs a wider one for
+            the same smoothing in mm).
+    """
+
+    kind: ClassVar[str] = "dense"
+
+    grid_factor: int = 2
+    schedule: PiecewiseSchedule = _field(default_factory=PiecewiseSchedule)
+    reg_weight: float = 1.75
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    second_dilation: int = 0
+    smoothing_passes: int = 3
+    smoothing_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the field and what it expects."""
+        for name, low in (("grid_factor", 1), ("mind_radius", 0), ("mind_dilation", 1), ("second_dilation", 0),
+                          ("smoothing_passes", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserInputError(f"DenseStage: {name} must be an integer >= {low}, got {v!r}.")
+        k = self.smoothing_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise UserInputError(f"DenseStage: smoothing_kernel must be a positive odd integer, got {k!r}.")
+        if isinstance(self.reg_weight, bool) or not isinstance(self.reg_weight, (int, float)) or not 0 <= self.reg_weight < float("inf"):
+            raise UserInputError(f"DenseStage: reg_weight must be a finite number >= 0, got {self.reg_weight!r}.")
+        self.reg_weight = float(self.reg_weight)
+        if self.second_dilation and self.second_dilation == self.mind_dilation:
+            raise UserInputError(
+                f"DenseStage: second_dilation ({self.second_dilation}) equals its mind_dilation: the second feature "
+                "scale would duplicate the first; give another dilation or 0 (off)."
+            )
+        self.schedule.validate()
+
+
+#: The name the multi-level method's levels had; a level is a dense stage.
+LevelConfig = DenseStage
+
+
+@dataclass
+class ConvexStage(ConvexConfig):
+    """A convex stage (``kind: convex``): ConvexAdam's coupled convex discrete stage (:mod:`~monai_contreg.methods.convex`).
+
+    It starts from no field, so it can only be the first stage; alone it is the ``convex`` preset, followed by a
+    dense stage it is ConvexAdam (``convexadam``). Its solver settings are :class:`ConvexConfig`'s.
+
+    Attributes:
+        mind_radius, mind_dilation: MIND-SSC settings of its features (image voxels; computed at full resolution,
+            then average-pooled by ``grid_spacing``).
+    """
+
+    kind: ClassVar[str] = "convex"
+
+    mind_radius: int = 1
+    mind_dilation: int = 2
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the field and what it expects."""
+        super().validate()
+        for name, low in (("mind_radius", 0), ("mind_dilation", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserInputError(f"ConvexStage: {name} must be an integer >= {low}, got {v!r}.")
+
+
+#: Stage kinds: the ``kind`` of a stage mapping -> its dataclass. A new kind (an affine stage) adds an entry here
+#: and a runner in :mod:`monai_contreg.methods.run`; any other ``kind`` is an error naming these.
+STAGE_KINDS: dict[str, type] = {"dense": DenseStage, "convex": ConvexStage}
