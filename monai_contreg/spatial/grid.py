@@ -128,7 +128,7 @@ class Grid:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the three array axes: the norms of the affine's first three columns."""
-        return spacing_from_affine(self.affine)
+        return spacing_from_affine(np.array(self.affine))
 
     @property
     def direction(self) -> np.ndarray:
@@ -151,11 +151,11 @@ class Grid:
 
     def voxel_to_world(self, points) -> torch.Tensor:
         """Voxel coordinates ``(N, 3)`` of this grid -> world points ``(N, 3)`` (RAS mm), float64."""
-        return points_voxel_to_world(torch.as_tensor(np.asarray(points, dtype=np.float64)), self.affine)
+        return points_voxel_to_world(torch.as_tensor(np.asarray(points, dtype=np.float64)), np.array(self.affine))
 
     def world_to_voxel(self, points) -> torch.Tensor:
         """World points ``(N, 3)`` (RAS mm) -> voxel coordinates ``(N, 3)`` of this grid, float64."""
-        return points_world_to_voxel(torch.as_tensor(np.asarray(points, dtype=np.float64)), self.affine)
+        return points_world_to_voxel(torch.as_tensor(np.asarray(points, dtype=np.float64)), np.array(self.affine))
 
     # ---- comparison ---------------------------------------------------------------------------------------
     def same_as(self, other: Grid, atol: float = GRID_ATOL_MM) -> bool:
