@@ -532,6 +532,7 @@ def solve(
         tre_history=out.tre_history, timings=timings, config=p.config, steps=out.steps,
         kernels=getattr(out, "kernels", ""), moving_grid=w, working_grid=w,
         stopped_early=bool(getattr(out, "stopped_early", False)),
+        levels_stopped_early=tuple(getattr(out, "levels_stopped_early", ())),
     )
 
 
@@ -556,6 +557,7 @@ def map_back(working: RegistrationResult, p: RegistrationPlan, output: str = "vo
         history=working.history, tre_history=working.tre_history, timings={"to_native": time.perf_counter() - t0},
         config=working.config, steps=working.steps, moving_grid=p.moving_grid, working_grid=p.working_grid,
         working=working, output=output, kernels=working.kernels, stopped_early=working.stopped_early,
+        levels_stopped_early=working.levels_stopped_early,
     )
 
 

@@ -55,7 +55,8 @@ class RegistrationResult:
             :class:`~monai_contreg.spatial.grid.Grid` values (given, or built from the affine/shape fields;
             either way both views agree). :attr:`fixed_grid` is the field's own grid.
         stopped_early: whether the run ended before its schedule's last step (plateau early stopping, a
-            handler that terminated the engine).
+            handler that terminated the engine); a multi-level run: whether any level did.
+        levels_stopped_early: a multi-level run: every level's early-stop flag, in order; ``()`` otherwise.
     """
 
     ddf: MetaTensor
@@ -75,6 +76,7 @@ class RegistrationResult:
     moving_grid: Grid | None = None
     working_grid: Grid | None = None
     stopped_early: bool = False
+    levels_stopped_early: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if self.moving_grid is not None:

@@ -54,10 +54,12 @@ class MethodOutput:
         tre_history: ``(step, mean TRE mm)`` pairs when keypoints were monitored.
         timings: seconds per stage (``features``, ``optimisation``, ...).
         steps: Adam steps actually taken.
-        stopped_early: whether the plateau stop ended the run.
+        stopped_early: whether the run ended before its schedule's last step (the plateau stop, a handler that
+            terminated the engine); a multi-level run: whether any level did.
         kernels: the similarity's implementation that ran the steps: ``"compiled"`` (the CPU kernels of
             :mod:`monai_contreg.kernels`), ``"pytorch"`` (``grid_sample`` and autograd), ``"compiled+pytorch"``
-            if both did, ``""`` without Adam steps.
+            if both did (on any level), ``""`` without Adam steps.
+        levels_stopped_early: a multi-level run: ``stopped_early`` of every level, in order; ``()`` otherwise.
     """
 
     field: DisplacementField
@@ -67,6 +69,7 @@ class MethodOutput:
     steps: int = 0
     stopped_early: bool = False
     kernels: str = ""
+    levels_stopped_early: tuple[bool, ...] = ()
 
 
 def compute_features(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -207,7 +207,8 @@ def run_multilevel(
     Returns:
         :class:`~monai_contreg.methods.io.MethodOutput` whose ``field`` is the last level's; ``history`` has the
         concatenated per-step lists plus ``"level"``; ``timings`` has ``features``, ``optimisation`` (sums) and
-        ``level<i>`` (features + optimisation of level ``i``).
+        ``level<i>`` (features + optimisation of level ``i``); ``kernels`` the implementations any level ran;
+        ``levels_stopped_early`` every level's early-stop flag (``stopped_early``: any of them).
 
     Raises:
         UserInputError: no levels, or ``mask_aware`` without a fixed mask.
@@ -231,6 +232,8 @@ def run_multilevel(
     tre_history: list[tuple[int, float]] = []
     timings: dict[str, float] = {"features": 0.0, "optimisation": 0.0}
     steps = 0
+    kernels: set[str] = set()
+    stopped: list[bool] = []
     ddf = init_ddf
     out: MethodOutput | None = None
     for i, lv in enumerate(ml.levels):
@@ -269,8 +272,10 @@ def run_multilevel(
         timings["features"] += t_feat
         timings["optimisation"] += out.timings.get("optimisation", 0.0)
         timings[f"level{i}"] = time.perf_counter() - t0
+        kernels.update(k for k in out.kernels.split("+") if k)
+        stopped.append(bool(out.stopped_early))
     assert out is not None
     return MethodOutput(
         field=out.field, history=history, tre_history=tre_history, timings=timings, steps=steps,
-        stopped_early=out.stopped_early,
+        stopped_early=any(stopped), kernels="+".join(sorted(kernels)), levels_stopped_early=tuple(stopped),
     )
