@@ -40,7 +40,7 @@ from monai.data import MetaTensor
 from ._validation import check_finite, choose
 from .data.lung_mask import auto_lung_masks
 from .data.transforms import apply_intensity_floor, normalisation_transforms
-from .errors import MissingFileError, UserInputError, describe_read_error
+from .errors import InputTypeError, MissingFileError, UserInputError, describe_read_error
 from .io.geometry_checks import GeometryWarning, affine_shear, nifti_geometry_disagreement
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
@@ -119,7 +119,7 @@ def _as_image(
             _warn_geometry(where, name, nifti_geometry_disagreement(p))
         return img
     if not isinstance(value, (np.ndarray, torch.Tensor)):
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: {name} must be a file path, numpy array, torch tensor or MetaTensor, got {type(value).__name__}."
         )
     shape = tuple(value.shape)

@@ -84,7 +84,7 @@ def compute_features(fixed: torch.Tensor, moving: torch.Tensor, config: Registra
     check_tensor("compute_features", "fixed", fixed, 5)
     check_tensor("compute_features", "moving", moving, 5)
     if fixed.shape != moving.shape:
-        raise ValueError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
+        raise UserInputError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
     fc = config.features
     with torch.no_grad():
         ff = downsample(mind_ssc(fixed, fc.mind_radius, fc.mind_dilation), config.field.grid_factor)

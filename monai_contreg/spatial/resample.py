@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
 from .._validation import check_ddf, check_points, check_tensor, choose
 from ..modes import IMAGE_PADDING, InterpolationMode, PaddingMode
 from .conventions import (
@@ -96,7 +97,7 @@ def mapped_coordinates(matrix: torch.Tensor, shape: Sequence[int], device=None, 
     n = check_shape3("mapped_coordinates", "shape", shape)
     m = torch.as_tensor(matrix, dtype=torch.float64)
     if m.shape != (4, 4):
-        raise ValueError(f"mapped_coordinates: matrix must be 4x4, got shape {tuple(m.shape)}.")
+        raise UserInputError(f"mapped_coordinates: matrix must be 4x4, got shape {tuple(m.shape)}.")
     m = m.to(device=device, dtype=dtype)
     out = m[:3, 3].view(1, 1, 1, 3).expand(*n, 3).clone()
     for axis, size in enumerate(n):
@@ -213,7 +214,7 @@ def warp_between_grids(
     mode = choose("warp_between_grids", "mode", mode, _MODES).value
     padding_mode = choose("warp_between_grids", "padding_mode", padding_mode, _PADDING).value
     if ddf.shape[0] not in (1, moving.shape[0]):
-        raise ValueError(f"warp_between_grids: ddf batch size {ddf.shape[0]} must be 1 or the moving batch {moving.shape[0]}.")
+        raise UserInputError(f"warp_between_grids: ddf batch size {ddf.shape[0]} must be 1 or the moving batch {moving.shape[0]}.")
     m = voxel_map(fixed_affine, moving_affine).to(device=ddf.device, dtype=ddf.dtype)
     src = moving if moving.is_floating_point() else moving.to(ddf.dtype)
     base = mapped_coordinates(m, ddf.shape[2:], device=ddf.device, dtype=ddf.dtype).unsqueeze(0)
@@ -241,7 +242,7 @@ def map_points_world(points: torch.Tensor, ddf: torch.Tensor, affine) -> torch.T
     check_points("map_points_world", "points", points)
     check_ddf("map_points_world", "ddf", ddf)
     if points.ndim != 2 or ddf.shape[0] != 1:
-        raise ValueError(
+        raise UserInputError(
             f"map_points_world: expected points (N, 3) and ddf (1, 3, H, W, D), got {tuple(points.shape)} and {tuple(ddf.shape)}."
         )
     pts = points.to(torch.float64)
