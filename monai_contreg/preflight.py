@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from .errors import MissingFileError, UserInputError, describe_read_error
+from .spatial.conventions import itk_geometry_to_affine
+from .spatial.grid import Grid
 
 __all__ = [
     "MIN_SIZE",
@@ -80,11 +82,21 @@ class ImageHeader:
         shape: the array shape as stored (3 or more entries; spatial first).
         linear: the 3x3 voxel-to-world linear part (direction times spacing, mm per voxel), or ``None`` when the
             header gives none (a DICOM folder, checked when loaded).
+        affine: the full 4x4 voxel-to-world matrix (RAS mm) when known, else ``None``.
     """
 
     path: Path | None
     shape: tuple[int, ...]
     linear: np.ndarray | None
+    affine: np.ndarray | None = None
+
+    @property
+    def grid(self) -> Grid | None:
+        """The image's :class:`~monai_contreg.spatial.grid.Grid` (its first three sizes and :attr:`affine`), or
+        ``None`` when the header gives no affine or no 3-D shape (a DICOM folder: its grid is known once loaded)."""
+        if self.affine is None or len(self.shape) < 3:
+            return None
+        return Grid(self.spatial_shape, self.affine)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -132,17 +144,18 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
 
             img = nib.load(str(p))
             shape = tuple(int(s) for s in img.shape)
-            linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+            affine = np.asarray(img.affine, dtype=np.float64)
+            linear = affine[:3, :3]
         else:
-            shape, linear = _itk_header(p)
+            shape, linear, affine = _itk_header(p)
     except UserInputError:
         raise
     except Exception as exc:
         raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}.") from exc
-    return ImageHeader(p, shape, linear)
+    return ImageHeader(p, shape, linear, affine)
 
 
-def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | None]:
     import itk
 
     io = itk.ImageIOFactory.CreateImageIO(str(p), itk.CommonEnums.IOFileMode_ReadMode)
@@ -157,7 +170,13 @@ def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray]:
     for j in range(k):
         direction = np.asarray(io.GetDirection(j), dtype=np.float64)[:k]
         linear[:k, j] = direction * float(io.GetSpacing(j))
-    return shape, linear
+    affine = None
+    if k == 3:  # ITK's LPS origin/spacing/direction -> RAS affine (the linear part above stays ITK's, for its checks)
+        spacing = [float(io.GetSpacing(j)) for j in range(3)]
+        direction = np.stack([np.asarray(io.GetDirection(j), dtype=np.float64)[:3] for j in range(3)], axis=1)
+        if np.all(np.isfinite(direction)) and min(spacing) > 0:
+            affine = itk_geometry_to_affine([float(io.GetOrigin(j)) for j in range(3)], spacing, direction)
+    return shape, linear, affine
 
 
 def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = MIN_SIZE) -> ImageHeader:

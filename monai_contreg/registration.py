@@ -200,8 +200,9 @@ def load_inputs(
     for key, value in (("fixed", fixed), ("moving", moving)):
         out[key] = _as_image(where, key, value, arr_aff, reader, series)
         check_finite(where, key, out[key].as_tensor())
+        aff = _affine_of(out[key])
         header = ImageHeader(Path(value) if isinstance(value, (str, Path)) else None, tuple(out[key].shape[1:]),
-                             _affine_of(out[key])[:3, :3])
+                             aff[:3, :3], aff)
         check_geometry(where, key, header)  # non-singular geometry, >= MIN_SIZE voxels per axis
     check_series_used(where, series, (out["fixed"], out["moving"]))
     for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
@@ -438,7 +439,7 @@ def plan(
     resample = through_working_grid or not pair.one_grid
     if resample:
         working = pair.fixed_grid.working(cfg.field.design_spacing if working_spacing is None else working_spacing)
-        check_geometry(where, "working grid", ImageHeader(None, working.shape, working.affine[:3, :3]))
+        check_geometry(where, "working grid", ImageHeader(None, working.shape, working.affine[:3, :3], working.affine))
         hint = (f"Use a coarser working grid (--working-spacing MM; working_spacing=; now "
                 f"{tuple(round(v, 3) for v in working.spacing)} mm, the preset's design spacing is "
                 f"{cfg.field.design_spacing:g} mm) or raise --max-memory.")

@@ -82,3 +82,15 @@ def test_bad_grids_name_the_argument(shape, affine, match):
         Grid(shape, affine)
     with pytest.raises(UserInputError, match="spacing must be a positive number or three"):
         Grid((4, 4, 4), np.eye(4)).working(-1.0)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_preflight_header_gives_the_files_grid(tmp_path, suffix):
+    """read_header (no voxels read) gives the same Grid as the loaded image, NIfTI (nibabel) and NRRD (ITK, LPS)."""
+    from monai_contreg.io.images import load_image, save_image
+    from monai_contreg.preflight import read_header
+
+    a = _oblique()
+    path = save_image(tmp_path / f"img{suffix}", torch.rand(10, 20, 30), a) or tmp_path / f"img{suffix}"
+    header = read_header("test", "image", path)
+    assert header.grid == Grid((10, 20, 30), a) == Grid.of(load_image(path))
