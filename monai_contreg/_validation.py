@@ -12,7 +12,7 @@ from enum import Enum
 from typing import TypeVar
 
 import torch
-from .errors import UserInputError
+from .errors import InputTypeError, UserInputError
 from .options import suggest
 
 __all__ = [
@@ -53,7 +53,7 @@ def choose(where: str, name: str, value: str | E, choices: type[E] | Sequence[st
 def check_tensor(where: str, name: str, x: object, ndim: int | Sequence[int] | None = None) -> torch.Tensor:
     """Check that ``x`` is a floating/integer tensor with the given number of dimensions."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}.")
+        raise InputTypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}.")
     if ndim is not None:
         dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in dims:
@@ -73,7 +73,7 @@ def check_ddf(where: str, name: str, ddf: object) -> torch.Tensor:
             f"got shape {tuple(ddf.shape)}."
         )
     if not ddf.is_floating_point():
-        raise TypeError(f"{where}: {name} must be floating point, got {ddf.dtype}.")
+        raise InputTypeError(f"{where}: {name} must be floating point, got {ddf.dtype}.")
     return ddf
 
 

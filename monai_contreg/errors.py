@@ -6,6 +6,7 @@
   working.
 * :class:`MissingFileError`: an input file or folder that does not exist (a ``UserInputError`` and a
   ``FileNotFoundError``).
+* :class:`InputTypeError`: an argument of the wrong type (a ``UserInputError`` and a ``TypeError``).
 * :class:`RegistrationDivergedError`: an optimisation that ran off (non-finite loss, runaway field); the
   message names the likely cause and the fix.
 
@@ -33,6 +34,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
     "ContregError",
+    "InputTypeError",
     "MissingFileError",
     "RegistrationDivergedError",
     "UserInputError",
@@ -65,6 +67,10 @@ class ContregError(Exception):
 
 class UserInputError(ContregError, ValueError):
     """A validated user error: the message names the argument/option/file and what was expected."""
+
+
+class InputTypeError(UserInputError, TypeError):
+    """An argument of the wrong type (a file path where an array was expected, ...); also a ``TypeError``."""
 
 
 class MissingFileError(UserInputError, FileNotFoundError):

@@ -38,6 +38,8 @@ import torch
 
 from .errors import MissingFileError, UserInputError, describe_read_error
 from .options import parse_spacing
+from .spatial.conventions import itk_geometry_to_affine
+from .spatial.grid import Grid
 
 __all__ = [
     "MIN_SIZE",
@@ -83,6 +85,7 @@ class ImageHeader:
             header gives none (a DICOM folder, checked when loaded).
         origin: world position (mm) of voxel ``(0, 0, 0)``, or ``None`` when not read.
         frame: the world frame of ``linear`` and ``origin``: ``"RAS"`` (NIfTI, nibabel) or ``"LPS"`` (ITK).
+        affine: the full 4x4 voxel-to-world matrix (RAS mm) when known, else ``None``.
     """
 
     path: Path | None
@@ -90,6 +93,7 @@ class ImageHeader:
     linear: np.ndarray | None
     origin: np.ndarray | None = None
     frame: str = "RAS"
+    affine: np.ndarray | None = None
 
     def ras(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(linear, origin)`` in RAS, or ``None`` when the header gives no geometry or no origin."""
@@ -97,6 +101,14 @@ class ImageHeader:
             return None
         flip = np.diag([-1.0, -1.0, 1.0]) if self.frame == "LPS" else np.eye(3)
         return flip @ self.linear, flip @ self.origin
+
+    @property
+    def grid(self) -> Grid | None:
+        """The image's :class:`~monai_contreg.spatial.grid.Grid` (its first three sizes and :attr:`affine`), or
+        ``None`` when the header gives no affine or no 3-D shape (a DICOM folder: its grid is known once loaded)."""
+        if self.affine is None or len(self.shape) < 3:
+            return None
+        return Grid(self.spatial_shape, self.affine)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -144,19 +156,20 @@ def read_header(where: str, name: str, path: str | Path) -> ImageHeader:
 
             img = nib.load(str(p))
             shape = tuple(int(s) for s in img.shape)
-            linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
-            origin, frame = np.asarray(img.affine, dtype=np.float64)[:3, 3], "RAS"
+            affine = np.asarray(img.affine, dtype=np.float64)
+            linear = affine[:3, :3]
+            origin, frame = affine[:3, 3].copy(), "RAS"
         else:
-            shape, linear, origin = _itk_header(p)
+            shape, linear, origin, affine = _itk_header(p)
             frame = "LPS"
     except UserInputError:
         raise
     except Exception as exc:
         raise UserInputError(f"{where}: cannot read {name} file {str(p)!r}: {describe_read_error(exc, p)}.") from exc
-    return ImageHeader(p, shape, linear, origin, frame)
+    return ImageHeader(p, shape, linear, origin, frame, affine)
 
 
-def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray | None]:
     import itk
 
     io = itk.ImageIOFactory.CreateImageIO(str(p), itk.CommonEnums.IOFileMode_ReadMode)
@@ -173,7 +186,13 @@ def _itk_header(p: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
         linear[:k, j] = direction * float(io.GetSpacing(j))
     origin = np.zeros(3)
     origin[:k] = [float(io.GetOrigin(j)) for j in range(k)]
-    return shape, linear, origin
+    affine = None
+    if k == 3:  # ITK's LPS origin/spacing/direction -> RAS affine (the linear part above stays ITK's, for its checks)
+        spacing = [float(io.GetSpacing(j)) for j in range(3)]
+        direction = np.stack([np.asarray(io.GetDirection(j), dtype=np.float64)[:3] for j in range(3)], axis=1)
+        if np.all(np.isfinite(direction)) and min(spacing) > 0:
+            affine = itk_geometry_to_affine([float(io.GetOrigin(j)) for j in range(3)], spacing, direction)
+    return shape, linear, origin, affine
 
 
 def check_geometry(where: str, name: str, header: ImageHeader, min_size: int = MIN_SIZE) -> ImageHeader:

@@ -1,15 +1,13 @@
 """register_native: images on different grids, a working grid, the field back on the fixed grid."""
 
-from types import SimpleNamespace
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
-import monai_contreg.native as native_mod
-from monai_contreg.api import register
+import monai_contreg.registration as registration
+from monai_contreg.api import RegistrationResult, register
 from monai_contreg.data.demo import make_demo_pair
 from monai_contreg.methods.presets import get_preset
 from monai_contreg.native import register_native
@@ -60,14 +58,15 @@ def test_known_working_field_comes_back_exactly_on_the_native_grid(pair, monkeyp
     c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     seen = {}
 
-    def fake_register(f_w, m_w, **kwargs):
+    def fake_solve(data, plan, **kwargs):
+        f_w, m_w = data["fixed"][0], data["moving"][0]
         w_aff = np.asarray(f_w.affine, dtype=np.float64)
         seen.update(shape=tuple(f_w.shape), affine=w_aff, moving_shape=tuple(m_w.shape))
         world = mapped_coordinates(torch.as_tensor(w_aff), f_w.shape, dtype=torch.float64)
         vox = (world @ b.T + c) @ torch.linalg.inv(torch.as_tensor(w_aff[:3, :3])).T
-        return SimpleNamespace(ddf=MetaTensor(vox.permute(3, 0, 1, 2)[None].float(), affine=torch.as_tensor(w_aff)))
+        return RegistrationResult(ddf=MetaTensor(vox.permute(3, 0, 1, 2)[None].float(), affine=torch.as_tensor(w_aff)))
 
-    monkeypatch.setattr(native_mod, "register", fake_register)
+    monkeypatch.setattr(registration, "solve", fake_solve)
     res = register_native(fixed, moving, output="mm")
     assert seen["shape"] == seen["moving_shape"] == res.working_shape
     assert np.allclose(spacing_from_affine(seen["affine"]), get_preset("io").field.design_spacing)
@@ -127,11 +126,12 @@ def test_default_working_grid_is_the_presets_design_spacing(monkeypatch):
     fixed = MetaTensor(torch.rand(1, *shape), affine=torch.as_tensor(aff))
     seen = {}
 
-    def fake_register(f_w, m_w, **kwargs):
-        seen.update(shape=tuple(f_w.shape), affine=np.asarray(f_w.affine, dtype=np.float64), config=kwargs["config"])
-        return SimpleNamespace(ddf=MetaTensor(torch.zeros(1, 3, *f_w.shape), affine=f_w.affine))
+    def fake_solve(data, plan, **kwargs):
+        f_w = data["fixed"][0]
+        seen.update(shape=tuple(f_w.shape), affine=np.asarray(f_w.affine, dtype=np.float64), config=plan.config)
+        return RegistrationResult(ddf=MetaTensor(torch.zeros(1, 3, *f_w.shape), affine=f_w.affine))
 
-    monkeypatch.setattr(native_mod, "register", fake_register)
+    monkeypatch.setattr(registration, "solve", fake_solve)
     res = register_native(fixed, fixed.clone())
     # n' = round(n * s / 1.5): 40 * 0.65 / 1.5 = 17.33 -> 17, 30 * 0.65 / 1.5 = 13, 12 * 2.5 / 1.5 = 20
     assert seen["shape"] == res.working_shape == (17, 13, 20)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UserInputError
 from ..spatial.conventions import check_shape3
 from ..spatial.filters import gaussian_filter
 from ..spatial.warp import warp_image, warp_labels
@@ -44,7 +45,7 @@ class DemoPair:
         from monai.data import MetaTensor
 
         if key not in ("fixed", "moving", "fixed_mask", "moving_mask"):
-            raise ValueError(f"DemoPair.image: unknown key {key!r}; expected fixed, moving, fixed_mask or moving_mask.")
+            raise UserInputError(f"DemoPair.image: unknown key {key!r}; expected fixed, moving, fixed_mask or moving_mask.")
         return MetaTensor(torch.as_tensor(getattr(self, key)), affine=torch.as_tensor(self.affine))
 
 
@@ -68,7 +69,7 @@ def make_demo_pair(
     """
     h, w, d = check_shape3("make_demo_pair", "shape", shape)
     if min(h, w, d) < 24:
-        raise ValueError(f"make_demo_pair: every size of shape must be >= 24, got {(h, w, d)}.")
+        raise UserInputError(f"make_demo_pair: every size of shape must be >= 24, got {(h, w, d)}.")
     gen = torch.Generator().manual_seed(int(seed))
     g = [torch.linspace(-1, 1, n, dtype=torch.float64) for n in (h, w, d)]
     x, y, z = torch.meshgrid(*g, indexing="ij")

@@ -26,6 +26,7 @@ from monai.transforms import (
     Transform,
 )
 
+from ..errors import UserInputError
 from ..methods.config import PreprocessConfig
 
 __all__ = [
@@ -57,7 +58,7 @@ class ApplyMask(Transform):
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if tuple(img.shape[-3:]) != tuple(mask.shape[-3:]):
-            raise ValueError(
+            raise UserInputError(
                 f"ApplyMask: mask spatial shape {tuple(mask.shape[-3:])} must equal image spatial shape {tuple(img.shape[-3:])}."
             )
         m = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
@@ -84,7 +85,7 @@ class ApplyMaskd(MapTransform):
         if len(self.mask_keys) == 1 and len(self.keys) > 1:
             self.mask_keys = self.mask_keys * len(self.keys)
         if len(self.mask_keys) != len(self.keys):
-            raise ValueError(f"ApplyMaskd: got {len(self.keys)} keys but {len(self.mask_keys)} mask_keys.")
+            raise UserInputError(f"ApplyMaskd: got {len(self.keys)} keys but {len(self.mask_keys)} mask_keys.")
         self.masker = ApplyMask(fill)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -191,9 +191,9 @@ def hd95_learn2reg(fixed: torch.Tensor | np.ndarray, warped: torch.Tensor | np.n
     x = np.asarray(fixed.detach().cpu() if isinstance(fixed, torch.Tensor) else fixed) > 0
     y = np.asarray(warped.detach().cpu() if isinstance(warped, torch.Tensor) else warped) > 0
     if x.shape != y.shape or x.ndim != 3:
-        raise ValueError(f"hd95_learn2reg: masks must be 3-D with equal shapes, got {x.shape} and {y.shape}.")
+        raise UserInputError(f"hd95_learn2reg: masks must be 3-D with equal shapes, got {x.shape} and {y.shape}.")
     if not 0 <= float(percent) <= 100:
-        raise ValueError(f"hd95_learn2reg: percent must be in [0, 100], got {percent}.")
+        raise UserInputError(f"hd95_learn2reg: percent must be in [0, 100], got {percent}.")
     if not x.any() and not y.any():
         return float("nan")
     if not x.any() or not y.any():

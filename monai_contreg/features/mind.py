@@ -7,6 +7,7 @@ import itertools
 import torch
 from torch import nn
 
+from ..errors import InputTypeError, UserInputError
 from .._validation import check_finite, check_tensor
 from ..spatial.filters import box_filter, box_filter_
 
@@ -50,11 +51,11 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, eps: float
     """
     check_tensor("mind_ssc", "image", image, 5)
     if image.shape[1] != 1:
-        raise ValueError(f"mind_ssc: image must have one channel, shape (B, 1, H, W, D); got {tuple(image.shape)}.")
+        raise UserInputError(f"mind_ssc: image must have one channel, shape (B, 1, H, W, D); got {tuple(image.shape)}.")
     if not image.is_floating_point():
-        raise TypeError(f"mind_ssc: image must be floating point, got {image.dtype}.")
+        raise InputTypeError(f"mind_ssc: image must be floating point, got {image.dtype}.")
     if radius < 0 or dilation < 1:
-        raise ValueError(f"mind_ssc: need radius >= 0 and dilation >= 1, got radius={radius}, dilation={dilation}.")
+        raise UserInputError(f"mind_ssc: need radius >= 0 and dilation >= 1, got radius={radius}, dilation={dilation}.")
     check_finite("mind_ssc", "image", image)
     d = int(dilation)
     h, w, dd = image.shape[2:]

@@ -6,6 +6,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from ..errors import UserInputError
 from .._validation import check_same_spatial, check_tensor
 from ..features.mind import mind_ssc
 from .similarity import ssd
@@ -41,7 +42,7 @@ class MINDSSCLoss(_Loss):
         check_tensor("MINDSSCLoss", "target", target, 5)
         check_same_spatial("MINDSSCLoss", ("pred", "target"), pred, target)
         if pred.shape[1] != 1 or target.shape[1] != 1:
-            raise ValueError(
+            raise UserInputError(
                 f"MINDSSCLoss: pred and target must be single-channel (B, 1, H, W, D), got {tuple(pred.shape)} and {tuple(target.shape)}."
             )
         return ssd(mind_ssc(pred, self.radius, self.dilation), mind_ssc(target, self.radius, self.dilation), self.reduction)

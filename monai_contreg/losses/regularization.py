@@ -7,6 +7,7 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from .._validation import check_ddf
+from ..errors import UserInputError
 from ..kernels.ops import compiled_diffusion, uses_compiled
 
 __all__ = ["DiffusionLoss", "diffusion", "mask_edge_weights", "masked_diffusion"]
@@ -25,7 +26,7 @@ def diffusion(ddf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """
     check_ddf("diffusion", "ddf", ddf)
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"diffusion: unknown reduction {reduction!r}; expected one of ['mean', 'sum'].")
+        raise UserInputError(f"diffusion: unknown reduction {reduction!r}; expected one of ['mean', 'sum'].")
     if uses_compiled(ddf):
         return compiled_diffusion(ddf, reduction == "mean")
     total = ddf.new_zeros(())
@@ -104,7 +105,7 @@ class DiffusionLoss(_Loss):
     def __init__(self, reduction: LossReduction | str = LossReduction.MEAN) -> None:
         red = LossReduction(reduction).value
         if red == "none":
-            raise ValueError("DiffusionLoss: reduction 'none' is not supported; expected 'mean' or 'sum'.")
+            raise UserInputError("DiffusionLoss: reduction 'none' is not supported; expected 'mean' or 'sum'.")
         super().__init__(reduction=red)
 
     def forward(self, ddf: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from ..errors import UserInputError
 from .._validation import check_same_spatial, check_tensor, choose
 from ..modes import FeatureStorage, PaddingMode
 from ..kernels import extension_status
@@ -31,7 +32,7 @@ def ssd(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> to
     check_tensor("ssd", "pred", pred)
     check_tensor("ssd", "target", target)
     if pred.shape != target.shape:
-        raise ValueError(f"ssd: pred and target must have equal shapes, got {tuple(pred.shape)} and {tuple(target.shape)}.")
+        raise UserInputError(f"ssd: pred and target must have equal shapes, got {tuple(pred.shape)} and {tuple(target.shape)}.")
     reduction = LossReduction(choose("ssd", "reduction", reduction, [r.value for r in LossReduction]))
     if reduction == LossReduction.MEAN:
         # one fused kernel; equal to (pred - target)^2 summed over C, averaged over the rest
@@ -92,7 +93,7 @@ class WarpedSSD:
         check_tensor("WarpedSSD", "moving", moving, 5)
         check_tensor("WarpedSSD", "fixed", fixed, 5)
         if moving.shape != fixed.shape or moving.shape[0] != 1:
-            raise ValueError(
+            raise UserInputError(
                 f"WarpedSSD: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must be equal (1, C, h, w, d) shapes."
             )
         self.padding_mode = choose("WarpedSSD", "padding_mode", padding_mode, PaddingMode).value
@@ -128,7 +129,7 @@ class WarpedSSD:
         on ``warped`` back-propagates to the DDF (the compiled path returns ``warped`` without a gradient).
         """
         if tuple(ddf.shape) != (1, 3, *self.moving.shape[2:]):
-            raise ValueError(f"WarpedSSD: ddf must be (1, 3, {', '.join(map(str, self.moving.shape[2:]))}), got {tuple(ddf.shape)}.")
+            raise UserInputError(f"WarpedSSD: ddf must be (1, 3, {', '.join(map(str, self.moving.shape[2:]))}), got {tuple(ddf.shape)}.")
         if self.path(ddf, autograd) == "compiled":
             return compiled_warp_ssd(ddf, self._mcl, self._fcl, self.padding_mode == "zeros", return_warped)
         warped = grid_sample_3d(self.moving, ddf_to_sampling_grid(ddf), "bilinear", self.padding_mode)

@@ -200,7 +200,10 @@ class EngineConfig:
         early_stop_warmup: no early stop before this step.
         tre_every: with keypoints given, measure the TRE every this many steps (0 = off); analysis only.
         checkpoint_dir: if set, save the field and optimiser state there every ``checkpoint_every`` steps.
-        checkpoint_every: checkpoint period in steps.
+        checkpoint_every: checkpoint period in steps. A checkpoint holds the field, the optimiser, the learning-rate
+            scheduler, the engine's step and the handlers' state (history, divergence and early-stop state, TRE).
+        resume: with ``checkpoint_dir``: continue from the latest checkpoint there (its step + 1), ending with the
+            field an uninterrupted run ends with; a missing checkpoint is a ``MissingFileError``.
         num_threads: torch CPU threads for the run (0 = leave torch's setting).
         fused: the similarity's compiled CPU path (one-pass warp + SSD + gradient, :mod:`monai_contreg.kernels`):
             ``None`` = use it where available, ``False`` = never (``grid_sample`` + autograd), ``True`` = require it.
@@ -242,6 +245,7 @@ class EngineConfig:
     tre_every: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
+    resume: bool = False
     num_threads: int = 0
     fused: bool | None = None
     divergence_check: bool = True

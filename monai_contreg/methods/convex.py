@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_finite, check_tensor, choose
-from ..errors import UserInputError
+from ..errors import InputTypeError, UserInputError
 from ..spatial.conventions import check_shape3, resize_ddf
 from ..spatial.filters import box_filter
 from ..spatial.warp import warp_image
@@ -71,7 +71,7 @@ def _check_features(where: str, fixed: torch.Tensor, moving: torch.Tensor) -> No
             f"got {tuple(fixed.shape)} and {tuple(moving.shape)}."
         )
     if not fixed.is_floating_point() or fixed.dtype != moving.dtype:
-        raise TypeError(f"{where}: features must share one floating dtype, got {fixed.dtype} and {moving.dtype}.")
+        raise InputTypeError(f"{where}: features must share one floating dtype, got {fixed.dtype} and {moving.dtype}.")
     check_finite(where, "fixed_features", fixed)
     check_finite(where, "moving_features", moving)
 
@@ -252,7 +252,7 @@ def coupled_convex(
     """
     cfg = config if config is not None else ConvexConfig()
     if not isinstance(cfg, ConvexConfig):
-        raise TypeError(f"coupled_convex: config must be a ConvexConfig or None, got {type(cfg).__name__}.")
+        raise InputTypeError(f"coupled_convex: config must be a ConvexConfig or None, got {type(cfg).__name__}.")
     cfg.validate()
     _check_features("coupled_convex", fixed_features, moving_features)
     shape = check_shape3("coupled_convex", "output_shape", output_shape) if output_shape is not None else None

@@ -9,15 +9,19 @@ given initial field); an ignite engine running ``schedule.total_steps`` Adam ste
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine
 
 from .._validation import check_finite, check_tensor
+from ..errors import MissingFileError, UserInputError
 from ..features.mind import mind_ssc
 from ..optim.engine import create_registration_engine
 from ..optim.field import DisplacementField
@@ -29,13 +33,14 @@ from ..optim.handlers import (
     LossLogger,
     NaNGuard,
     PlateauEarlyStopping,
+    run_completed,
 )
 from ..optim.schedule import PiecewiseLRScheduler
 from ..spatial.filters import downsample
 from ..errors import UserInputError
 from .config import DenseStage, RegistrationConfig
 
-__all__ = ["MethodOutput", "compute_features", "instance_optimisation"]
+__all__ = ["MethodOutput", "compute_features", "instance_optimisation", "latest_checkpoint", "load_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +55,12 @@ class MethodOutput:
         tre_history: ``(step, mean TRE mm)`` pairs when keypoints were monitored.
         timings: seconds per stage (``features``, ``optimisation``, ...).
         steps: Adam steps actually taken.
-        stopped_early: whether the plateau stop ended the run.
+        stopped_early: whether the run ended before its schedule's last step (the plateau stop, a handler that
+            terminated the engine); a multi-level run: whether any level did.
         kernels: the similarity's implementation that ran the steps: ``"compiled"`` (the CPU kernels of
             :mod:`monai_contreg.kernels`), ``"pytorch"`` (``grid_sample`` and autograd), ``"compiled+pytorch"``
-            if both did, ``""`` without Adam steps.
+            if both did (on any level), ``""`` without Adam steps.
+        levels_stopped_early: a multi-level run: ``stopped_early`` of every level, in order; ``()`` otherwise.
     """
 
     field: DisplacementField
@@ -63,6 +70,7 @@ class MethodOutput:
     steps: int = 0
     stopped_early: bool = False
     kernels: str = ""
+    levels_stopped_early: tuple[bool, ...] = ()
 
 
 def _one_dense(where: str, config: RegistrationConfig, stage: DenseStage | None) -> DenseStage:
@@ -158,49 +166,64 @@ def instance_optimisation(
         fld, fixed_features, moving_features, optimizer, reg_weight=st.reg_weight, padding_mode=ocfg.padding_mode,
         fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer,
     )
-    PiecewiseLRScheduler(optimizer, sched).attach(engine)
-    HistoryRecorder(optimizer).attach(engine)
+    scheduler = PiecewiseLRScheduler(optimizer, sched)
+    scheduler.attach(engine)
+    history = HistoryRecorder(optimizer)
+    history.attach(engine)
+    # every handler with a state: saved by a checkpoint and loaded back when a run resumes
+    stateful: dict[str, Any] = {"field": fld, "optimizer": optimizer, "scheduler": scheduler, "engine": engine,
+                                "history": history}
     NaNGuard().attach(engine)
     if ocfg.keep_in_image:
         KeepInImage().attach(engine)
     if ecfg.divergence_check:
-        DivergenceGuard(
+        stateful["divergence"] = DivergenceGuard(
             loss_ratio=ecfg.divergence_loss_ratio, max_displacement=ecfg.divergence_max_displacement,
             final_loss_ratio=ecfg.divergence_final_loss_ratio,
             final_max_displacement=ecfg.divergence_final_max_displacement, max_folding=ecfg.divergence_max_folding,
             every=ecfg.divergence_every, min_steps=ecfg.divergence_min_steps,
-        ).attach(engine)
+        )
+        stateful["divergence"].attach(engine)
     if ecfg.log_every:
         LossLogger(ecfg.log_every, sched.total_steps, name).attach(engine)
     if ecfg.early_stop_patience:
-        PlateauEarlyStopping(ecfg.early_stop_patience, ecfg.early_stop_min_delta, ecfg.early_stop_warmup).attach(engine)
+        stateful["early_stop"] = PlateauEarlyStopping(ecfg.early_stop_patience, ecfg.early_stop_min_delta, ecfg.early_stop_warmup)
+        stateful["early_stop"].attach(engine)
+    tre_monitor = None
     if keypoints is not None and ecfg.tre_every:
         if image_shape is None:
-            raise ValueError("instance_optimisation: image_shape is required to monitor keypoint TRE.")
-        KeypointTREMonitor(keypoints[0], keypoints[1], image_shape, spacing, ecfg.tre_every).attach(engine)
+            raise UserInputError("instance_optimisation: image_shape is required to monitor keypoint TRE.")
+        tre_monitor = KeypointTREMonitor(keypoints[0], keypoints[1], image_shape, spacing, ecfg.tre_every)
+        tre_monitor.attach(engine)
+        stateful["tre"] = tre_monitor
     if ecfg.progress:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=False, desc=name or "registration").attach(engine, output_transform=lambda o: {"loss": o["loss"]})
+    resumed_at = 0
     if ecfg.checkpoint_dir:
-        _attach_checkpoints(engine, fld, optimizer, ecfg.checkpoint_dir, ecfg.checkpoint_every, name)
+        prefix = _checkpoint_prefix(name)
+        if ecfg.resume:
+            resumed_at = load_checkpoint(stateful, ecfg.checkpoint_dir, prefix)
+        _attach_checkpoints(engine, stateful, ecfg.checkpoint_dir, ecfg.checkpoint_every, prefix)
     for h in handlers or []:
         h.attach(engine)
 
     t0 = time.perf_counter()
     threads = _threads(ecfg.num_threads)
     with threads:
-        engine.run(data=None, max_epochs=1, epoch_length=sched.total_steps)
+        if not (resumed_at and resumed_at >= sched.total_steps):  # a finished run's checkpoint: nothing left to do
+            engine.run(data=None, max_epochs=1, epoch_length=sched.total_steps)
     if fixed_features.is_cuda:
         torch.cuda.synchronize(fixed_features.device)
     elapsed = time.perf_counter() - t0
     return MethodOutput(
         field=fld,
-        history=engine.state.history,
-        tre_history=list(getattr(engine.state, "tre_history", [])),
+        history=history.history,
+        tre_history=list(tre_monitor.history) if tre_monitor is not None else [],
         timings={"optimisation": elapsed},
         steps=int(engine.state.iteration),
-        stopped_early=bool(getattr(engine.state, "stopped_early", False)),
+        stopped_early=bool(getattr(engine.state, "stopped_early", False)) or not run_completed(engine),
         kernels="+".join(sorted(getattr(engine.state, "kernels", set()))),
     )
 
@@ -215,13 +238,59 @@ def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool) -> torch
     return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas)
 
 
-def _attach_checkpoints(engine: Engine, fld: DisplacementField, optimizer, directory: str, every: int, name: str) -> None:
+def _checkpoint_prefix(name: str) -> str:
+    """The checkpoint files' prefix: the run's name (``registration`` when none) with only ``[A-Za-z0-9_.-]``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "registration"
+
+
+def _attach_checkpoints(engine: Engine, stateful: dict[str, Any], directory: str, every: int, prefix: str) -> None:
     from ignite.engine import Events
     from ignite.handlers import Checkpoint, DiskSaver
 
     saver = DiskSaver(directory, require_empty=False, create_dir=True, atomic=True)
-    ckpt = Checkpoint({"field": fld, "optimizer": optimizer}, saver, filename_prefix=name or "registration", n_saved=1)
+    ckpt = Checkpoint(stateful, saver, filename_prefix=prefix, n_saved=1)
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=every), ckpt)
+
+
+def latest_checkpoint(directory: str | Path, prefix: str = "registration") -> Path | None:
+    """The checkpoint of ``prefix`` with the highest step in ``directory`` (``{prefix}_checkpoint_{step}.pt``), or None."""
+    best: tuple[int, Path] | None = None
+    for p in Path(directory).glob(f"{glob.escape(prefix)}_checkpoint_*.pt"):
+        tail = p.stem[len(prefix) + len("_checkpoint_"):]
+        if tail.isdigit() and (best is None or int(tail) > best[0]):
+            best = (int(tail), p)
+    return None if best is None else best[1]
+
+
+def load_checkpoint(stateful: dict[str, Any], directory: str | Path, prefix: str = "registration") -> int:
+    """Load the latest checkpoint of ``prefix`` into ``stateful`` (field, optimiser, scheduler, engine, handlers).
+
+    Returns:
+        The step the checkpoint was saved at (the engine continues from the next one).
+
+    Raises:
+        MissingFileError: no checkpoint of ``prefix`` in ``directory``.
+        UserInputError: a checkpoint that does not hold the objects of this run (another config:
+            ``engine.divergence_check``, ``early_stop_patience``, ``tre_every`` must be as when it was written).
+    """
+    from ignite.handlers import Checkpoint
+
+    path = latest_checkpoint(directory, prefix)
+    if path is None:
+        raise MissingFileError(
+            f"engine.resume: no checkpoint {prefix}_checkpoint_<step>.pt in {str(directory)!r} (engine.checkpoint_dir); "
+            "run once without engine.resume to write one."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = sorted(set(stateful) - set(state))
+    if missing:
+        raise UserInputError(
+            f"engine.resume: checkpoint {str(path)!r} lacks {missing} (saved: {sorted(state)}); resume with the "
+            "config that wrote it."
+        )
+    Checkpoint.load_objects(to_load=stateful, checkpoint=state)
+    logger.info("resumed %s from step %d (%s)", prefix, stateful["engine"].state.iteration, path)
+    return int(stateful["engine"].state.iteration)
 
 
 @contextlib.contextmanager

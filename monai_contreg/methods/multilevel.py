@@ -239,8 +239,8 @@ def run_dense_stages(
         :class:`~monai_contreg.methods.io.MethodOutput` whose ``field`` is the last stage's; ``timings`` has
         ``features`` and ``optimisation`` (sums); with several stages ``history`` has the concatenated per-step
         lists plus ``"level"`` and ``timings`` has ``level<i>`` (features + optimisation of stage ``i``);
-        ``kernels`` joins the similarity implementations of every stage; ``stopped_early`` is true if a stage
-        stopped early.
+        ``kernels`` joins the similarity implementations of every stage; ``levels_stopped_early`` every stage's
+        early-stop flag (``stopped_early``: any of them).
 
     Raises:
         UserInputError: no stages, or ``mask_aware`` without a fixed mask.
@@ -267,7 +267,7 @@ def run_dense_stages(
     timings: dict[str, float] = {"features": 0.0, "optimisation": 0.0}
     steps = 0
     kernels: set[str] = set()
-    stopped_early = False
+    stopped: list[bool] = []
     ddf = init_ddf
     out: MethodOutput | None = None
     for i, lv in enumerate(stages):
@@ -315,13 +315,13 @@ def run_dense_stages(
         history.setdefault("level", []).extend([float(i)] * n)
         tre_history.extend((steps + s, t) for s, t in out.tre_history)
         steps += n
-        kernels.update(k for k in out.kernels.split("+") if k)
-        stopped_early = stopped_early or out.stopped_early
         timings["features"] += t_feat
         timings["optimisation"] += out.timings.get("optimisation", 0.0)
         timings[f"level{i}"] = time.perf_counter() - t0
+        kernels.update(k for k in out.kernels.split("+") if k)
+        stopped.append(bool(out.stopped_early))
     assert out is not None
     return MethodOutput(
         field=out.field, history=history, tre_history=tre_history, timings=timings, steps=steps,
-        stopped_early=stopped_early, kernels="+".join(sorted(kernels)),
+        stopped_early=any(stopped), kernels="+".join(sorted(kernels)), levels_stopped_early=tuple(stopped),
     )

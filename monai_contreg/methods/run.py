@@ -76,6 +76,7 @@ def run_method(
     handlers: list[Any] | None = None,
     name: str = "",
     fixed_mask: torch.Tensor | None = None,
+    validated: bool = False,
 ) -> MethodOutput:
     """Register preprocessed ``fixed``/``moving`` ``(1, 1, H, W, D)`` by running ``config.stages`` in order.
 
@@ -87,6 +88,8 @@ def run_method(
         keypoints, spacing, handlers, name: passed to :func:`~monai_contreg.methods.io.instance_optimisation`
             (several dense stages: to every stage, TRE steps counted across them).
         fixed_mask: optional ``(1, 1, H, W, D)`` fixed mask, used by ``multilevel.mask_aware`` only.
+        validated: the caller has validated ``config`` already (the registration plan,
+            :func:`monai_contreg.registration.plan`): it is not checked a second time.
 
     Returns:
         :class:`MethodOutput`; for the convex stage alone its field is the discrete result on the coarse grid (no
@@ -98,7 +101,8 @@ def run_method(
         RegistrationDivergedError: the optimisation (or, for the convex stage alone, its result) went off; see
             ``config.engine.divergence_*``.
     """
-    config.validate()
+    if not validated:
+        config.validate()
     stages = list(config.stages)
     dense = list(config.dense_stages)
     if stages[0].kind == "convex" and init_ddf is not None:

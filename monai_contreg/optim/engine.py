@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from ignite.engine import Engine, EventEnum
 
+from ..errors import UserInputError
 from ..modes import PaddingMode
 from .._validation import check_tensor, choose
 from ..losses.regularization import diffusion
@@ -80,12 +81,12 @@ def create_registration_engine(
     check_tensor(where, "fixed_features", fixed_features, 5)
     check_tensor(where, "moving_features", moving_features, 5)
     if fixed_features.shape != moving_features.shape:
-        raise ValueError(
+        raise UserInputError(
             f"{where}: fixed_features {tuple(fixed_features.shape)} and moving_features "
             f"{tuple(moving_features.shape)} must have equal shapes."
         )
     if tuple(fixed_features.shape[2:]) != tuple(field.shape):
-        raise ValueError(
+        raise UserInputError(
             f"{where}: the features' grid {tuple(fixed_features.shape[2:])} must equal the field's working grid "
             f"{tuple(field.shape)}."
         )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import UserInputError
 from .._validation import check_ddf, check_finite
 from ..spatial.conventions import check_shape3, resize_ddf
 from ..spatial.filters import box_filter
@@ -42,16 +43,16 @@ class DisplacementField(nn.Module):
         super().__init__()
         self.shape = check_shape3("DisplacementField", "shape", shape)
         if smoothing_passes < 0:
-            raise ValueError(f"DisplacementField: smoothing_passes must be >= 0, got {smoothing_passes}.")
+            raise UserInputError(f"DisplacementField: smoothing_passes must be >= 0, got {smoothing_passes}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"DisplacementField: kernel_size must be a positive odd integer, got {kernel_size}.")
+            raise UserInputError(f"DisplacementField: kernel_size must be a positive odd integer, got {kernel_size}.")
         self.smoothing_passes = int(smoothing_passes)
         self.kernel_size = int(kernel_size)
         data = torch.zeros((1, 3, *self.shape), dtype=dtype, device=device)
         if init is not None:
             check_ddf("DisplacementField", "init", init)
             if init.shape[0] != 1:
-                raise ValueError(f"DisplacementField: init must hold one field (batch 1), got {tuple(init.shape)}.")
+                raise UserInputError(f"DisplacementField: init must hold one field (batch 1), got {tuple(init.shape)}.")
             check_finite("DisplacementField", "init", init)
             data = resize_ddf(init.detach().to(device=data.device, dtype=dtype), self.shape).clone()
         self.displacement = nn.Parameter(data)

@@ -1,5 +1,13 @@
 """ignite handlers for registration engines: history, NaN and divergence stops, the in-image displacement bound,
-plateau stop, logging, TRE monitoring."""
+plateau stop, logging, TRE monitoring.
+
+Each handler owns its state, as ignite's own handlers do (``EarlyStopping``, ``Checkpoint``): it is reset when a
+run starts (``Events.STARTED``), so one handler object may serve several runs and two handlers of one kind on one
+engine never share a list; the stateful ones have ``state_dict`` / ``load_state_dict``, which a checkpoint saves
+and a resumed run loads back. End-of-run checks ask :func:`run_completed`: a run stopped before its last step (early
+stopping, a pruned tuning trial, any handler calling ``engine.terminate()``) is not held to what only a finished
+run must satisfy.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from .._validation import check_ddf, check_points
-from ..errors import RegistrationDivergedError
+from ..errors import RegistrationDivergedError, UserInputError
 from .engine import RegistrationEvents
 
 __all__ = [
@@ -25,26 +33,62 @@ __all__ = [
     "PlateauEarlyStopping",
     "RegistrationDivergedError",
     "check_divergence",
+    "run_completed",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-class HistoryRecorder:
-    """Record, per step, the loss terms and the learning rate into ``engine.state.history``.
+def run_completed(engine: Engine) -> bool:
+    """Whether the engine's run went to its last iteration (``max_epochs * epoch_length``) without being stopped.
 
-    ``engine.state.history`` is ``{"loss": [...], "similarity": [...], "regularization": [...], "lr": [...]}``.
+    ``False`` while a run is stopped by ``engine.terminate()`` (ignite keeps ``engine.should_terminate`` set until
+    the next run starts, so ``Events.COMPLETED`` handlers see it) or before its last iteration.
+    """
+    if engine.should_terminate:
+        return False
+    st = engine.state
+    total = (st.epoch_length or 0) * (st.max_epochs or 0)
+    return not total or st.iteration >= total
+
+
+_HISTORY_KEYS = ("loss", "similarity", "regularization", "lr")
+
+
+class HistoryRecorder:
+    """Record, per step, the loss terms and the learning rate (:attr:`history`, also ``engine.state.history``).
+
+    ``history`` is ``{"loss": [...], "similarity": [...], "regularization": [...], "lr": [...]}``, new (empty) lists
+    at every ``Events.STARTED``; :meth:`state_dict` / :meth:`load_state_dict` save and restore it.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self.history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
 
     def attach(self, engine: Engine) -> None:
-        engine.state.history = {"loss": [], "similarity": [], "regularization": [], "lr": []}
+        engine.state.history = self.history
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
+    def _started(self, engine: Engine) -> None:
+        if engine.state.iteration == 0:  # a fresh run (a resumed one keeps the history it loaded)
+            self.history = {k: [] for k in _HISTORY_KEYS}
+        engine.state.history = self.history
+
+    def state_dict(self) -> dict[str, list[float]]:
+        """A copy of :attr:`history`."""
+        return {k: list(v) for k, v in self.history.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        """Restore :meth:`state_dict` (every key of :attr:`history` required)."""
+        missing = [k for k in _HISTORY_KEYS if k not in state]
+        if missing:
+            raise KeyError(f"HistoryRecorder.load_state_dict: missing keys {missing}; expected {list(_HISTORY_KEYS)}.")
+        self.history = {k: [float(x) for x in state[k]] for k in _HISTORY_KEYS}
+
     def __call__(self, engine: Engine) -> None:
-        hist = engine.state.history
+        hist = self.history
         for key in ("loss", "similarity", "regularization"):
             hist[key].append(float(engine.state.output[key]))
         hist["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
@@ -142,11 +186,17 @@ class DivergenceGuard:
     * a loss above ``loss_ratio`` x the first loss;
     * a displacement along an axis beyond ``max_displacement`` x the grid's extent on that axis.
 
-    After the last step (strictly):
+    After the last step (strictly), when the run went to its end (:func:`run_completed`):
 
     * a loss above ``final_loss_ratio`` x the first loss (the run made the alignment worse);
     * a displacement beyond ``final_max_displacement`` x the extent;
     * more than ``max_folding`` percent of voxels with ``det J <= 0``.
+
+    A run stopped before its last step (plateau early stopping, a pruned tuning trial: its field is half-way
+    through the schedule's high-rate phase) gets the loose tests of the run at its last step instead.
+
+    The first loss is forgotten at ``Events.STARTED`` of a fresh run; :meth:`state_dict` / :meth:`load_state_dict`
+    save and restore it (a resumed run compares with its original start).
 
     Args:
         loss_ratio, max_displacement: the tests during the run (displacements as fractions of the image extent:
@@ -171,9 +221,9 @@ class DivergenceGuard:
                         ("final_loss_ratio", final_loss_ratio), ("final_max_displacement", final_max_displacement),
                         ("max_folding", max_folding)):
             if not v > 0:
-                raise ValueError(f"DivergenceGuard: {name} must be > 0, got {v}.")
+                raise UserInputError(f"DivergenceGuard: {name} must be > 0, got {v}.")
         if every < 1:
-            raise ValueError(f"DivergenceGuard: every must be >= 1, got {every}.")
+            raise UserInputError(f"DivergenceGuard: every must be >= 1, got {every}.")
         self.loss_ratio = float(loss_ratio)
         self.max_displacement = float(max_displacement)
         self.final_loss_ratio = float(final_loss_ratio)
@@ -181,13 +231,28 @@ class DivergenceGuard:
         self.max_folding = float(max_folding)
         self.every = int(every)
         if min_steps < 0:
-            raise ValueError(f"DivergenceGuard: min_steps must be >= 0, got {min_steps}.")
+            raise UserInputError(f"DivergenceGuard: min_steps must be >= 0, got {min_steps}.")
         self.min_steps = int(min_steps)
         self.first_loss: float | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _started(self, engine: Engine) -> None:
+        if engine.state.iteration == 0:
+            self.first_loss = None
+
+    def state_dict(self) -> dict[str, float | None]:
+        """``{"first_loss": the first step's loss, or None before it}``."""
+        return {"first_loss": self.first_loss}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        """Restore :meth:`state_dict`."""
+        if "first_loss" not in state:
+            raise KeyError("DivergenceGuard.load_state_dict: missing key 'first_loss'.")
+        self.first_loss = None if state["first_loss"] is None else float(state["first_loss"])
 
     def _where(self, engine: Engine) -> str:
         opt = getattr(engine.state, "optimizer", None)
@@ -219,6 +284,11 @@ class DivergenceGuard:
 
     def _final(self, engine: Engine) -> None:
         if engine.state.output is None:
+            return
+        if not run_completed(engine):  # stopped early: the field is not a finished one; the run's own tests
+            self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)
+            check_divergence(engine.state.field(), self.max_displacement, None,
+                             f"{self._where(engine)}, stopped early", ("engine.divergence_max_displacement", ""))
             return
         self._check_loss(engine, self.final_loss_ratio, "engine.divergence_final_loss_ratio", final=True)
         check_divergence(engine.state.field(), self.final_max_displacement, self.max_folding,
@@ -264,9 +334,9 @@ class PlateauEarlyStopping:
 
     def __init__(self, patience: int, min_delta: float = 1e-4, warmup: int = 0) -> None:
         if patience < 1:
-            raise ValueError(f"PlateauEarlyStopping: patience must be >= 1, got {patience}.")
+            raise UserInputError(f"PlateauEarlyStopping: patience must be >= 1, got {patience}.")
         if min_delta < 0:
-            raise ValueError(f"PlateauEarlyStopping: min_delta must be >= 0, got {min_delta}.")
+            raise UserInputError(f"PlateauEarlyStopping: min_delta must be >= 0, got {min_delta}.")
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.warmup = int(warmup)
@@ -291,8 +361,12 @@ class PlateauEarlyStopping:
         self.wait = int(state["wait"])
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.reset())
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        if engine.state.iteration == 0:  # a resumed run keeps the state it loaded
+            self.reset()
 
     def __call__(self, engine: Engine) -> None:
         loss = float(engine.state.output["loss"])
@@ -312,7 +386,7 @@ class LossLogger:
 
     def __init__(self, every: int = 50, total: int | None = None, name: str = "") -> None:
         if every < 1:
-            raise ValueError(f"LossLogger: every must be >= 1, got {every}.")
+            raise UserInputError(f"LossLogger: every must be >= 1, got {every}.")
         self.every = int(every)
         self.total = total
         self.name = name
@@ -335,7 +409,10 @@ class LossLogger:
 class KeypointTREMonitor:
     """Analysis only: mean keypoint TRE (mm) of the current field every ``every`` steps.
 
-    Never enters the loss. Records ``(step, tre_mm)`` pairs in ``engine.state.tre_history``.
+    Never enters the loss. Records ``(step, tre_mm)`` pairs in its own :attr:`history` (new at every fresh
+    ``Events.STARTED``; two monitors on one engine keep two lists); ``engine.state.tre_history`` is the history of
+    the monitor that measured last (a handler that runs right after its monitor reads that monitor's value there).
+    :meth:`state_dict` / :meth:`load_state_dict` save and restore the history.
 
     Args:
         fixed_points: ``(N, 3)`` fixed-image voxel coordinates (full resolution).
@@ -356,26 +433,45 @@ class KeypointTREMonitor:
         check_points("KeypointTREMonitor", "fixed_points", fixed_points)
         check_points("KeypointTREMonitor", "moving_points", moving_points)
         if fixed_points.shape != moving_points.shape:
-            raise ValueError(
+            raise UserInputError(
                 f"KeypointTREMonitor: fixed_points {tuple(fixed_points.shape)} and moving_points "
                 f"{tuple(moving_points.shape)} must have equal shapes (row k of each is one correspondence)."
             )
         if every < 1:
-            raise ValueError(f"KeypointTREMonitor: every must be >= 1, got {every}.")
+            raise UserInputError(f"KeypointTREMonitor: every must be >= 1, got {every}.")
         self.fixed_points = fixed_points
         self.moving_points = moving_points
         self.image_shape = tuple(int(s) for s in image_shape)
         self.spacing = tuple(float(s) for s in spacing)
         self.every = int(every)
+        self.history: list[tuple[int, float]] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.state.tre_history = []
+        if getattr(engine.state, "tre_history", None) is None:
+            engine.state.tre_history = self.history
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
         engine.add_event_handler(Events.COMPLETED, self._final)
 
+    def _started(self, engine: Engine) -> None:
+        if engine.state.iteration == 0:
+            was_published = getattr(engine.state, "tre_history", None) is self.history
+            self.history = []
+            if was_published:
+                engine.state.tre_history = self.history
+
+    def state_dict(self) -> dict[str, list[tuple[int, float]]]:
+        """``{"history": [(step, tre_mm), ...]}`` (a copy)."""
+        return {"history": [(int(s), float(t)) for s, t in self.history]}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        """Restore :meth:`state_dict`."""
+        if "history" not in state:
+            raise KeyError("KeypointTREMonitor.load_state_dict: missing key 'history'.")
+        self.history = [(int(s), float(t)) for s, t in state["history"]]
+
     def _final(self, engine: Engine) -> None:
-        hist = engine.state.tre_history
-        if not hist or hist[-1][0] != engine.state.iteration:
+        if not self.history or self.history[-1][0] != engine.state.iteration:
             self(engine)
 
     @torch.no_grad()
@@ -388,4 +484,5 @@ class KeypointTREMonitor:
         mp = self.moving_points.to(ddf.device, ddf.dtype)
         spacing = torch.as_tensor(self.spacing, device=ddf.device, dtype=ddf.dtype)
         err = ((warp_points(fp, ddf) - mp) * spacing).norm(dim=-1).mean()
-        engine.state.tre_history.append((engine.state.iteration, float(err)))
+        self.history.append((engine.state.iteration, float(err)))
+        engine.state.tre_history = self.history

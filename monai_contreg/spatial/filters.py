@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
 from .._validation import check_tensor
 from ..kernels.ops import compiled_box_smooth, uses_compiled
 
@@ -40,9 +41,9 @@ def box_filter(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch.
     """
     check_tensor("box_filter", "x", x, 5)
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"box_filter: kernel_size must be a positive odd integer, got {kernel_size}.")
+        raise UserInputError(f"box_filter: kernel_size must be a positive odd integer, got {kernel_size}.")
     if passes < 0:
-        raise ValueError(f"box_filter: passes must be >= 0, got {passes}.")
+        raise UserInputError(f"box_filter: passes must be >= 0, got {passes}.")
     if kernel_size == 1 or passes == 0:
         return x
     if uses_compiled(x):
@@ -66,9 +67,9 @@ def box_filter_(x: torch.Tensor, kernel_size: int = 3, passes: int = 1) -> torch
     """
     check_tensor("box_filter_", "x", x, 5)
     if x.requires_grad and torch.is_grad_enabled():
-        raise ValueError("box_filter_: x requires grad; use box_filter (in-place filtering breaks autograd).")
+        raise UserInputError("box_filter_: x requires grad; use box_filter (in-place filtering breaks autograd).")
     if not x.is_contiguous():
-        raise ValueError("box_filter_: x must be contiguous.")
+        raise UserInputError("box_filter_: x must be contiguous.")
     if uses_compiled(x) and kernel_size % 2 == 1 and kernel_size >= 1 and passes >= 0:
         return compiled_box_smooth(x, kernel_size, passes, inplace=True)
     return x.copy_(box_filter(x, kernel_size, passes))
@@ -79,7 +80,7 @@ def gaussian_filter(x: torch.Tensor, sigma: float | Sequence[float], truncate: f
     check_tensor("gaussian_filter", "x", x, 5)
     sigmas = [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
     if len(sigmas) != 3 or min(sigmas) < 0:
-        raise ValueError(f"gaussian_filter: sigma must be one or three non-negative numbers, got {sigma!r}.")
+        raise UserInputError(f"gaussian_filter: sigma must be one or three non-negative numbers, got {sigma!r}.")
     c = x.shape[1]
     for axis, s in enumerate(sigmas):
         if s == 0:
@@ -105,7 +106,7 @@ def pooled_shape(shape: Sequence[int], factor: int | Sequence[int]) -> tuple[int
 def _factors(where: str, factor: int | Sequence[int]) -> tuple[int, int, int]:
     f = (int(factor),) * 3 if isinstance(factor, (int, float)) else tuple(int(v) for v in factor)
     if len(f) != 3 or min(f) < 1:
-        raise ValueError(f"{where}: factor must be one or three positive integers, got {factor!r}.")
+        raise UserInputError(f"{where}: factor must be one or three positive integers, got {factor!r}.")
     return f  # type: ignore[return-value]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserInputError
 from .._validation import check_ddf
 
 __all__ = ["folding_percent", "jacobian_determinant"]
@@ -24,7 +25,7 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     """
     check_ddf("jacobian_determinant", "ddf", ddf)
     if min(ddf.shape[2:]) < 2:
-        raise ValueError(f"jacobian_determinant: every spatial size must be >= 2, got {tuple(ddf.shape[2:])}.")
+        raise UserInputError(f"jacobian_determinant: every spatial size must be >= 2, got {tuple(ddf.shape[2:])}.")
     # J[b, i, j] = d u_i / d x_j + delta_ij
     grads = torch.gradient(ddf, dim=(2, 3, 4))  # tuple over j of (B, 3, H, W, D)
     j = torch.stack(grads, dim=2)  # (B, 3(i), 3(j), H, W, D)
@@ -58,9 +59,9 @@ def folding_percent(ddf: torch.Tensor, slab: int = 16) -> float:
     """
     check_ddf("folding_percent", "ddf", ddf)
     if min(ddf.shape[2:]) < 2:
-        raise ValueError(f"folding_percent: every spatial size must be >= 2, got {tuple(ddf.shape[2:])}.")
+        raise UserInputError(f"folding_percent: every spatial size must be >= 2, got {tuple(ddf.shape[2:])}.")
     if int(slab) < 1:
-        raise ValueError(f"folding_percent: slab must be >= 1, got {slab}.")
+        raise UserInputError(f"folding_percent: slab must be >= 1, got {slab}.")
     h = ddf.shape[2]
     folded = 0
     with torch.no_grad():

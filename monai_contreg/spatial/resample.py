@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
 from .._validation import check_ddf, check_points, check_tensor, choose
 from ..modes import IMAGE_PADDING, InterpolationMode, PaddingMode
 from .conventions import (
@@ -31,10 +32,10 @@ from .conventions import (
     check_shape3,
     points_voxel_to_world,
     points_world_to_voxel,
-    spacing_from_affine,
     voxel_map,
     voxel_to_normalized,
 )
+from .grid import Grid
 from .warp import sample_at_points
 
 __all__ = [
@@ -61,6 +62,8 @@ def working_grid(
     the world position of the old centre (voxel ``(n - 1) / 2``). When ``spacing`` equals the grid's own, the
     result is the grid itself.
 
+    The formula is :meth:`monai_contreg.spatial.grid.Grid.working`'s.
+
     Example: ``affine = diag(0.98, 0.98, 2.5, 1)``, ``shape = (343, 294, 134)``, ``spacing = 1.5`` ->
     ``shape' = (224, 192, 223)``.
 
@@ -72,33 +75,17 @@ def working_grid(
     Returns:
         ``(affine', shape')``: float64 ``(4, 4)`` tensor and three ints.
     """
-    a = _affine("working_grid", affine)
-    n = check_shape3("working_grid", "shape", shape)
-    sp = torch.as_tensor(spacing_from_affine(a), dtype=torch.float64)
-    if spacing is None:
-        new = torch.full((3,), float(sp.min()), dtype=torch.float64)
-    else:
-        vals = [float(spacing)] * 3 if isinstance(spacing, (int, float)) else [float(v) for v in spacing]
-        if len(vals) != 3 or not all(v > 0 and v == v and v != float("inf") for v in vals):
-            raise ValueError(f"working_grid: spacing must be a positive number or three, got {spacing!r}.")
-        new = torch.as_tensor(vals, dtype=torch.float64)
-    n_old = torch.as_tensor(n, dtype=torch.float64)
-    n_new = torch.clamp(torch.round(n_old * sp / new), min=1.0)
-    direction = a[:3, :3] / sp
-    out = torch.eye(4, dtype=torch.float64)
-    out[:3, :3] = direction * new
-    centre = a[:3, :3] @ ((n_old - 1) / 2) + a[:3, 3]
-    out[:3, 3] = centre - out[:3, :3] @ ((n_new - 1) / 2)
-    return out, tuple(int(v) for v in n_new)  # type: ignore[return-value]
+    grid = Grid(check_shape3("working_grid", "shape", shape), _affine("working_grid", affine)).working(spacing)
+    return grid.affine_tensor(), grid.shape
 
 
 def same_grid(affine_a, shape_a: Sequence[int], affine_b, shape_b: Sequence[int], atol: float = 1e-6) -> bool:
-    """Whether two grids are the same (equal shapes, affines equal within ``atol`` mm)."""
+    """Whether two grids are the same (equal shapes, affines equal within ``atol`` mm); :meth:`Grid.same_as`."""
     if tuple(int(s) for s in shape_a) != tuple(int(s) for s in shape_b):
         return False
-    a = _affine("same_grid", affine_a)
-    b = _affine("same_grid", affine_b)
-    return bool(torch.allclose(a, b, rtol=0.0, atol=atol))
+    a = _affine("same_grid", affine_a).numpy()
+    b = _affine("same_grid", affine_b).numpy()
+    return Grid(shape_a, a).same_as(Grid(shape_b, b), atol=atol)
 
 
 def mapped_coordinates(matrix: torch.Tensor, shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -110,7 +97,7 @@ def mapped_coordinates(matrix: torch.Tensor, shape: Sequence[int], device=None, 
     n = check_shape3("mapped_coordinates", "shape", shape)
     m = torch.as_tensor(matrix, dtype=torch.float64)
     if m.shape != (4, 4):
-        raise ValueError(f"mapped_coordinates: matrix must be 4x4, got shape {tuple(m.shape)}.")
+        raise UserInputError(f"mapped_coordinates: matrix must be 4x4, got shape {tuple(m.shape)}.")
     m = m.to(device=device, dtype=dtype)
     out = m[:3, 3].view(1, 1, 1, 3).expand(*n, 3).clone()
     for axis, size in enumerate(n):
@@ -227,7 +214,7 @@ def warp_between_grids(
     mode = choose("warp_between_grids", "mode", mode, _MODES).value
     padding_mode = choose("warp_between_grids", "padding_mode", padding_mode, _PADDING).value
     if ddf.shape[0] not in (1, moving.shape[0]):
-        raise ValueError(f"warp_between_grids: ddf batch size {ddf.shape[0]} must be 1 or the moving batch {moving.shape[0]}.")
+        raise UserInputError(f"warp_between_grids: ddf batch size {ddf.shape[0]} must be 1 or the moving batch {moving.shape[0]}.")
     m = voxel_map(fixed_affine, moving_affine).to(device=ddf.device, dtype=ddf.dtype)
     src = moving if moving.is_floating_point() else moving.to(ddf.dtype)
     base = mapped_coordinates(m, ddf.shape[2:], device=ddf.device, dtype=ddf.dtype).unsqueeze(0)
@@ -255,7 +242,7 @@ def map_points_world(points: torch.Tensor, ddf: torch.Tensor, affine) -> torch.T
     check_points("map_points_world", "points", points)
     check_ddf("map_points_world", "ddf", ddf)
     if points.ndim != 2 or ddf.shape[0] != 1:
-        raise ValueError(
+        raise UserInputError(
             f"map_points_world: expected points (N, 3) and ddf (1, 3, H, W, D), got {tuple(points.shape)} and {tuple(ddf.shape)}."
         )
     pts = points.to(torch.float64)

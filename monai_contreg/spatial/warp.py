@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
 from .._validation import check_ddf, check_points, check_tensor, choose
 from ..modes import IMAGE_PADDING, LABEL_PADDING, PaddingMode
 from .conventions import ALIGN_CORNERS, ddf_to_sampling_grid, voxel_to_normalized
@@ -46,12 +47,12 @@ def _check_pair(where: str, image: torch.Tensor, ddf: torch.Tensor) -> None:
     check_tensor(where, "image", image, 5)
     check_ddf(where, "ddf", ddf)
     if tuple(image.shape[2:]) != tuple(ddf.shape[2:]):
-        raise ValueError(
+        raise UserInputError(
             f"{where}: image spatial shape {tuple(image.shape[2:])} must equal ddf spatial shape "
             f"{tuple(ddf.shape[2:])}."
         )
     if ddf.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"{where}: ddf batch size {ddf.shape[0]} must be 1 or the image's {image.shape[0]}.")
+        raise UserInputError(f"{where}: ddf batch size {ddf.shape[0]} must be 1 or the image's {image.shape[0]}.")
 
 
 def warp_image(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = IMAGE_PADDING) -> torch.Tensor:
@@ -101,7 +102,7 @@ def sample_at_points(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor
     if pts.ndim == 2:
         pts = pts.unsqueeze(0).expand(volume.shape[0], -1, -1)
     if pts.shape[0] != volume.shape[0]:
-        raise ValueError(
+        raise UserInputError(
             f"sample_at_points: points batch size {pts.shape[0]} must equal volume batch size {volume.shape[0]}."
         )
     grid = voxel_to_normalized(pts, volume.shape[2:]).view(pts.shape[0], -1, 1, 1, 3)

@@ -171,3 +171,19 @@ def test_a_diverging_level_is_named_in_the_error():
     cfg.optim.keep_in_image = False
     with pytest.raises(RegistrationDivergedError, match=r"^registration, level 1 \(multilevel.levels.1\), at step \d+ of that level"):
         run_multilevel(fixed, moving, cfg)
+
+
+def test_multilevel_records_the_kernels_and_every_levels_early_stop():
+    """Before: kernels was "" and stopped_early was the last level's flag only (False here)."""
+    fixed, moving, _ = _pair()
+    cfg = RegistrationConfig(stages=_levels(4, 2))
+
+    class StopFirstLevel:
+        def attach(self, engine):
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=3),
+                                     lambda e: e.terminate() if e.state.level == 0 else None)
+
+    out = run_multilevel(fixed, moving, cfg, handlers=[StopFirstLevel()])
+    assert out.levels_stopped_early == (True, False) and out.stopped_early
+    assert out.steps == 3 + 6
+    assert out.kernels and set(out.kernels.split("+")) <= {"compiled", "pytorch"}
