@@ -5,7 +5,8 @@
 //   (the derivative of the trilinear interpolant). Features are channels-last (H, W, D, C) so the 8 corners
 //   of a sample are 8 contiguous runs of C values. The loss is summed per (h, w) row in double, then the rows
 //   are summed in order, so the result does not depend on the number of threads.
-// box_smooth: replicate-padded mean filters along each axis (and their exact adjoint for the backward pass).
+// box_smooth: replicate-padded mean filters along each axis (and their exact adjoint for the backward pass), the
+//   H passes in column tiles, the W and D passes fused per (W, D) plane, one kept scratch buffer.
 // diffusion: the squared-forward-difference regulariser and its gradient in one pass.
 //
 // Coordinates: a sample position is the voxel index plus the displacement (the align_corners=False frame of
