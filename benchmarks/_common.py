@@ -111,15 +111,18 @@ def run_child(cmd: list[str], threads: int) -> dict:
     return res
 
 
-def run_reference(pair: dict, python: str, threads: int) -> dict:
-    """Run the reference ConvexAdam on one pair in its own venv and score its field with our metric code."""
+def run_reference(pair: dict, python: str, threads: int, device: str = "cpu") -> dict:
+    """Run the reference ConvexAdam on one pair in its own venv (on ``device``) and score its field with our
+    metric code."""
     import tempfile
 
     from monai_contreg.spatial.conventions import learn2reg_to_ddf
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "disp.npy")
-        res = run_child([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], path, "--threads", str(threads)], threads)
+        extra = [] if device == "cpu" else ["--device", device]
+        res = run_child([python, str(REFERENCE_WORKER), pair["fixed"], pair["moving"], path, "--threads", str(threads), *extra],
+                        threads)
         if "error" in res:
             return res
         res.update(field_metrics(learn2reg_to_ddf(np.load(path)).double(), pair))

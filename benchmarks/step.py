@@ -5,7 +5,20 @@
 Each variant runs in its own process (the kernels are switched off with CONTREG_EXTENSIONS=0 for the PyTorch
 paths). A step = smoothed field, warped-feature SSD, diffusion, backward, fused Adam, on random 12-channel
 features. Prints the first step (includes torch.compile's compilation) and the median of the next ones.
-A script that prints figures, not a test.
+
+Beside the time it prints the step's memory-traffic lower bound, measured in the same process on the same
+threads: the bytes the step must touch, divided by the bandwidth of a large tensor copy (``dst.copy_(src)``,
+256 MiB, read + write counted) and of a triad (``a = b + s * c``), the higher of the two. The bytes are counted
+from the tensors the step really uses (their ``nbytes``):
+
+* ``fused`` bound: what no step can avoid: the moving and fixed features read once, the parameter and both Adam
+  moments read and written once (42 floats per voxel for 12 channels): the smoothed field and the gradients
+  could stay in cache in a fully fused step;
+* ``unfused`` bound: additionally every intermediate the step materialises (smoothed field, its gradient, the
+  parameter's gradient) written once and read once.
+
+``ratio`` = median step time / fused bound: the issue's target (<= 3x) in one command. A script that prints
+figures, not a test.
 """
 
 from __future__ import annotations
@@ -54,7 +67,43 @@ def _worker(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"first": first, "median": st.median(times), "fused": sim.fused}))
+    traffic = _traffic(field, opt, sim)
+    print(json.dumps({"first": first, "median": st.median(times), "fused": sim.fused, **traffic,
+                      **_bandwidth(args.repeats)}))
+
+
+def _traffic(field, opt, sim) -> dict:
+    """Bytes one step must touch, from the tensors it uses (see the module docstring)."""
+    import torch
+
+    p = field.displacement
+    state = opt.state[p]
+    feats = (sim._mcl, sim._fcl) if sim.fused else (sim.moving, sim.fixed)
+    read_once = sum(t.nbytes for t in feats)
+    read_write = p.nbytes + state["exp_avg"].nbytes + state["exp_avg_sq"].nbytes
+    fused = read_once + 2 * read_write
+    with torch.no_grad():
+        smoothed = field()
+    # smoothed field, d loss / d smoothed field, d loss / d parameter: each written once and read once
+    intermediates = 2 * (smoothed.nbytes + smoothed.nbytes + p.grad.nbytes)
+    return {"bytes_fused": fused, "bytes_unfused": fused + intermediates, "voxels": p[0, 0].numel()}
+
+
+def _bandwidth(repeats: int) -> dict:
+    """Streaming bandwidth (bytes/s) on this process's threads: a large copy and a triad, median of ``repeats``."""
+    import torch
+
+    n = 64 * 2**20  # 64 Mi floats = 256 MiB per array: far beyond the caches
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    copy, triad = [], []
+    for _ in range(max(3, repeats)):
+        t = time.perf_counter()
+        a.copy_(b)
+        copy.append(2 * a.nbytes / (time.perf_counter() - t))
+        t = time.perf_counter()
+        torch.add(b, c, alpha=0.5, out=a)
+        triad.append(3 * a.nbytes / (time.perf_counter() - t))
+    return {"bw_copy": st.median(copy), "bw_triad": st.median(triad)}
 
 
 def main() -> None:
@@ -62,6 +111,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--shape", type=int, nargs=3, default=[112, 96, 112])
+    ap.add_argument("--variants", nargs="*", default=["kernels", "pytorch", "compile"],
+                    choices=["kernels", "pytorch", "compile"], help="which variants to run (default: all three)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
@@ -69,6 +120,8 @@ def main() -> None:
         return
     print(f"one io step on {tuple(args.shape)}, 12 channels, {args.threads} thread(s), median of {args.repeats}")
     for variant, ext in (("kernels", "1"), ("pytorch", "0"), ("compile", "0")):
+        if variant not in args.variants:
+            continue
         cmd = [sys.executable, __file__, "--variant", variant, "--threads", str(args.threads), "--repeats", str(args.repeats),
                "--shape", *map(str, args.shape)]
         env = dict(os.environ, CONTREG_EXTENSIONS=ext, OMP_NUM_THREADS=str(args.threads))
@@ -79,7 +132,14 @@ def main() -> None:
             continue
         r = json.loads(lines[-1])
         path = "compiled kernels" if r["fused"] else "PyTorch ops"
+        bw = max(r["bw_copy"], r["bw_triad"])
+        bound, unfused = r["bytes_fused"] / bw, r["bytes_unfused"] / bw
         print(f"{variant:8s} first step {r['first']:6.2f} s   median step {r['median']:.4f} s   ({path})")
+        print(f"{'':8s} traffic: {r['bytes_fused'] / 1e6:.0f} MB fused ({r['bytes_fused'] / 4 / r['voxels']:.0f} floats/voxel), "
+              f"{r['bytes_unfused'] / 1e6:.0f} MB unfused; bandwidth copy {r['bw_copy'] / 1e9:.1f} GB/s, "
+              f"triad {r['bw_triad'] / 1e9:.1f} GB/s")
+        print(f"{'':8s} lower bound {bound * 1e3:.1f} ms (unfused {unfused * 1e3:.1f} ms)   "
+              f"ratio {r['median'] / bound:.1f}x (unfused {r['median'] / unfused:.1f}x)")
 
 
 if __name__ == "__main__":
