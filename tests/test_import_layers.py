@@ -12,9 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _lint(cwd: Path, package_root: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(package_root))  # analyse this tree, not an installed copy
+    # analyse this tree, not an installed copy; import-linter prints box-drawing characters: UTF-8 whatever the locale
+    env = dict(os.environ, PYTHONPATH=str(package_root), PYTHONIOENCODING="utf-8")
     code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=None)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=None)
 
 
 def test_lint_imports_keeps_the_layers_contract():
