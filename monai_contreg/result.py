@@ -237,9 +237,15 @@ class RegistrationResult:
 
         ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); masks
         as for :func:`~monai_contreg.api.register`. Other keywords go to
-        :func:`~monai_contreg.evaluation.quality.estimate_quality`.
+        :func:`~monai_contreg.evaluation.quality.estimate_quality`. Where the registration itself found no plausible
+        lung in the fixed image (:attr:`mask_report`: ``"not found"``) or ran unmasked, the estimate does not
+        segment one either: it is taken in the body, as the registration was.
         """
         from .evaluation.quality import estimate_quality
+
+        fixed_source = ((self.mask_report or {}).get("fixed") or {}).get("source")
+        if fixed_mask is None and fixed_source in ("not found", "none", "automatic, unused"):
+            auto_mask = False  # one decision about the mask: the registration's
 
         return estimate_quality(
             fixed, moving, self.ddf.as_tensor(), fixed_mask=fixed_mask, moving_mask=moving_mask,

@@ -93,3 +93,20 @@ def test_cli_register_prints_the_estimate(tmp_path, capsys):
     assert q["verdict"] in ("ok", "check", "failed") and q["interval_mm"][0] <= q["estimated_error_mm"]
     assert main([*base, "--no-quality"]) == 0
     assert "quality:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source, segmented", [("not found", False), ("none", False), ("automatic", True), (None, True)])
+def test_quality_takes_the_registrations_mask_decision(monkeypatch, source, segmented):
+    """A registration that found no plausible lung ran unmasked: its estimate must not segment one on its own
+    (case_21: the quality grid's mask took bowel gas for lungs and said 'check' for a correct unmasked run)."""
+    import monai_contreg.evaluation.quality as quality
+
+    seen = {}
+    monkeypatch.setattr(quality, "estimate_quality", lambda *a, **kw: seen.update(kw) or "report")
+    ddf = MetaTensor(torch.zeros(1, 3, 6, 6, 6), affine=torch.eye(4, dtype=torch.float64))
+    report = None if source is None else {"masked": source == "automatic", "fixed": {"source": source}}
+    res = RegistrationResult(ddf=ddf, mask_report=report)
+    assert res.quality("f.nii.gz", "m.nii.gz") == "report"
+    assert seen["auto_mask"] is segmented
+    res.quality("f.nii.gz", "m.nii.gz", fixed_mask="given.nii.gz")  # a given mask is used whatever the report says
+    assert seen["fixed_mask"] == "given.nii.gz"
