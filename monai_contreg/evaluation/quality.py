@@ -617,7 +617,7 @@ def estimate_quality(
     mm = _load(where, "moving_mask", moving_mask)[0] if moving_mask is not None else None
     region = "fixed mask"
     if fm is None and auto_mask:
-        from ..data.lung_mask import LungMaskError, lung_mask
+        from ..data.lung_mask import LungMaskError
 
         try:
             fm = _coarse_lung_mask(f, fa)
