@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .._validation import choose
+from ..errors import InputTypeError
 from ..optim.schedule import PiecewiseSchedule
 from .config import ConvexStage, DenseStage, PreprocessConfig, RegistrationConfig
 
@@ -131,10 +132,11 @@ def resolve_config(where: str, config: RegistrationConfig | str | None) -> Regis
     """A validated config from a :class:`RegistrationConfig`, a preset name, or ``None`` (the ``io`` preset).
 
     Raises:
-        TypeError: naming ``where`` for any other type; ``ValueError`` for an unknown preset or invalid values.
+        InputTypeError: naming ``where`` for any other type.
+        UserInputError: an unknown preset or invalid values.
     """
     cfg = get_preset(config) if isinstance(config, str) else (config or get_preset("io"))
     if not isinstance(cfg, RegistrationConfig):
-        raise TypeError(f"{where}: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
+        raise InputTypeError(f"{where}: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
     cfg.validate()
     return cfg
