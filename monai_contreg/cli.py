@@ -3,7 +3,7 @@
 ```text
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
-                     [--no-auto-mask] [--series UID]
+                     [--no-auto-mask] [--series UID] [--checkpoint-dir D [--resume]]
     contreg mask CT -o mask.nii.gz [--series UID]   (the automatic lung mask, to inspect it)
     contreg demo [--preset io] [--device cpu] [--out DIR]
     contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite] [--evaluate]
@@ -145,6 +145,20 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "the GPU's free memory); checked against an estimate before the run starts")
 
 
+def _checkpoint_options(p: argparse.ArgumentParser, per_pair: bool = False) -> None:
+    """``--checkpoint-dir``, ``--checkpoint-every``, ``--resume`` of a command that optimises (engine.checkpoint_*)."""
+    g = p.add_argument_group(
+        "checkpoints", "save the optimisation's state (field, optimiser, schedule, step, handlers) every N steps; "
+        "after an interruption the same command with --resume continues from the last checkpoint and ends with the "
+        "field of an uninterrupted run" + (" (one set of checkpoints per pair, named by the pair; pairs without "
+                                           "one start from step 0)" if per_pair else ""))
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="folder for the checkpoints (engine.checkpoint_dir)")
+    g.add_argument("--checkpoint-every", metavar="N", type=_positive_int,
+                   help="steps between checkpoints (engine.checkpoint_every; default: the config's, 50)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --checkpoint-dir (engine.resume)")
+
+
 def _add_learn2reg_parsers(sub) -> None:
     p = sub.add_parser("run", help="register every pair of a Learn2Reg split (resumable)")
     p.add_argument("dataset", help="Learn2Reg dataset folder (with *_dataset.json) or the json file")
@@ -167,6 +181,7 @@ def _add_learn2reg_parsers(sub) -> None:
                                      "default: nccl with --device cuda, else gloo")
     g.add_argument("--master-port", type=int, help="rendezvous port of spawned processes (default: a free port)")
     _common(p)
+    _checkpoint_options(p, per_pair=True)
     p.set_defaults(handler="_cmd_run")
 
     p = sub.add_parser("submit", help="zip the fields of a split in the official Learn2Reg layout")
@@ -248,6 +263,7 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")
     _series_option(p)
     _common(p)
+    _checkpoint_options(p)
     _quality_options(p)
     p.set_defaults(handler="_cmd_register_native")
 
@@ -330,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-mask", help="moving image mask file")
     _series_option(p)
     _common(p)
+    _checkpoint_options(p)
     _quality_options(p)
     p.set_defaults(handler="_cmd_register")
 

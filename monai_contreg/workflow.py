@@ -508,6 +508,21 @@ def _pair_quality(pair: Learn2RegPair, res, cfg) -> dict[str, Any]:
     return d
 
 
+def _pair_resume(pair: Learn2RegPair, cfg: RegistrationConfig) -> RegistrationConfig:
+    """``engine.resume`` per pair: a pair that left a checkpoint (any level) in ``engine.checkpoint_dir``
+    continues from it; one that did not (not reached before the interruption) starts from step 0."""
+    ecfg = cfg.engine
+    if not (ecfg.resume and ecfg.checkpoint_dir):
+        return cfg
+    from .methods.io import registration_checkpoints
+
+    if registration_checkpoints(ecfg.checkpoint_dir, pair.key, levels=None):
+        logger.info("%s: resuming from its checkpoint in %s", pair.key, ecfg.checkpoint_dir)
+        return cfg
+    logger.info("%s: no checkpoint in %s: registered from step 0", pair.key, ecfg.checkpoint_dir)
+    return cfg.with_overrides({"engine.resume": False})
+
+
 def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn, quality: bool = False) -> PairOutcome:
     existing = find_field(pair, out)
     if existing is not None and not overwrite:
@@ -516,6 +531,7 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
     target = out / pair.field_name(fmt)
     t0 = time.perf_counter()
     try:
+        cfg = _pair_resume(pair, cfg)
         kp = None
         if cfg.engine.tre_every and pair.fixed_keypoints is not None and pair.moving_keypoints is not None:
             from .data.keypoints import load_keypoints

@@ -40,7 +40,10 @@ from ..spatial.filters import downsample
 from ..errors import UserInputError
 from .config import DenseStage, RegistrationConfig
 
-__all__ = ["MethodOutput", "compute_features", "instance_optimisation", "latest_checkpoint", "load_checkpoint"]
+__all__ = [
+    "MethodOutput", "checkpoint_prefix", "compute_features", "instance_optimisation", "latest_checkpoint",
+    "load_checkpoint", "registration_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,7 @@ def instance_optimisation(
     name: str = "",
     regularizer: Any = None,
     stage: DenseStage | None = None,
+    resume: bool | None = None,
 ) -> MethodOutput:
     """Run the Adam instance optimisation of one dense stage on working-grid features (one ignite engine run).
 
@@ -144,6 +148,9 @@ def instance_optimisation(
             the stage's ``reg_weight``), e.g. the multi-level method's mask-aware one.
         stage: the dense stage to run (:class:`~monai_contreg.methods.config.DenseStage`: grid, schedule,
             regulariser weight, smoothing).
+        resume: continue from the latest checkpoint of ``name`` in ``config.engine.checkpoint_dir``; ``None``
+            (default): ``config.engine.resume``. A multi-level run passes ``False`` for a level that has no
+            checkpoint yet (it was not reached before the interruption).
 
     Raises:
         RegistrationDivergedError: the loss became non-finite, or (``config.engine.divergence_check``) the run went
@@ -202,8 +209,8 @@ def instance_optimisation(
         ProgressBar(persist=False, desc=name or "registration").attach(engine, output_transform=lambda o: {"loss": o["loss"]})
     resumed_at = 0
     if ecfg.checkpoint_dir:
-        prefix = _checkpoint_prefix(name)
-        if ecfg.resume:
+        prefix = checkpoint_prefix(name)
+        if ecfg.resume if resume is None else resume:
             resumed_at = load_checkpoint(stateful, ecfg.checkpoint_dir, prefix)
         _attach_checkpoints(engine, stateful, ecfg.checkpoint_dir, ecfg.checkpoint_every, prefix)
     for h in handlers or []:
@@ -238,9 +245,34 @@ def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool) -> torch
     return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas)
 
 
-def _checkpoint_prefix(name: str) -> str:
-    """The checkpoint files' prefix: the run's name (``registration`` when none) with only ``[A-Za-z0-9_.-]``."""
+def checkpoint_prefix(name: str) -> str:
+    """The checkpoint files' prefix: the run's name (``registration`` when none) with only ``[A-Za-z0-9_.-]``.
+
+    A level ``i`` of a multi-level run named ``N`` is named ``N[level i]``: prefix ``N_level_i``
+    (``registration_level_i`` for an unnamed run).
+    """
+    if name.startswith("["):  # a level of an unnamed run
+        name = f"registration{name}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "registration"
+
+
+def registration_checkpoints(directory: str | Path, name: str = "", levels: int = 1) -> list[Path]:
+    """The latest checkpoint of each stage of the registration ``name`` in ``directory`` (those that exist).
+
+    ``levels`` dense stages: one stage is checkpointed as ``name``, stage ``i`` of several as ``name[level i]``
+    (:func:`checkpoint_prefix`). With ``levels=None`` every level found counts (a caller that does not know the
+    config's stages, e.g. a Learn2Reg run deciding whether a pair was started).
+    """
+    if not Path(directory).is_dir():
+        return []
+    labels = [name] if levels == 1 else [f"{name}[level {i}]" for i in range(levels)] if levels else None
+    if labels is None:
+        base = checkpoint_prefix(name)
+        pattern = re.compile(rf"^{re.escape(base)}(_level_\d+)?_checkpoint_\d+\.pt$")
+        prefixes = sorted({p.name.rsplit("_checkpoint_", 1)[0] for p in Path(directory).iterdir() if pattern.match(p.name)})
+    else:
+        prefixes = [checkpoint_prefix(lb) for lb in labels]
+    return [p for p in (latest_checkpoint(directory, pre) for pre in prefixes) if p is not None]
 
 
 def _attach_checkpoints(engine: Engine, stateful: dict[str, Any], directory: str, every: int, prefix: str) -> None:
@@ -288,7 +320,14 @@ def load_checkpoint(stateful: dict[str, Any], directory: str | Path, prefix: str
             f"engine.resume: checkpoint {str(path)!r} lacks {missing} (saved: {sorted(state)}); resume with the "
             "config that wrote it."
         )
-    Checkpoint.load_objects(to_load=stateful, checkpoint=state)
+    try:
+        Checkpoint.load_objects(to_load=stateful, checkpoint=state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another grid, schedule or optimiser
+        raise UserInputError(
+            f"engine.resume: checkpoint {str(path)!r} does not fit this run (written for another image, grid or "
+            f"config?): {' '.join(str(exc).split())[:300]}; resume with the inputs and config that wrote it, or give "
+            "another checkpoint folder."
+        ) from exc
     logger.info("resumed %s from step %d (%s)", prefix, stateful["engine"].state.iteration, path)
     return int(stateful["engine"].state.iteration)
 
