@@ -203,7 +203,10 @@ class EngineConfig:
         checkpoint_every: checkpoint period in steps. A checkpoint holds the field, the optimiser, the learning-rate
             scheduler, the engine's step and the handlers' state (history, divergence and early-stop state, TRE).
         resume: with ``checkpoint_dir``: continue from the latest checkpoint there (its step + 1), ending with the
-            field an uninterrupted run ends with; a missing checkpoint is a ``MissingFileError``.
+            field an uninterrupted run ends with (CLI: ``--checkpoint-dir D --resume``). A multi-level run continues
+            each level that left a checkpoint and runs the others from their start; a Learn2Reg run
+            (:func:`~monai_contreg.workflow.run_split`) starts the pairs that left none from step 0. A registration
+            none of whose stages left a checkpoint is a ``MissingFileError``.
         num_threads: torch CPU threads for the run (0 = leave torch's setting).
         fused: the similarity's compiled CPU path (one-pass warp + SSD + gradient, :mod:`monai_contreg.kernels`):
             ``None`` = use it where available, ``False`` = never (``grid_sample`` + autograd), ``True`` = require it.
