@@ -89,7 +89,8 @@ def _check_memory_before(where: str, headers: dict, cfg, request: RunRequest, *,
     """Pre-flight of the memory estimate from the inputs' headers, before any voxel is read.
 
     The registration grid is the fixed grid when fixed and moving lie on one grid (shape, voxel axes and origin
-    within 1e-3 mm, as :func:`~monai_contreg.api.register` decides; ``register``, ``run``), else the working grid
+    within :data:`~monai_contreg.spatial.grid.GRID_ATOL_MM`: the headers' :class:`~monai_contreg.spatial.grid.Grid`
+    values compared as :func:`~monai_contreg.api.register` compares the loaded images; ``register``, ``run``), else the working grid
     over the fixed field of view at ``working_spacing`` (default the preset's design spacing; always for
     ``register-native``). Where a header gives no origin the smaller of the two estimates is checked, so that
     nothing the run itself would accept is refused. Inputs without a header geometry (DICOM folders) are checked
@@ -98,27 +99,26 @@ def _check_memory_before(where: str, headers: dict, cfg, request: RunRequest, *,
     Raises:
         UserInputError: naming ``--max-memory`` (and ``--working-spacing``) when the estimate exceeds the limit.
     """
-    from .api import GRID_ATOL_MM
     from .methods.memory import check_memory, estimate_memory
-    from .spatial.resample import working_grid
+    from .spatial.grid import Grid
 
     fixed, moving = headers.get("fixed"), headers.get("moving")
     if fixed is None or moving is None or fixed.linear is None or moving.linear is None:
         return
     masks = sum(1 for k in ("fixed_mask", "moving_mask") if headers.get(k) is not None)
     f_shape = fixed.spatial_shape
-    affine = np.eye(4)
-    affine[:3, :3] = fixed.linear
+    linear = np.eye(4)
+    linear[:3, :3] = fixed.linear  # the working grid's shape depends on the spacing only, not the origin or frame
     spacing = cfg.field.design_spacing if working_spacing is None else working_spacing
-    w_shape = working_grid(affine, f_shape, spacing)[1]
+    w_shape = Grid(f_shape, linear).working(spacing).shape
     working_hint = (f"Use a coarser working grid (--working-spacing MM; now {spacing} mm, the preset's design spacing "
                     f"is {cfg.field.design_spacing:g} mm) or raise --max-memory.")
     candidates = [(w_shape, working_hint)]
     if not working_grid_only and f_shape == moving.spatial_shape:
-        f_ras, m_ras = fixed.ras(), moving.ras()
-        if f_ras is None or m_ras is None:  # cannot tell: the smaller estimate of the two grids
+        f_grid, m_grid = fixed.grid, moving.grid
+        if f_grid is None or m_grid is None:  # cannot tell: the smaller estimate of the two grids
             candidates.append((f_shape, _one_grid_hint(cfg)))
-        elif all(np.allclose(a, b, atol=GRID_ATOL_MM) for a, b in zip(f_ras, m_ras)):
+        elif f_grid.same_as(m_grid):  # the decision register() makes (Grid, GRID_ATOL_MM)
             candidates = [(f_shape, _one_grid_hint(cfg))]
     shape, hint = min(candidates, key=lambda c: estimate_memory(c[0], cfg, masks=masks).total)
     check_memory(where, shape, cfg, max_memory=request.max_memory, masks=masks, device=request.torch_device(), hint=hint)
