@@ -172,8 +172,10 @@ def _blob(shape, centre, sigma, spacing):
 
 
 def test_apply_ddf_warps_a_moving_image_on_another_grid_between_the_grids():
-    """Before: ApplyDDFd sampled every moving image in the DDF's voxels, so a moving MetaTensor on another grid
-    (a two-grid registration's moving image) came out misplaced; now it equals RegistrationResult.warp."""
+    """Before: ApplyDDFd sampled every moving image in the DDF's voxels: a moving MetaTensor of another shape (a
+    two-grid registration's moving image) was refused (warp_image: shape must equal the ddf's) and one of the
+    DDF's shape on another affine came out misplaced. Now both are warped between the grids, as
+    RegistrationResult.warp does."""
     from monai_contreg.pipeline import ApplyDDFd
     from monai_contreg.result import RegistrationResult
 
@@ -197,6 +199,12 @@ def test_apply_ddf_warps_a_moving_image_on_another_grid_between_the_grids():
     inside = (slice(0, 13), slice(0, 15), slice(0, 14))  # samples within the moving image
     assert np.abs(out["img"][0].numpy()[inside] - want[inside]).max() < 0.02
     assert out["lab"].dtype == torch.int64 and torch.equal(out["lab"].as_tensor(), res.warp(data["lab"][None], labels=True)[0])
+    # the DDF's shape, another affine (shifted 3 mm along axis 0): sampled 3 mm further, not voxel to voxel
+    shifted = Grid.from_spacing((16, 16, 16), 2.0, origin=(-3.0, 0.0, 0.0))
+    img = _blob(shifted.shape, (18.0, 14.0, 13.0), 4.0, (2.0, 2.0, 2.0))  # centre 15 mm in world
+    got = ApplyDDFd("img")({"ddf": data["ddf"], "img": MetaTensor(torch.from_numpy(img)[None], affine=shifted.affine_tensor())})
+    inside = (slice(0, 14), slice(0, 15), slice(0, 14))
+    assert np.abs(got["img"][0].numpy()[inside] - want[inside]).max() < 0.02
     # a plain tensor off the DDF's grid cannot be placed
     with pytest.raises(UserInputError, match="ApplyDDFd: 'img' is a plain tensor of spatial shape"):
         ApplyDDFd("img")({"ddf": data["ddf"], "img": torch.from_numpy(moving)[None]})

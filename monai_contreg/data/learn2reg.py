@@ -393,7 +393,8 @@ def image_grid(path: str | Path) -> Grid:
     ``LoadImage``.
 
     Raises:
-        MissingFileError: no such file. UserInputError: an affine that is not a finite invertible 4x4.
+        MissingFileError: no such file.
+        UserInputError: an affine that is not a finite invertible 4x4.
     """
     p = Path(path)
     if not p.is_file():

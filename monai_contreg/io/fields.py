@@ -68,8 +68,8 @@ def field_grid(path: str | Path) -> Grid | None:
     """The grid of a Learn2Reg field file, read from its header alone: ``None`` for ``.npz`` (no geometry).
 
     Raises:
-        MissingFileError: no such file. UserInputError: a header that cannot be read or is not an ``(H, W, D, 3)``
-            field's.
+        MissingFileError: no such file.
+        UserInputError: a header that cannot be read or is not an ``(H, W, D, 3)`` field's.
     """
     p = Path(path)
     if not p.is_file():
