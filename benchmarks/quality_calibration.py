@@ -28,8 +28,8 @@ Everything is generated here, seeded, from the real CT volumes of ``../shared/da
    per pair; their moving partners are ``x + u(x)`` with ``u`` the known field at that voxel: exact.
 2. fields of every kind for every pair (``fields/``, float16): the package's registration with the default ``io``
    preset (masks given for the chest pairs; the abdomen as the registration decides: no lung found, unmasked),
-   short and under-converged runs (``io-lr1`` for 10 and 30 steps; ``io`` shortened to 20 steps with the
-   divergence guard off, a run-away), the discrete ``convex`` preset, and fields degraded on purpose from the
+   short and under-converged runs (``io-lr1`` for 10 and 30 steps; ``io`` shortened to 20 steps, a run-away;
+   these with the divergence guard off, which only raises), the discrete ``convex`` preset, and fields degraded on purpose from the
    ``io`` field ``u``: ``s u`` for s in 0 (the zero field), 0.25, 0.5, 0.75, 1.25, 1.5; ``u`` plus smooth random
    noise of 1, 2 and 4 mm; ``u`` shifted by 2 and 5 mm; the ``io`` field of another pair of the same group.
 3. signals (:func:`monai_contreg.evaluation.quality.quality_signals`) of every field and its true error: the
@@ -72,6 +72,9 @@ EVALUATION_GROUPS = ("chestA",)
 SETTINGS = ("io", "lr1_10", "lr1_30", "io20_runaway", "convex")
 CHEST_B = DEFAULT_DATA.parent / "sources" / "chest_ct_b_1p5mm.nii.gz"
 MAX_KEYPOINTS = 1000
+#: The degraded fields (of :func:`degraded`) whose signals are measured: the zero field, scaled down and up, a
+#: perturbed, a shifted one and another pair's (a subset, to fit the study on two shared cores).
+DEGRADED = ("scale0", "scale0.5", "scale1.5", "noise2mm", "shift5mm", "other_pair")
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -325,9 +328,10 @@ def _config(setting: str, threads: int):
         cfg = scale_schedule(get_preset("io-lr1"), int(setting.split("_")[1]))
     elif setting == "io20_runaway":
         cfg = scale_schedule(get_preset("io"), 20)
-        cfg.engine.divergence_check = False
     else:
         cfg = get_preset(setting)
+    if setting != "io":  # a poor field is what these settings are for: the divergence guard (which only raises) off
+        cfg.engine.divergence_check = False
     cfg.engine.num_threads = threads
     return cfg
 
@@ -404,22 +408,40 @@ def degraded(u: torch.Tensor, other: torch.Tensor | None, spacing, seed: int) ->
 
 def stage_signals(pairs: list[dict], work: Path, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Signals and true TRE of every field of every pair (cached in ``signals.SHARD.json``); all shards' rows."""
-    from monai_contreg.evaluation.metrics import keypoint_tre
-    from monai_contreg.evaluation.quality import quality_signals
-
     cache = work / f"signals.{shard[0]}.json"
     rows = json.loads(cache.read_text()) if cache.exists() else []
     seen = {(r["pair"], r["field"]) for r in rows}
     mine = {p["name"] for p in _shard(pairs, shard)}
-    for i, pair in enumerate(pairs):
-        if pair["name"] not in mine:
+    have = lambda name, setting: (work / "fields" / f"{name}_{setting}.npz").exists()  # noqa: E731
+    todo = [(i, p) for i, p in enumerate(pairs) if p["name"] in mine]
+    while todo:  # pairs whose fields another process still registers wait their turn
+        ready = []
+        for i, pair in todo:
+            same = [p for p in pairs if p["group"] == pair["group"] and p["name"] != pair["name"]
+                    and tuple(p["fixed"].shape) == tuple(pair["fixed"].shape)]
+            if all(have(pair["name"], s) for s in SETTINGS) and (not same or have(same[i % len(same)]["name"], "io")):
+                ready.append((i, pair))
+        if not ready:
+            time.sleep(10)
             continue
+        done = {i for i, _ in ready}
+        todo = [t for t in todo if t[0] not in done]
+        _signals_of(ready, pairs, work, rows, seen, cache)
+    every = [r for f in sorted(work.glob("signals.*.json")) for r in json.loads(f.read_text())]
+    return list({(r["pair"], r["field"]): r for r in every}.values())
+
+
+def _signals_of(ready, pairs, work, rows, seen, cache) -> None:
+    from monai_contreg.evaluation.metrics import keypoint_tre
+    from monai_contreg.evaluation.quality import quality_signals
+
+    for i, pair in ready:
         sp = tuple(float(v) for v in np.linalg.norm(pair["affine"][:3, :3], axis=0))
         same = [p for p in pairs if p["group"] == pair["group"] and p["name"] != pair["name"]
                 and tuple(p["fixed"].shape) == tuple(pair["fixed"].shape)]
         other = _field(work, same[i % len(same)]["name"], "io") if same else None
         fields = {s: _field(work, pair["name"], s) for s in SETTINGS}
-        fields.update(degraded(fields["io"], other, sp, seed=1000 + i))
+        fields.update({k: v for k, v in degraded(fields["io"], other, sp, seed=1000 + i).items() if k in DEGRADED})
         fk, mk = torch.as_tensor(pair["fk"]), torch.as_tensor(pair["mk"])
         for name, ddf in fields.items():
             if (pair["name"], name) in seen:
@@ -432,8 +454,6 @@ def stage_signals(pairs: list[dict], work: Path, shard: tuple[int, int] = (0, 1)
             print(f"{pair['name']:16s} {name:13s} TRE {tre:6.2f}  ratio {sig['mind_ratio']:.3f} "
                   f"residual {sig['residual_mm']:.2f} mm  ({sig['seconds']:.1f}s)", flush=True)
         cache.write_text(json.dumps(rows, indent=1))
-    every = [r for f in sorted(work.glob("signals.*.json")) for r in json.loads(f.read_text())]
-    return list({(r["pair"], r["field"]): r for r in every}.values())
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -630,12 +650,13 @@ def stage_cost(pairs: list[dict], cases: list[str], threads: int) -> None:
 
 
 def _expected_rows(pairs: list[dict]) -> int:
-    """Fields per pair: the settings, 11 degraded ones and, where the group has another pair of its shape, its field."""
+    """Fields of the study: per pair the settings and :data:`DEGRADED` (``other_pair`` where the group has another
+    pair of its shape)."""
     n = 0
     for p in pairs:
         same = [q for q in pairs if q["group"] == p["group"] and q["name"] != p["name"]
                 and tuple(q["fixed"].shape) == tuple(p["fixed"].shape)]
-        n += len(SETTINGS) + 11 + (1 if same else 0)
+        n += len(SETTINGS) + len(DEGRADED) - (0 if same else 1)
     return n
 
 
@@ -644,8 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the nlst_synth folder")
     ap.add_argument("--work", type=Path, default=Path("/tmp/quality_calibration"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--stage", default="all", choices=("pairs", "fields", "fit", "cost", "all"),
-                    help="pairs (build), fields (+ registrations), fit (+ signals and the model), cost, all")
+    ap.add_argument("--stage", default="all", choices=("pairs", "fields", "signals", "fit", "cost", "all"),
+                    help="pairs (build), fields (+ registrations), signals (+ this shard's signals), fit (the model "
+                         "from the signals computed so far, nothing else), cost, all (every stage in turn)")
     ap.add_argument("--cost-pairs", default="0101", help="--stage cost: nlst_synth pairs to time (comma-separated)")
     ap.add_argument("--write-model", action="store_true", help="write monai_contreg/evaluation/quality_model.json")
     ap.add_argument("--shard", default="0/1", help="I/N: this process does pairs I, I+N, ... of the fields and signals "
@@ -667,24 +689,18 @@ def main(argv: list[str] | None = None) -> int:
     from monai_contreg.kernels import load_extension
 
     load_extension()
-    stage_fields(pairs, args.work, args.threads, shard)
+    if args.stage in ("fields", "all"):
+        stage_fields(pairs, args.work, args.threads, shard)
     if args.stage == "fields":
         return 0
-    if shard[1] > 1:
-        missing = [f"{p['name']}_{s}" for p in pairs for s in SETTINGS if not (args.work / "fields" / f"{p['name']}_{s}.npz").exists()]
-        if missing:  # another shard is still registering: the degraded fields need every pair's io field
-            print(f"waiting for {len(missing)} fields of the other shards", flush=True)
-            while missing:
-                time.sleep(10)
-                missing = [m for m in missing if not (args.work / "fields" / f"{m}.npz").exists()]
-    rows = stage_signals(pairs, args.work, shard)
-    if shard[1] > 1 and shard[0] != 0:
+    if args.stage in ("signals", "all"):
+        stage_signals(pairs, args.work, shard)
+    if args.stage == "signals":
         return 0
-    if shard[1] > 1:  # shard 0 fits once every shard's signals are in
-        expected = {(p["name"], f) for p in pairs for f in ("io",)}
-        while not expected <= {(r["pair"], r["field"]) for r in rows} or len(rows) < _expected_rows(pairs):
-            time.sleep(10)
-            rows = stage_signals(pairs, args.work, shard)
+    rows = [r for f in sorted(args.work.glob("signals.*.json")) for r in json.loads(f.read_text())]
+    rows = list({(r["pair"], r["field"]): r for r in rows}.values())
+    if len(rows) < _expected_rows(pairs):
+        print(f"note: {len(rows)} of {_expected_rows(pairs)} fields have signals (the other shards are not done)")
     stage_fit(rows, args.write_model)
     return 0
 

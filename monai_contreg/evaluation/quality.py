@@ -20,6 +20,8 @@ Given the fixed image, the moving image and a field (of this package or of anoth
 * ``outside_mind_ratio``: the MIND ratio over the body (voxels brighter than an Otsu threshold of the fixed image)
   outside the region, where the mask leaves body out (reported only: a lung-masked registration leaves the body
   outside the lungs unregistered by design).
+* ``linear_mm``, ``nonlinear_mm`` (:func:`linear_part`): the field's global linear (shear, scaling) part and what
+  is left beside it, in mm (reported only: a gantry tilt read as straight shows as an almost pure shear).
 * ``region_ml``: the region's volume; ``mask_like_outside_ml``: volume outside the mask with the mask's intensities,
   in solid components that are not the air around the body (touching at most three faces of the grid).
 
@@ -67,6 +69,7 @@ __all__ = [
     "estimate_class",
     "estimate_from_signals",
     "estimate_quality",
+    "linear_part",
     "load_model",
     "quality_signals",
     "verdict",
@@ -268,6 +271,7 @@ def quality_signals(
         A dict of floats: ``mind_ratio``, ``mind_ratio_worst``, ``mind_before``, ``mind_after``, ``residual_mm``,
         ``residual_worst_mm``, ``dice``, ``dice_before`` (NaN without both masks), ``sdlogj``,
         ``folding_percent``, ``out_of_image``, ``outside_mind_ratio`` (NaN without body outside the region),
+        ``linear_mm``, ``nonlinear_mm``,
         ``region_voxels``, ``region_ml``, ``mask_like_outside_ml`` (NaN without a fixed mask), ``seconds``.
 
     Raises:
@@ -370,6 +374,7 @@ def quality_signals(
         "outside_mind_ratio": float("nan"),
         "region_voxels": int(region.sum()),
     }
+    out.update(linear_part(uc, region, spacing_from_affine(a_fc)))
     if "fixed_mask" in masks and "moving_mask" in masks:
         mmask = downsample(masks["moving_mask"], km)
         wm = warp_between_grids(mmask, a_mc, uc, a_fc, padding_mode="zeros")[0, 0] > 0.5
@@ -396,6 +401,29 @@ def quality_signals(
         }
         out["coarse_spacing"] = tuple(float(s) for s in spacing_from_affine(a_fc))
     return out
+
+
+def linear_part(ddf: torch.Tensor, region: torch.Tensor, spacing) -> dict[str, float]:
+    """How much of a field is one global linear map: least-squares affine fit ``u(x) ~ M x + t`` (mm) over the
+    region; ``linear_mm``: mean length of its non-translational part ``M (x - centroid)``; ``nonlinear_mm``: mean
+    length of the residual ``u - (M x + t)``. A gantry tilt read as straight (or a wrong voxel size) shows as a
+    field that is almost exactly such a map (a shear or a scaling), which breathing is not.
+
+    Args:
+        ddf: ``(1, 3, h, w, d)`` field in voxels of a grid with voxel size ``spacing`` (mm); region: ``(h, w, d)`` bool.
+    """
+    idx = torch.nonzero(region).double()
+    if idx.shape[0] < 12:
+        return {"linear_mm": float("nan"), "nonlinear_mm": float("nan")}
+    if idx.shape[0] > 50_000:
+        idx = idx[:: idx.shape[0] // 50_000 + 1]
+    sp = torch.as_tensor(np.asarray(spacing, dtype=np.float64))
+    ii = idx.long()
+    u = ddf[0].double()[:, ii[:, 0], ii[:, 1], ii[:, 2]].T * sp  # (n, 3) mm
+    x = (idx - idx.mean(0)) * sp
+    A = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    coef = torch.linalg.lstsq(A, u).solution  # (4, 3)
+    return {"linear_mm": float((x @ coef[:3]).norm(dim=1).mean()), "nonlinear_mm": float((u - A @ coef).norm(dim=1).mean())}
 
 
 def model_features(signals: Mapping[str, float]) -> dict[str, float]:
