@@ -408,6 +408,7 @@ def _cmd_run(args: argparse.Namespace, request: RunRequest) -> int:
             args.dataset, args.split, args.output, cfg, backend=args.backend, nproc_per_node=args.nproc_per_node,
             master_port=args.master_port, device=request.device, threads=request.threads, fmt=args.format,
             overwrite=args.overwrite, evaluate=evaluate, on_pair=_report_pair, max_memory=request.max_memory,
+            quality=not args.no_quality,
         )
     else:
         summary = run_split(

@@ -652,6 +652,8 @@ def run(
     working.mask_report = mask_report
     res = map_back(working, p, output)
     res.mask_report = mask_report
+    # the images as read (and on one grid the automatic masks, added in place): the quality estimate reuses them
+    res.inputs = {k: v for k, v in pair.data.items() if k in ("fixed", "moving", "fixed_mask", "moving_mask")}
     res.fixed_itk, res.moving_itk = itk_readings(pair.data).values()
     if p.resample:
         res.timings = {"load": t_load, "resample": t_resample, "register": t_register, **res.timings,

@@ -62,6 +62,9 @@ class RegistrationResult:
         fixed_itk, moving_itk: how ITK reads the fixed and moving input files
             (:class:`~monai_contreg.io.geometry_checks.ItkReading`), ``None`` for inputs given as arrays;
             :meth:`save_itk` composes any difference from the package's reading into the export.
+        inputs: the images the registration loaded (``fixed``, ``moving`` and the masks it used on their grids:
+            given, or automatic on one grid), ``(1, H, W, D)`` MetaTensors, for :meth:`quality`; ``None`` for a
+            result read from a file.
         mask_report: what masked the registration (:func:`~monai_contreg.data.lung_mask.auto_lung_masks`):
             ``masked`` (bool) and per image (``fixed``, ``moving``) the mask's ``source`` (``"given"``,
             ``"automatic"``, ``"not found"``, ``"none"``) with, for an automatic mask, its volumes per side (mL),
@@ -89,6 +92,7 @@ class RegistrationResult:
     fixed_itk: ItkReading | None = None
     moving_itk: ItkReading | None = None
     mask_report: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.moving_grid is not None:
@@ -231,18 +235,34 @@ class RegistrationResult:
         moved = map_points_world(points_voxel_to_world(fp, self.affine), self.ddf.as_tensor(), self.affine)
         return (moved - points_voxel_to_world(mp, self.moving_affine)).norm(dim=-1)
 
-    def quality(self, fixed, moving, *, fixed_mask=None, moving_mask=None, auto_mask: bool = True, **kwargs):
+    def quality(self, fixed=None, moving=None, *, fixed_mask=None, moving_mask=None, auto_mask: bool = True, **kwargs):
         """The field's error estimated without landmarks: a
         :class:`~monai_contreg.evaluation.quality.QualityReport` (a calibrated model's estimate, not a measurement).
 
-        ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); masks
-        as for :func:`~monai_contreg.api.register`. Other keywords go to
+        ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); left
+        out (both), the images the registration loaded (:attr:`inputs`, nothing read again) with its masks, the
+        given ones and, on one grid, the automatic ones it segmented. Masks as for
+        :func:`~monai_contreg.api.register`. Other keywords go to
         :func:`~monai_contreg.evaluation.quality.estimate_quality`. Where the registration itself found no plausible
-        lung in the fixed image (:attr:`mask_report`: ``"not found"``) or ran unmasked, the estimate does not
-        segment one either: it is taken in the body, as the registration was.
+        lung (:attr:`mask_report`: ``"not found"``) or ran unmasked, the estimate does not segment one either: it is
+        taken in the body, as the registration was.
+
+        Raises:
+            UserInputError: only one of ``fixed``/``moving`` given, or neither and no :attr:`inputs` kept (a
+                result loaded from a file); the errors of
+                :func:`~monai_contreg.evaluation.quality.estimate_quality`.
         """
         from .evaluation.quality import estimate_quality
 
+        if fixed is None or moving is None:
+            if fixed is not None or moving is not None or not self.inputs:
+                raise UserInputError("RegistrationResult.quality: give both fixed and moving, or neither on a result "
+                                     "of register() (it keeps the images it loaded).")
+            fixed, moving = self.inputs["fixed"], self.inputs["moving"]
+            if fixed_mask is None and moving_mask is None:
+                fixed_mask, moving_mask = self.inputs.get("fixed_mask"), self.inputs.get("moving_mask")
+                if fixed_mask is not None and ((self.mask_report or {}).get("fixed") or {}).get("source") == "automatic":
+                    kwargs.setdefault("fixed_mask_source", "automatic")
         fixed_source = ((self.mask_report or {}).get("fixed") or {}).get("source")
         if fixed_mask is None and fixed_source in ("not found", "none", "automatic, unused"):
             auto_mask = False  # one decision about the mask: the registration's

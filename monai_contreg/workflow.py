@@ -504,8 +504,11 @@ def _pair_quality(pair: Learn2RegPair, res, cfg) -> dict[str, Any]:
     """The error estimate of one registered pair (its ``to_dict()`` plus ``seconds``), or ``{"error": ...}``."""
     t0 = time.perf_counter()
     try:
-        rep = res.quality(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-                          auto_mask=bool(cfg.preprocess.auto_mask))
+        if getattr(res, "inputs", None):  # the images the registration loaded: nothing read twice
+            rep = res.quality(auto_mask=bool(cfg.preprocess.auto_mask))
+        else:
+            rep = res.quality(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                              auto_mask=bool(cfg.preprocess.auto_mask))
     except Exception as exc:  # an estimate that cannot be made must not fail a registered pair
         logger.info("%s: quality estimate failed", pair.key, exc_info=True)
         return {"error": " ".join(f"{type(exc).__name__}: {exc}".split()), "seconds": time.perf_counter() - t0}
