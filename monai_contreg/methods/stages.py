@@ -288,7 +288,7 @@ class AutoAffineConfig:
     max_shift_mm: float = 15.0
     max_rotation_deg: float = 5.0
     max_scale: float = 0.08
-    axis_separation: float = 1.25
+    axis_separation: float = 1.5
 
     def validate(self) -> None:
         """Raise ``UserInputError`` naming the field (``auto_affine.<name>``) and what it expects."""
