@@ -10,6 +10,7 @@ grid than the DDF's is warped between the two grids, as :meth:`~monai_contreg.ap
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from .._validation import choose
 from ..api import register
 from ..errors import UserInputError
 from ..methods.config import RegistrationConfig
+from ..methods.presets import resolve_config
 from ..modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
 from ..spatial.grid import Grid
 from ..spatial.resample import warp_between_grids
@@ -55,9 +57,17 @@ class RegisterPaird(MapTransform):
         fixed_key, moving_key: image keys (``(1, H, W, D)`` tensors or file paths).
         fixed_mask_key, moving_mask_key: optional mask keys.
         ddf_key: output key.
-        config: :class:`RegistrationConfig` or preset name (default ``"io"``).
+        config: :class:`RegistrationConfig`, preset name or a config mapping (:meth:`RegistrationConfig.from_dict`;
+            default ``"io"``).
         device: computation device (default: the inputs').
         init_key: optional key of an initial DDF ``(3, ...)`` or ``(1, 3, ...)``.
+        stages: optional list of stages (stage dataclasses or mappings with a ``kind``) replacing the config's,
+            e.g. ``[{"kind": "affine"}]`` for an affine pre-registration alone. With an affine stage its world
+            map (4x4 float64 tensor, fixed world -> moving world, RAS mm) is stored under ``f"{ddf_key}_affine"``
+            (``None`` without one) and the DDF is the total displacement.
+
+    Raises:
+        UserInputError: an invalid config or stage list (at construction).
     """
 
     def __init__(
@@ -70,8 +80,15 @@ class RegisterPaird(MapTransform):
         config: RegistrationConfig | str | None = None,
         device: str | torch.device | None = None,
         init_key: str | None = None,
+        stages: Sequence[Any] | None = None,
     ) -> None:
         super().__init__([fixed_key, moving_key])
+        if isinstance(config, Mapping):
+            config = RegistrationConfig.from_dict(dict(config))
+        if stages is not None:
+            config = copy.deepcopy(resolve_config("RegisterPaird", config))
+            config.stages = tuple(stages)
+            config.validate()
         self.fixed_key, self.moving_key = fixed_key, moving_key
         self.fixed_mask_key, self.moving_mask_key = fixed_mask_key, moving_mask_key
         self.ddf_key, self.config, self.device, self.init_key = ddf_key, config, device, init_key
@@ -93,6 +110,7 @@ class RegisterPaird(MapTransform):
         )
         d[self.ddf_key] = MetaTensor(res.ddf.as_tensor()[0], affine=res.fixed_grid.affine_tensor())
         d[f"{self.ddf_key}_history"] = res.history
+        d[f"{self.ddf_key}_affine"] = None if res.linear is None else torch.as_tensor(res.linear)
         return d
 
 
