@@ -39,7 +39,7 @@ INTENSITY_SIMILARITIES = (Similarity.LNCC.value, Similarity.MI.value)
 
 
 def intensity_similarity(
-    name: str, *, lncc_kernel_size: int = 5, mi_bins: int = 23
+    name: str, *, lncc_kernel_size: int = 5, mi_bins: int = 23, mi_sampling: float = 0.25
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss ``(warped, fixed) -> scalar`` (lower is better) of the intensity similarity ``name``.
 
@@ -47,6 +47,9 @@ def intensity_similarity(
         name: ``"lncc"`` or ``"mi"``.
         lncc_kernel_size: the LNCC window (odd, voxels of the grid the loss is evaluated on).
         mi_bins: MI histogram bins (intensities in [0, 1]).
+        mi_sampling: fraction of the voxels MI is estimated on, ``(0, 1]``: every ``round(1 / mi_sampling)``-th voxel
+            in memory order (a regular sampling, the same voxels every step; ANTs' ``antsRegistrationSyN.sh`` samples
+            25 % for MI). MONAI's Parzen histogram costs ``voxels x bins`` per step: at 0.25 it is 4 times cheaper.
 
     Returns:
         A callable taking ``warped`` and ``fixed`` ``(B, 1, h, w, d)`` tensors and returning MONAI's loss
@@ -62,6 +65,7 @@ def intensity_similarity(
         >>> round(float(loss(img, img)), 4)
         0.0
     """
+    stride = 1
     key = str(choose("intensity_similarity", "similarity", name, INTENSITY_SIMILARITIES))
     if key == Similarity.LNCC.value:
         if isinstance(lncc_kernel_size, bool) or not isinstance(lncc_kernel_size, int) or lncc_kernel_size < 1 or lncc_kernel_size % 2 == 0:
@@ -75,13 +79,20 @@ def intensity_similarity(
             raise UserInputError(f"intensity_similarity: mi_bins must be an integer >= 2, got {mi_bins!r}.")
         from monai.losses import GlobalMutualInformationLoss
 
+        if isinstance(mi_sampling, bool) or not isinstance(mi_sampling, (int, float)) or not 0 < mi_sampling <= 1:
+            raise UserInputError(f"intensity_similarity: mi_sampling must be a fraction in (0, 1], got {mi_sampling!r}.")
         loss = GlobalMutualInformationLoss(kernel_type="gaussian", num_bins=mi_bins)
         offset = math.log(mi_bins)
+        stride = max(1, int(round(1.0 / float(mi_sampling))))
 
     def similarity(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_tensor(f"{key} similarity", "warped", warped, 5)
         check_tensor(f"{key} similarity", "fixed", fixed, 5)
         check_same_spatial(f"{key} similarity", ("warped", "fixed"), warped, fixed)
+        if stride > 1:  # MI of a regular sample of the voxels (MONAI flattens the spatial dimensions anyway)
+            b, c = warped.shape[:2]
+            warped = warped.reshape(b, c, -1)[..., stride // 2::stride].reshape(b, c, -1, 1, 1)
+            fixed = fixed.reshape(b, c, -1)[..., stride // 2::stride].reshape(b, c, -1, 1, 1)
         return loss(warped, fixed) + offset
 
     return similarity

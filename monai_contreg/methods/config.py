@@ -141,6 +141,9 @@ class FeatureConfig(_Section):
             ``LocalNormalizedCrossCorrelationLoss(kernel_size=...)``, rectangular kernel).
         mi_bins: histogram bins of the ``"mi"`` similarity (MONAI's ``GlobalMutualInformationLoss(num_bins=...)``,
             Gaussian Parzen windows over intensities in [0, 1]).
+        mi_sampling: fraction of the working-grid voxels the ``"mi"`` similarity is estimated on (a regular sample,
+            every ``round(1 / mi_sampling)``-th voxel; 0.25 as ANTs' ``antsRegistrationSyN.sh``): the Parzen
+            histogram costs voxels x bins per step.
         mind_radius, mind_dilation: aliases (not stored here) of every stage's ``mind_radius``/``mind_dilation``
             when the config has at most one dense stage (see :data:`STAGE_ALIASES`).
         similarity: alias (not stored here) of every dense stage's ``similarity`` (``"mind"``, ``"lncc"``,
@@ -151,6 +154,7 @@ class FeatureConfig(_Section):
     storage: str = "float32"
     lncc_kernel_size: int = 5
     mi_bins: int = 23
+    mi_sampling: float = 0.25
 
     mind_radius = _alias("features.mind_radius")
     mind_dilation = _alias("features.mind_dilation")
@@ -549,6 +553,9 @@ class RegistrationConfig:
         b = self.features.mi_bins
         if isinstance(b, bool) or not isinstance(b, int) or b < 2:
             raise UserInputError(f"RegistrationConfig: features.mi_bins must be an integer >= 2, got {b!r}.")
+        r = self.features.mi_sampling
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+            raise UserInputError(f"RegistrationConfig: features.mi_sampling must be a fraction in (0, 1], got {r!r}.")
         if self.engine.fused is True:
             other = [f"stages.{i}.similarity={s.similarity!r}" for i, s in enumerate(stages)
                      if s.kind == "dense" and s.similarity != "mind"]

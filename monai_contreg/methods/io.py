@@ -171,7 +171,7 @@ def instance_optimisation(
     similarity = None  # "mind": the engine's warped SSD of the features (compiled kernels on CPU)
     if st.similarity != "mind":  # MONAI's LNCC / MI on the pooled intensities, warped by grid_sample, autograd
         similarity = intensity_similarity(st.similarity, lncc_kernel_size=config.features.lncc_kernel_size,
-                                          mi_bins=config.features.mi_bins)
+                                          mi_bins=config.features.mi_bins, mi_sampling=config.features.mi_sampling)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=st.reg_weight, padding_mode=ocfg.padding_mode,
         fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer, similarity=similarity,
