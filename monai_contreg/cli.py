@@ -257,6 +257,8 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("moving", help="moving image: file or DICOM series folder")
     p.add_argument("-o", "--output", help="Learn2Reg field on the fixed grid (.nii.gz, .nii, .npz; fixed voxels)")
     p.add_argument("--itk", help="ITK displacement field transform (.h5) or displacement image (.nii.gz, .nrrd, .mha), LPS mm")
+    p.add_argument("--itk-affine", help="the affine stage's map alone as an ITK affine transform (.txt, .tfm, .mat, .h5); "
+                                        "needs an affine stage (preset unaligned, or added for an unaligned pair)")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")
     p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")

@@ -448,6 +448,11 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
         field_format(args.output)  # fail before any work on a bad output name
     if args.itk and not str(args.itk).lower().endswith(ITK_TRANSFORM_FORMATS):
         raise UserInputError(f"--itk: path {args.itk!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
+    if getattr(args, "itk_affine", None):
+        from .io.itk_transforms import ITK_AFFINE_FORMATS
+
+        if not str(args.itk_affine).lower().endswith(ITK_AFFINE_FORMATS):
+            raise UserInputError(f"--itk-affine: path {args.itk_affine!r} must end with one of {list(ITK_AFFINE_FORMATS)}.")
     if not (args.output or args.itk):
         raise UserInputError("register-native: give -o/--output (Learn2Reg field) and/or --itk (ITK transform).")
     cfg = _config(args, request)
@@ -482,6 +487,11 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
                 raise
             print(f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}")
             raise UserInputError(f"--itk {args.itk!r} not written (the Learn2Reg field {written[0]!r} was): {exc}") from exc
+    if getattr(args, "itk_affine", None):
+        if res.linear is None:
+            raise UserInputError(f"--itk-affine {args.itk_affine!r} not written ({', '.join(written)} were): this "
+                                 "registration ran no affine stage (the pair looked aligned); use --preset unaligned.")
+        written.append(str(res.save_itk_affine(args.itk_affine)))
     logger.info("stage write: %.2fs (%s)", time.perf_counter() - t0, ", ".join(written))
     print(
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "

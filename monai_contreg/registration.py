@@ -25,6 +25,8 @@ Writing the field is the result's (:meth:`~monai_contreg.result.RegistrationResu
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 import warnings
@@ -45,7 +47,9 @@ from .errors import InputTypeError, MissingFileError, UserInputError, describe_r
 from .io.geometry_checks import GeometryWarning, ItkReading, affine_shear, itk_reading, nifti_geometry_disagreement
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
+from .methods.affine import alignment_check, compose_affine_ddf, voxel_affine
 from .methods.config import RegistrationConfig
+from .methods.stages import AffineStage
 from .methods.memory import MemoryEstimate, check_memory
 from .methods.presets import resolve_config
 from .methods.run import run_method
@@ -57,6 +61,7 @@ from .spatial.resample import resample_ddf, resample_image
 
 __all__ = [
     "ImageLike",
+    "auto_affine",
     "LoadedPair",
     "check_one_grid",
     "RegistrationPlan",
@@ -475,6 +480,32 @@ def plan(
     return RegistrationPlan(cfg, pair.fixed_grid, pair.moving_grid, working, resample, dev, dt, est, padding_mode)
 
 
+def auto_affine(pair: LoadedPair, p: RegistrationPlan, label: str = "register", given_field: bool = False) -> RegistrationPlan:
+    """The plan with an affine stage first when the pair looks unaligned (``config.auto_affine``), else ``p``.
+
+    The check (:func:`~monai_contreg.methods.affine.alignment_check`) runs on the images as loaded, each on its own
+    grid, after the CT padding floor; a config that has an affine stage, ``auto_affine.enabled: false`` or an
+    initial field (``given_field``) is left as it is. The decision is logged either way (INFO when a stage is added).
+    """
+    cfg = p.config
+    if not cfg.auto_affine.enabled or cfg.affine_stage is not None:
+        return p
+    f, m = (apply_intensity_floor(pair.data[k], cfg.preprocess) for k in ("fixed", "moving"))
+    check = alignment_check(f.as_tensor(), pair.fixed_grid.affine, m.as_tensor(), pair.moving_grid.affine, cfg.auto_affine)
+    if not check.needed:
+        logger.debug("%s: pair looks aligned (%s): no affine stage", label, check.describe())
+        return p
+    if given_field:
+        logger.info("%s: pair looks unaligned (%s) but an initial field was given: no affine stage added", label,
+                    check.describe())
+        return p
+    new = copy.deepcopy(cfg)
+    new.stages = (AffineStage(), *new.stages)
+    logger.info("%s: pair looks unaligned (%s): an affine stage runs first (auto_affine; set auto_affine.enabled=false "
+                "to skip it)", label, check.describe())
+    return dataclasses.replace(p, config=new)
+
+
 # ---- 3. resample ----------------------------------------------------------------------------------------------
 def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "register",
                     mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
@@ -546,10 +577,15 @@ def solve(
     fmask = None if fmask is None else torch.as_tensor(fmask).unsqueeze(0).to(p.device, p.dtype)
     t_load = time.perf_counter() - t0
     out = run_method(f, m, p.config, init_ddf=init_ddf, keypoints=keypoints, spacing=w.spacing, handlers=handlers,
-                     name=name, fixed_mask=fmask, validated=True)  # the plan validated the config
+                     name=name, fixed_mask=fmask, validated=True, grid_affine=w.affine)  # the plan validated the config
+    linear = getattr(out, "affine", None)
+    dense = None
     with torch.no_grad():
         working = out.field().detach()
         full = out.field.ddf(w.shape).detach()
+        if linear is not None:  # the total field x -> V^-1 A V (x + u(x)) (methods.affine, METHOD.md section 8)
+            dense = MetaTensor(full, affine=w.affine_tensor())
+            full = compose_affine_ddf(full, voxel_affine(linear, w.affine))
     if full.is_cuda:
         torch.cuda.synchronize(full.device)
     timings = {"load": t_load, **out.timings, "total": time.perf_counter() - t0}
@@ -559,6 +595,7 @@ def solve(
         kernels=getattr(out, "kernels", ""), moving_grid=w, working_grid=w,
         stopped_early=bool(getattr(out, "stopped_early", False)),
         levels_stopped_early=tuple(getattr(out, "levels_stopped_early", ())),
+        linear=None if linear is None else np.asarray(linear, dtype=np.float64), dense_ddf=dense,
     )
 
 
@@ -576,14 +613,20 @@ def map_back(working: RegistrationResult, p: RegistrationPlan, output: str = "vo
         working.moving_affine, working.moving_shape = np.array(p.moving_grid.affine), p.moving_grid.shape
         return working
     t0 = time.perf_counter()
+    dense = None
     with torch.no_grad():
-        native = resample_ddf(working.ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+        if working.linear is None:
+            native = resample_ddf(working.ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+        else:  # the dense part moved, the affine composed exactly on the fixed grid
+            u = resample_ddf(working.dense_ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+            dense = MetaTensor(u, affine=p.fixed_grid.affine_tensor())
+            native = compose_affine_ddf(u, voxel_affine(working.linear, p.fixed_grid.affine))
     return RegistrationResult(
         ddf=MetaTensor(native, affine=p.fixed_grid.affine_tensor()), working_ddf=working.working_ddf,
         history=working.history, tre_history=working.tre_history, timings={"to_native": time.perf_counter() - t0},
         config=working.config, steps=working.steps, moving_grid=p.moving_grid, working_grid=p.working_grid,
         working=working, output=output, kernels=working.kernels, stopped_early=working.stopped_early,
-        levels_stopped_early=working.levels_stopped_early,
+        levels_stopped_early=working.levels_stopped_early, linear=working.linear, dense_ddf=dense,
     )
 
 
@@ -636,6 +679,7 @@ def run(
              inputs=(fixed, moving), where=where)
     if p.resample and init_ddf is not None:
         raise UserInputError(f"{where}: init_ddf needs fixed and moving on one grid; they differ here.")
+    p = auto_affine(pair, p, name or where, given_field=init_ddf is not None)
     logger.info("%s estimated peak memory %s", name or where, p.memory)
     if p.device.type == "cpu" and p.config.engine.fused is not False:
         # build (first use on a machine, ~45 s) or load the compiled CPU kernels before the clock starts: a

@@ -66,6 +66,11 @@ class RegistrationResult:
             ``masked`` (bool) and per image (``fixed``, ``moving``) the mask's ``source`` (``"given"``,
             ``"automatic"``, ``"not found"``, ``"none"``) with, for an automatic mask, its volumes per side (mL),
             whether the lungs touch the image border, and each plausibility check; ``None`` when not recorded.
+        linear: with an affine stage, its world map ``A`` (4x4 float64, fixed world RAS mm -> moving world RAS
+            mm); ``None`` without one. :attr:`ddf` is then the total ``x -> A_f^-1 A A_f (x + u(x))`` (fixed world
+            point ``p`` <-> moving world point ``A(p + U(p))``, ``U`` the dense part in mm).
+        dense_ddf: with an affine stage, the dense part ``u`` (DDF on the fixed grid, its voxels; before ``A``);
+            ``None`` without one.
     """
 
     ddf: MetaTensor
@@ -89,6 +94,8 @@ class RegistrationResult:
     fixed_itk: ItkReading | None = None
     moving_itk: ItkReading | None = None
     mask_report: dict[str, Any] | None = None
+    linear: np.ndarray | None = None
+    dense_ddf: MetaTensor | None = None
 
     def __post_init__(self) -> None:
         if self.moving_grid is not None:
@@ -146,8 +153,9 @@ class RegistrationResult:
     def save_itk(self, path: str | Path) -> Path:
         """Write the field as an ITK displacement field transform (``.h5``) or image (LPS mm), atomically.
 
-        ITK (and ANTs), reading the same fixed and moving files, then map every fixed voxel to the moving voxel
-        ``contreg warp`` maps it to, also where ITK reads a header differently than this package (the difference
+        With an affine stage, ``.h5`` holds a ``CompositeTransform`` (the affine and the dense displacement field,
+        the field applied first); an image format holds the total. ITK (and ANTs), reading the same fixed and
+        moving files, then map every fixed voxel to the moving voxel ``contreg warp`` maps it to, also where ITK reads a header differently than this package (the difference
         is composed into the transform, :func:`~monai_contreg.io.itk_transforms.save_itk_transform`).
 
         Raises:
@@ -157,8 +165,28 @@ class RegistrationResult:
         """
         from .io.itk_transforms import save_itk_transform
 
+        if self.linear is not None and self.dense_ddf is not None:  # an affine stage: affine + field (.h5 composite)
+            return save_itk_transform(path, self.dense_ddf.as_tensor(), self.affine, moving_affine=self.moving_affine,
+                                      fixed_itk=self.fixed_itk, moving_itk=self.moving_itk, linear=self.linear)
         return save_itk_transform(path, self.ddf.as_tensor(), self.affine, moving_affine=self.moving_affine,
                                   fixed_itk=self.fixed_itk, moving_itk=self.moving_itk)
+
+    def save_itk_affine(self, path: str | Path) -> Path:
+        """Write the affine stage's map alone as an ITK affine transform (``.txt``, ``.tfm``, ``.mat``, ``.h5``).
+
+        ITK and ANTs apply it as fixed LPS point -> moving LPS point
+        (:func:`~monai_contreg.io.itk_transforms.save_itk_affine`); the dense part is not in it.
+
+        Raises:
+            UserInputError: the registration had no affine stage (:attr:`linear` is ``None``), or a bad path.
+        """
+        from .io.itk_transforms import save_itk_affine
+
+        if self.linear is None:
+            raise UserInputError("RegistrationResult.save_itk_affine: this registration ran no affine stage (linear is "
+                                 "None); add one (preset 'unaligned', or stages: [{kind: affine}, ...]).")
+        return save_itk_affine(path, self.linear, self.affine, moving_affine=self.moving_affine,
+                               fixed_itk=self.fixed_itk, moving_itk=self.moving_itk)
 
     def map_points(self, points_mm) -> torch.Tensor:
         """Fixed world points ``(N, 3)`` (RAS mm) -> corresponding moving world points ``(N, 3)`` float64."""

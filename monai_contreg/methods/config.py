@@ -38,13 +38,15 @@ from ..errors import MissingFileError, UserInputError, describe_parse_error
 from ..modes import FeatureStorage, Modality, PaddingMode
 from .keys import _SECTIONS, STAGE_ALIASES, apply_items, flatten, get_key, make_stages, scale_schedules, schedule_steps
 from .keys import _check_stage as _check_stage
-from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, ConvexConfig, ConvexStage, DenseStage, LevelConfig
+from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, AffineStage, AutoAffineConfig, ConvexConfig, ConvexStage, DenseStage, LevelConfig
 
 __all__ = [
     "INIT_NAMES",
     "METHOD_NAMES",
     "STAGE_ALIASES",
     "STAGE_KINDS",
+    "AffineStage",
+    "AutoAffineConfig",
     "ConvexConfig",
     "ConvexStage",
     "DenseStage",
@@ -338,6 +340,7 @@ class RegistrationConfig:
         stages: the stages in the order they run (:data:`STAGE_KINDS`: :class:`DenseStage`, :class:`ConvexStage`;
             mappings with a ``kind`` in YAML/JSON). Each stage starts from the field the previous one ended with; a
             convex stage can only come first, dense stages run coarse to fine. Default: one dense stage (``io``).
+        auto_affine: when an affine stage is added to a pair that looks unaligned (:class:`AutoAffineConfig`).
         preprocess, features, field, optim, engine, multilevel: settings every stage shares (the nested
             dataclasses). Their alias attributes (``optim.reg_weight``, ``field.grid_factor``, ...) read and
             write the stage fields they name (:data:`STAGE_ALIASES`).
@@ -354,6 +357,7 @@ class RegistrationConfig:
     optim: OptimConfig = _field(default_factory=OptimConfig)
     engine: EngineConfig = _field(default_factory=EngineConfig)
     multilevel: MultilevelConfig = _field(default_factory=MultilevelConfig)
+    auto_affine: AutoAffineConfig = _field(default_factory=AutoAffineConfig)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "stages":
@@ -373,8 +377,16 @@ class RegistrationConfig:
 
     @property
     def method(self) -> str:
-        """``"convex"`` when the stages are the convex stage alone, else ``"io"`` (set: :meth:`set` ``"method"``)."""
-        return "io" if self.dense_stages else "convex"
+        """``"convex"`` when the stages are the convex stage alone (after any affine stage), ``"affine"`` for an
+        affine stage alone, else ``"io"`` (set: :meth:`set` ``"method"``)."""
+        if self.dense_stages:
+            return "io"
+        return "convex" if any(s.kind == "convex" for s in self.stages) else "affine"
+
+    @property
+    def affine_stage(self) -> AffineStage | None:
+        """The affine stage (always first), or ``None``."""
+        return self.stages[0] if self.stages and self.stages[0].kind == "affine" else None
 
     @method.setter
     def method(self, value: str) -> None:
@@ -382,8 +394,10 @@ class RegistrationConfig:
 
     @property
     def init(self) -> str:
-        """``"convex"`` when a convex stage comes first, else ``"zero"`` (set: :meth:`set` ``"init"``)."""
-        return "convex" if self.stages and self.stages[0].kind == "convex" else "zero"
+        """``"convex"`` when a convex stage comes first (after any affine stage), else ``"zero"`` (set: :meth:`set`
+        ``"init"``)."""
+        rest = [s for s in self.stages if s.kind != "affine"]
+        return "convex" if rest and rest[0].kind == "convex" else "zero"
 
     @init.setter
     def init(self, value: str) -> None:
@@ -516,10 +530,15 @@ class RegistrationConfig:
         kinds = [s.kind for s in stages]
         for i, s in enumerate(stages):
             _check_stage(s, f"stages.{i}")
-            if s.kind == "convex" and i:
+            if s.kind == "affine" and i:
+                raise UserInputError(
+                    f"RegistrationConfig: stages.{i} is an affine stage, but the affine stage runs before every other "
+                    f"stage, so it can only be the first (stages: {kinds})."
+                )
+            if s.kind == "convex" and i and not (i == 1 and kinds[0] == "affine"):
                 raise UserInputError(
                     f"RegistrationConfig: stages.{i} is a convex stage, but a convex stage starts from no field, so it "
-                    f"can only be the first stage (stages: {kinds})."
+                    f"can only be the first stage, or the second after an affine stage (stages: {kinds})."
                 )
         dense = [(i, s) for i, s in enumerate(stages) if s.kind == "dense"]
         factors = [s.grid_factor for _, s in dense]
@@ -529,6 +548,7 @@ class RegistrationConfig:
                 f"factors {factors} (stages {[i for i, _ in dense]}): a coarser stage after a finer one undoes its detail."
             )
         self.multilevel.validate()
+        self.auto_affine.validate()
         if self.multilevel.mask_aware and not dense:
             raise UserInputError(
                 f"RegistrationConfig: multilevel.mask_aware has no effect on this config: it has no dense stage (stages: "

@@ -62,6 +62,9 @@ class MethodOutput:
             :mod:`monai_contreg.kernels`), ``"pytorch"`` (``grid_sample`` and autograd), ``"compiled+pytorch"``
             if both did (on any level), ``""`` without Adam steps.
         levels_stopped_early: a multi-level run: ``stopped_early`` of every level, in order; ``()`` otherwise.
+        affine: with an affine stage, its world map (4x4 float64 numpy, fixed world -> moving world, RAS mm; the
+            field is the dense part ``u`` after it); ``None`` without one.
+        affine_history: the affine stage's per-step ``similarity`` and ``lr``.
     """
 
     field: DisplacementField
@@ -72,6 +75,8 @@ class MethodOutput:
     stopped_early: bool = False
     kernels: str = ""
     levels_stopped_early: tuple[bool, ...] = ()
+    affine: Any = None
+    affine_history: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _one_dense(where: str, config: RegistrationConfig, stage: DenseStage | None) -> DenseStage:

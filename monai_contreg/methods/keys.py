@@ -41,7 +41,7 @@ STAGE_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 #: Sections of shared settings (the dataclass fields of :class:`RegistrationConfig` besides ``stages``).
-_SECTIONS = ("preprocess", "features", "field", "optim", "engine", "multilevel")
+_SECTIONS = ("preprocess", "features", "field", "optim", "engine", "multilevel", "auto_affine")
 
 
 def schedule_steps(config: RegistrationConfig) -> list[int]:
@@ -84,7 +84,7 @@ def scale_schedules(config: RegistrationConfig, steps: int) -> RegistrationConfi
 
 
 # --------------------------------------------------------------------------------------------- key resolution
-_STAGE_TYPES = (DenseStage, ConvexStage)
+_STAGE_TYPES = tuple(STAGE_KINDS.values())
 #: Top-level names a key may start with.
 _HEADS = ("stages", "method", "init", "convex", *_SECTIONS)
 #: Keys that change the list of stages: applied before the others of one call.
@@ -302,23 +302,26 @@ def _set(cfg: RegistrationConfig, key: str, value: Any) -> None:
     if head == "method" and len(parts) == 1:
         method = choose("RegistrationConfig", "method", value, METHOD_NAMES)
         convex = [s for s in stages if s.kind == "convex"]
+        lead = tuple(s for s in stages if s.kind == "affine")  # an affine stage stays first
         if method == "convex":
-            cfg.stages = (convex[0] if convex else _new_convex(cfg),)
+            cfg.stages = (*lead, convex[0] if convex else _new_convex(cfg))
         elif not cfg.dense_stages:
             c = convex[0] if convex else ConvexStage()
             cfg.stages = (*stages, DenseStage(mind_radius=c.mind_radius, mind_dilation=c.mind_dilation))
         return
     if head == "init" and len(parts) == 1:
         init = choose("RegistrationConfig", "init", value, INIT_NAMES)
+        lead = tuple(s for s in stages if s.kind == "affine")  # an affine stage stays first
+        rest = [s for s in stages if s.kind != "affine"]
         if init == "convex" and cfg.init != "convex":
-            cfg.stages = (_new_convex(cfg), *stages)
+            cfg.stages = (*lead, _new_convex(cfg), *rest)
         elif init == "zero" and cfg.init == "convex":
             if not cfg.dense_stages:
                 raise UserInputError(
                     f"RegistrationConfig: init=zero: this config is the convex stage alone (stages: {_kinds(cfg)}), which "
                     "starts from no field anyway; to run Adam from zero set method=io as well (or give stages)."
                 )
-            cfg.stages = tuple(stages[1:])
+            cfg.stages = (*lead, *rest[1:])
         return
     if head == "convex":
         i = _convex_index(cfg, key)
