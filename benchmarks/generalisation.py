@@ -300,7 +300,8 @@ def run_ours(pair: dict, options: str, threads: int) -> tuple[np.ndarray, float,
     seconds = time.perf_counter() - t0
     phi = res.ddf.as_tensor()[0].detach().cpu().numpy()
     notes = {"modality": (res.mask_report or {}).get("modality"), "masked": (res.mask_report or {}).get("masked"),
-             "kernels": res.kernels, "steps": res.steps}
+             "kernels": res.kernels, "steps": res.steps,
+             "stages": [s.kind for s in getattr(res.config, "stages", ())]}  # with an affine stage the auto rule added
     return phi, seconds, notes
 
 
