@@ -41,6 +41,10 @@ __all__ = ["PRESET_NAMES", "build_parser", "main"]
 
 #: The presets ``--preset`` accepts (:func:`monai_contreg.methods.presets.preset_names`; a test keeps them equal).
 PRESET_NAMES = ("io", "io-authors", "io-lr1", "io-lr15", "convex", "convexadam", "convex+io", "refine", "accurate")
+#: The values of ``--similarity`` and ``--modality`` (:class:`monai_contreg.modes.Similarity`,
+#: :class:`monai_contreg.modes.Modality`; a test keeps them equal).
+SIMILARITY_NAMES = ("mind", "lncc", "mi")
+MODALITY_NAMES = ("auto", "ct", "mr")
 #: Field formats of ``run``/``submit`` (:data:`monai_contreg.workflow.FIELD_FORMATS`).
 FIELD_FORMATS = (".nii.gz", ".npz")
 #: Backends of distributed ``run``/``tune`` (:data:`monai_contreg.distributed.BACKENDS`).
@@ -105,6 +109,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """
     if "preset" in vars(args):
         choose_name("--preset", "preset", args.preset, PRESET_NAMES)
+    if getattr(args, "similarity", None) is not None:
+        choose_name("--similarity", "similarity", args.similarity, SIMILARITY_NAMES)
+    if getattr(args, "modality", None) is not None:
+        choose_name("--modality", "modality", args.modality, MODALITY_NAMES)
     if getattr(args, "format", None) is not None:
         fmt = args.format if args.format.startswith(".") else f".{args.format}"
         if fmt not in FIELD_FORMATS:
@@ -131,6 +139,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. optim.schedule.peak_lr=10")
     p.add_argument("--device", default=None, type=_device_option, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--similarity", default=None, metavar="NAME",
+                   help="similarity of every dense stage: mind (MIND-SSC, the preset's default), lncc or mi "
+                        "(MONAI's LNCC / mutual information, for pairs of different contrasts); features.similarity")
+    p.add_argument("--modality", default=None, metavar="NAME",
+                   help="auto (default: CT recognised from its values), ct or mr; the HU floor, HU window and "
+                        "automatic lung mask apply to CT only, MR is normalised by percentiles; preprocess.modality")
     p.add_argument("--no-auto-mask", action="store_true",
                    help="do not segment the lungs of images given without a mask (presets that mask their inputs "
                         "do so by default; see 'contreg mask')")

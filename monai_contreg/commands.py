@@ -49,7 +49,8 @@ def run_command(args: argparse.Namespace, request: RunRequest) -> int:
 
 def _config(args: argparse.Namespace, request: RunRequest | None = None):
     """The command's :class:`~monai_contreg.methods.config.RegistrationConfig`: ``--preset``, then ``--config``,
-    then ``--set``, then the request's threads, progress and checkpoints and ``--no-auto-mask``."""
+    then ``--set``, then the request's threads, progress and checkpoints, ``--similarity``, ``--modality`` and
+    ``--no-auto-mask``."""
     from .methods.config import RegistrationConfig
     from .methods.presets import get_preset
 
@@ -68,6 +69,10 @@ def _config(args: argparse.Namespace, request: RunRequest | None = None):
         cfg.engine.resume = request.resume or cfg.engine.resume
     if request.checkpoint_every is not None:
         cfg.engine.checkpoint_every = request.checkpoint_every
+    if getattr(args, "similarity", None):
+        cfg.set("features.similarity", args.similarity)
+    if getattr(args, "modality", None):
+        cfg.set("preprocess.modality", args.modality)
     if getattr(args, "no_auto_mask", False):
         cfg.preprocess.auto_mask = False
     if getattr(args, "require_mask", False):

@@ -41,6 +41,7 @@ from monai.data import MetaTensor
 
 from ._validation import check_finite, choose
 from .data.lung_mask import auto_lung_masks
+from .data.modality import decide_modalities
 from .data.transforms import apply_intensity_floor, normalisation_transforms
 from .errors import InputTypeError, MissingFileError, UserInputError, describe_read_error
 from .io.geometry_checks import GeometryWarning, ItkReading, affine_shear, itk_reading, nifti_geometry_disagreement
@@ -240,14 +241,23 @@ def load_inputs(
 
 
 def preprocess(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig,
-               mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
+               mask_report: dict[str, Any] | None = None, modalities: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
     """Inputs on one grid -> ready for the method: automatic lung masks where a masking preset has none (what was
     done goes into ``mask_report``), then ``config.preprocess`` (MONAI transforms), refusing images with no
-    structure before and after it."""
+    structure before and after it.
+
+    ``modalities`` (:func:`~monai_contreg.data.modality.decide_modalities`; decided here from ``data`` when
+    ``None``): the lung mask is for CT pairs only and MR images are normalised by percentiles
+    (:func:`~monai_contreg.data.transforms.normalisation_transforms`); the decision goes into
+    ``mask_report["modality"]``."""
     for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
         check_informative(where, k, data[k].as_tensor())
-    data = auto_lung_masks(data, cfg, where, mask_report)  # missing masks of a masking preset (preprocess.auto_mask)
-    out = normalisation_transforms(cfg.preprocess)(data)
+    if modalities is None:
+        modalities = decide_modalities(data, cfg.preprocess, where)
+    data = auto_lung_masks(data, cfg, where, mask_report, modalities)  # missing masks of a masking preset (preprocess.auto_mask)
+    if mask_report is not None:
+        mask_report["modality"] = {k: modalities[k] for k in ("fixed", "moving")}
+    out = normalisation_transforms(cfg.preprocess, modalities=modalities)(data)
     for k in ("fixed", "moving"):
         mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
         check_informative(where, k, out[k].as_tensor(), None if mask is None else mask.as_tensor(),
@@ -513,6 +523,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
         UserInputError: a constant image (before or after preprocessing), a mask that is empty on the working grid.
     """
     data = pair.data
+    modalities = decide_modalities(data, p.config.preprocess, where)  # on the stored values, before any floor
     if p.resample:
         w = p.working_grid
         w_aff = w.affine_tensor()
@@ -524,7 +535,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
                                  padding_mode=LABEL_PADDING if labels else p.padding_mode)
             return MetaTensor(out[0, 0][None], affine=w_aff)
 
-        floored = {k: apply_intensity_floor(data[k], p.config.preprocess) for k in ("fixed", "moving")}
+        floored = {k: apply_intensity_floor(data[k], p.config.preprocess, modalities[k]) for k in ("fixed", "moving")}
         data = {k: resampled(floored[k], False) for k in ("fixed", "moving")}
         for k in ("fixed_mask", "moving_mask"):
             if k in pair.data:
@@ -534,7 +545,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
                         f"{where}: {k} is empty on the working grid {w!r} (no voxel > 0 after nearest-neighbour "
                         "resampling); pass a larger mask or a finer --working-spacing."
                     )
-    return preprocess(where, data, p.config, mask_report)
+    return preprocess(where, data, p.config, mask_report, modalities)
 
 
 # ---- 4. solve -------------------------------------------------------------------------------------------------

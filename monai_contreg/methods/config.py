@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingFileError, UserInputError, describe_parse_error
-from ..modes import FeatureStorage, PaddingMode
+from ..modes import FeatureStorage, Modality, PaddingMode
 from .keys import _SECTIONS, STAGE_ALIASES, apply_items, flatten, get_key, make_stages, scale_schedules, schedule_steps
 from .keys import _check_stage as _check_stage
 from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, AffineStage, AutoAffineConfig, ConvexConfig, ConvexStage, DenseStage, LevelConfig
@@ -83,6 +83,12 @@ class PreprocessConfig:
         require_mask: with ``auto_mask``, an image without a plausible lung stops the run with
             :class:`~monai_contreg.data.lung_mask.LungMaskError` (a user error, exit 2) instead of registering
             unmasked. CLI: ``--require-mask``.
+        modality: ``"auto"`` (default: each image decided from its values, :mod:`monai_contreg.data.modality`),
+            ``"ct"`` or ``"mr"``. CLI: ``--modality``. ``intensity_floor``, the HU ``window`` and ``auto_mask``
+            apply to CT images only; an MR image's ``"window"`` normalisation is by ``mr_percentiles`` instead
+            (``"minmax"`` and ``"none"`` are the same for both).
+        mr_percentiles: ``(low, high)`` percentiles (0-100, of all the image's voxels) an MR image is clipped to and
+            scaled from onto [0, 1] (MONAI's ``ScaleIntensityRangePercentiles``) where a CT image is windowed.
     """
 
     intensity: str = "window"
@@ -92,6 +98,8 @@ class PreprocessConfig:
     intensity_floor: float | None = -1024.0
     auto_mask: bool = True
     require_mask: bool = False
+    modality: str = "auto"
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
 
 
 class _Section:
@@ -131,14 +139,28 @@ class FeatureConfig(_Section):
     Attributes:
         storage: precision the optimisation keeps the working-grid features in: ``"float32"`` or ``"bfloat16"``
             (rounded once; arithmetic stays float32; halves the sampled memory on the compiled CPU path).
+        lncc_kernel_size: window of the ``"lncc"`` similarity (odd, working-grid voxels; MONAI's
+            ``LocalNormalizedCrossCorrelationLoss(kernel_size=...)``, rectangular kernel).
+        mi_bins: histogram bins of the ``"mi"`` similarity (MONAI's ``GlobalMutualInformationLoss(num_bins=...)``,
+            Gaussian Parzen windows over intensities in [0, 1]).
+        mi_sampling: fraction of the working-grid voxels the ``"mi"`` similarity is estimated on (a regular sample,
+            every ``round(1 / mi_sampling)``-th voxel; 0.25 as ANTs' ``antsRegistrationSyN.sh``): the Parzen
+            histogram costs voxels x bins per step.
         mind_radius, mind_dilation: aliases (not stored here) of every stage's ``mind_radius``/``mind_dilation``
             when the config has at most one dense stage (see :data:`STAGE_ALIASES`).
+        similarity: alias (not stored here) of every dense stage's ``similarity`` (``"mind"``, ``"lncc"``,
+            ``"mi"``; CLI ``--similarity``); reading it where the dense stages differ is an error naming
+            ``stages.I.similarity``.
     """
 
     storage: str = "float32"
+    lncc_kernel_size: int = 5
+    mi_bins: int = 23
+    mi_sampling: float = 0.25
 
     mind_radius = _alias("features.mind_radius")
     mind_dilation = _alias("features.mind_dilation")
+    similarity = _alias("features.similarity")
 
 
 @dataclass
@@ -537,10 +559,34 @@ class RegistrationConfig:
             )
         choose("RegistrationConfig", "preprocess.intensity", self.preprocess.intensity, ("window", "minmax", "none"))
         choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, PaddingMode)
+        choose("RegistrationConfig", "preprocess.modality", self.preprocess.modality, Modality)
+        plo, phi = self.preprocess.mr_percentiles
+        if not 0 <= plo < phi <= 100:
+            raise UserInputError(
+                f"RegistrationConfig: preprocess.mr_percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                f"{self.preprocess.mr_percentiles}."
+            )
         lo, hi = self.preprocess.window
         if not lo < hi:
             raise UserInputError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
         choose("RegistrationConfig", "features.storage", self.features.storage, FeatureStorage)
+        k = self.features.lncc_kernel_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise UserInputError(f"RegistrationConfig: features.lncc_kernel_size must be a positive odd integer (working-grid voxels), got {k!r}.")
+        b = self.features.mi_bins
+        if isinstance(b, bool) or not isinstance(b, int) or b < 2:
+            raise UserInputError(f"RegistrationConfig: features.mi_bins must be an integer >= 2, got {b!r}.")
+        r = self.features.mi_sampling
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+            raise UserInputError(f"RegistrationConfig: features.mi_sampling must be a fraction in (0, 1], got {r!r}.")
+        if self.engine.fused is True:
+            other = [f"stages.{i}.similarity={s.similarity!r}" for i, s in enumerate(stages)
+                     if s.kind == "dense" and s.similarity != "mind"]
+            if other:
+                raise UserInputError(
+                    f"RegistrationConfig: engine.fused=true requires the compiled similarity kernels, which only the "
+                    f"'mind' similarity has; got {', '.join(other)} (leave engine.fused unset or false)."
+                )
         b1, b2 = self.optim.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise UserInputError(f"RegistrationConfig: optim.betas must lie in [0, 1), got {self.optim.betas}.")

@@ -23,6 +23,7 @@ from ignite.engine import Engine
 from .._validation import check_finite, check_tensor
 from ..errors import MissingFileError, UserInputError
 from ..features.mind import mind_ssc
+from ..losses.intensity import intensity_similarity
 from ..optim.engine import create_registration_engine
 from ..optim.field import DisplacementField
 from ..optim.handlers import (
@@ -105,7 +106,8 @@ def compute_features(
         stage: the dense stage (``mind_radius``, ``mind_dilation``, ``grid_factor``).
 
     Returns:
-        Two ``(1, 12, h, w, d)`` tensors on the working grid.
+        Two ``(1, 12, h, w, d)`` tensors on the working grid; for a stage whose ``similarity`` is ``"lncc"`` or
+        ``"mi"``, the images average-pooled onto it (``(1, 1, h, w, d)``).
 
     Raises:
         UserInputError: unequal shapes; no ``stage`` and not exactly one dense stage in ``config``.
@@ -115,6 +117,9 @@ def compute_features(
     if fixed.shape != moving.shape:
         raise UserInputError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
     st = _one_dense("compute_features", config, stage)
+    if st.similarity != "mind":  # an intensity similarity (losses.intensity): the images, pooled
+        with torch.no_grad():
+            return downsample(fixed, st.grid_factor).contiguous(), downsample(moving, st.grid_factor).contiguous()
     with torch.no_grad():
         ff = downsample(mind_ssc(fixed, st.mind_radius, st.mind_dilation), st.grid_factor)
         mf = downsample(mind_ssc(moving, st.mind_radius, st.mind_dilation), st.grid_factor)
@@ -139,7 +144,8 @@ def instance_optimisation(
     """Run the Adam instance optimisation of one dense stage on working-grid features (one ignite engine run).
 
     Args:
-        fixed_features, moving_features: ``(1, C, h, w, d)`` on the working grid.
+        fixed_features, moving_features: ``(1, C, h, w, d)`` on the working grid (:func:`compute_features`: MIND-SSC
+            for the ``"mind"`` similarity, the pooled images for ``"lncc"``/``"mi"``).
         config: the registration config: its shared ``optim``, ``engine`` and ``features.storage`` settings, and
             its one dense stage unless ``stage`` is given.
         init_ddf: optional initial DDF ``(1, 3, ...)`` on any grid over the same field of view (its voxels).
@@ -174,9 +180,13 @@ def instance_optimisation(
     # torch's fused Adam (one kernel over the field instead of a chain of element-wise ops; same update to float
     # rounding) unless the step is asked to stay on plain PyTorch ops (engine.fused=False)
     optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False)
+    similarity = None  # "mind": the engine's warped SSD of the features (compiled kernels on CPU)
+    if st.similarity != "mind":  # MONAI's LNCC / MI on the pooled intensities, warped by grid_sample, autograd
+        similarity = intensity_similarity(st.similarity, lncc_kernel_size=config.features.lncc_kernel_size,
+                                          mi_bins=config.features.mi_bins, mi_sampling=config.features.mi_sampling)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=st.reg_weight, padding_mode=ocfg.padding_mode,
-        fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer,
+        fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer, similarity=similarity,
     )
     scheduler = PiecewiseLRScheduler(optimizer, sched)
     scheduler.attach(engine)

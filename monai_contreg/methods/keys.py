@@ -26,6 +26,7 @@ __all__ = ["STAGE_ALIASES", "apply_items", "flatten", "get_key", "make_stages", 
 #: Keys of earlier versions that name a stage field: key -> (stage kinds it reaches, field name).
 #: ``"dense"``: the config's one dense stage (an error naming ``stages.I.<field>`` with several, or none);
 #: ``"mind"``: every stage, where the config has at most one dense stage (its stages share one MIND, as before);
+#: ``"every dense"``: every dense stage (an error with none; reading it where they differ names ``stages.I.<field>``);
 #: ``"convex"``: the convex stage. ``multilevel.levels.I`` (the I-th dense stage), ``method`` and ``init`` are
 #: aliases too (:meth:`RegistrationConfig.set`).
 STAGE_ALIASES: dict[str, tuple[str, str]] = {
@@ -36,6 +37,7 @@ STAGE_ALIASES: dict[str, tuple[str, str]] = {
     "field.smoothing_kernel": ("dense", "smoothing_kernel"),
     "features.mind_radius": ("mind", "mind_radius"),
     "features.mind_dilation": ("mind", "mind_dilation"),
+    "features.similarity": ("every dense", "similarity"),
 }
 
 #: Sections of shared settings (the dataclass fields of :class:`RegistrationConfig` besides ``stages``).
@@ -195,6 +197,8 @@ def _alias_targets(cfg: RegistrationConfig, key: str, alias: str) -> list[int]:
     mode, name = STAGE_ALIASES[alias]
     dense = [i for i, s in enumerate(cfg.stages) if s.kind == "dense"]
     rest = key[len(alias):]
+    if mode == "every dense" and dense:
+        return dense
     if mode == "mind" and len(dense) <= 1:
         every = [i for i, s in enumerate(cfg.stages) if name in _names(s)]
         if every:

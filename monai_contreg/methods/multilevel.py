@@ -130,10 +130,14 @@ def level_features(
             before it shares.
 
     Returns:
-        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``).
+        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``); for a
+        level whose ``similarity`` is ``"lncc"`` or ``"mi"``: the images themselves, average-pooled (``C`` = 1).
     """
     check_tensor("level_features", "fixed", fixed, 5)
     check_tensor("level_features", "moving", moving, 5)
+    if level.similarity != "mind":  # an intensity similarity (losses.intensity): the pooled images
+        with torch.no_grad():
+            return (downsample(fixed, level.grid_factor).contiguous(), downsample(moving, level.grid_factor).contiguous())
     cache = {} if cache is None else cache
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     dilations = [level.mind_dilation] + ([level.second_dilation] if level.second_dilation else [])
@@ -283,6 +287,8 @@ def run_dense_stages(
     # the full-resolution MIND of a (radius, dilation) is kept only until the last stage that uses it
     last_use = {}
     for i, lv in enumerate(stages):
+        if lv.similarity != "mind":
+            continue
         for d in [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else []):
             last_use[(lv.mind_radius, d)] = i
     history: dict[str, list[float]] = {}
@@ -300,7 +306,7 @@ def run_dense_stages(
         if i == 0 and features is not None:
             (ff, mf), features = features, None
         else:  # one stage: the single-level method's features (default layout)
-            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils),
+            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use.get((lv.mind_radius, d), -1) <= i for d in dils),
                                     channels_last=multi)
         for key in [k for k in cache if last_use.get(k[1:3], -1) <= i]:
             del cache[key]

@@ -160,7 +160,7 @@ def _run_stages(fixed, moving, config, stages, dense, *, init_ddf, keypoints, sp
     if stages[0].kind == "convex":
         c = stages[0]
         nxt = dense[0] if len(dense) == 1 else None
-        share = nxt is not None and not nxt.second_dilation and (nxt.mind_radius, nxt.mind_dilation) == (c.mind_radius, c.mind_dilation)
+        share = nxt is not None and nxt.similarity == "mind" and not nxt.second_dilation and (nxt.mind_radius, nxt.mind_dilation) == (c.mind_radius, c.mind_dilation)
         ddf, features, t_feat, t_disc = _convex_stage(fixed, moving, c, nxt.grid_factor if share else None)
         timings = {"features": t_feat, "discrete": t_disc}
         logger.info("%sstage features: %.2fs (convex grid %s); discrete: %.2fs", f"{name} " if name else "", t_feat,

@@ -15,7 +15,7 @@ from dataclasses import field as _field
 from typing import ClassVar
 
 from ..errors import UserInputError
-from ..modes import PaddingMode
+from ..modes import PaddingMode, Similarity
 from ..optim.schedule import PiecewiseSchedule
 
 __all__ = [
@@ -110,6 +110,11 @@ class DenseStage:
         smoothing_passes: box-filter passes applied to its parameter on read.
         smoothing_kernel: width of those box filters (odd, working-grid voxels; a finer grid needs a wider one for
             the same smoothing in mm).
+        similarity: what the stage optimises (:class:`~monai_contreg.modes.Similarity`): ``"mind"`` (default: SSD
+            of MIND-SSC features, the paper's), ``"lncc"`` (MONAI's ``LocalNormalizedCrossCorrelationLoss``) or
+            ``"mi"`` (MONAI's ``GlobalMutualInformationLoss``, for pairs of different contrasts), the last two on
+            the warped intensities average-pooled onto its grid (:mod:`monai_contreg.losses.intensity`). The MIND
+            settings apply to ``"mind"`` only.
     """
 
     kind: ClassVar[str] = "dense"
@@ -122,12 +127,16 @@ class DenseStage:
     second_dilation: int = 0
     smoothing_passes: int = 3
     smoothing_kernel: int = 3
+    similarity: str = "mind"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``UserInputError`` naming the field and what it expects."""
+        from .._validation import choose
+
+        self.similarity = str(choose("DenseStage", "similarity", self.similarity, Similarity).value)
         for name, low in (("grid_factor", 1), ("mind_radius", 0), ("mind_dilation", 1), ("second_dilation", 0),
                           ("smoothing_passes", 0)):
             v = getattr(self, name)

@@ -130,8 +130,8 @@ INVALID = [
      "(I = 0, 1)."),
     ("accurate", "stages.1.reg_wieght", 3.0,
      "RegistrationConfig: unknown option stages.1.reg_wieght; valid options of stages.1: ['grid_factor', "
-     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'smoothing_kernel', "
-     "'smoothing_passes']. Did you mean 'reg_weight'?"),
+     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'similarity', "
+     "'smoothing_kernel', 'smoothing_passes']. Did you mean 'reg_weight'?"),
     ("convexadam", "multilevel.levels.1.reg_weight", 3.0,
      "RegistrationConfig: multilevel.levels.1.reg_weight: level index 1 is out of range; valid indices of "
      "multilevel.levels: [0]."),
