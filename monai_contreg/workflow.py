@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from ._validation import choose
-from .errors import RegistrationDivergedError
 from .data.learn2reg import Learn2RegDataset, Learn2RegPair, find_field, locate_fields
 from .errors import UserInputError, is_user_facing
 from .evaluation.learn2reg import RUNTIMES_FILE

@@ -56,6 +56,7 @@ from ..errors import UserInputError
 from ..features.mind import mind_ssc
 from ..spatial.conventions import spacing_from_affine
 from ..spatial.filters import downsample
+from ..spatial.grid import Grid
 from ..spatial.jacobian import jacobian_determinant
 from ..spatial.resample import warp_between_grids
 
@@ -320,7 +321,7 @@ def quality_signals(
         raise UserInputError(f"{where}: the region (fixed mask or body) has fewer than 27 voxels on the {target_spacing:g} mm grid.")
     mscale = _robust_scale(mc)
     fscale = _robust_scale(fc)
-    one_grid = cf == cm and np.allclose(a_fc, a_mc, atol=1e-3)
+    one_grid = Grid(cf, a_fc) == Grid(cm, a_mc)  # the package's one same-grid tolerance
     warped = warp_between_grids(mscale, a_mc, uc, a_fc)
     before = mscale if one_grid else warp_between_grids(mscale, a_mc, zero, a_fc)
     if one_grid:  # x + u(x) inside the moving grid's extent [-0.5, n - 0.5] on every axis

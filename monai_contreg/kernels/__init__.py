@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -86,6 +87,34 @@ def _ninja_on_path() -> None:
             pass
 
 
+#: A build lock older than this (seconds) is left by a build that was killed (a build takes about a minute); torch
+#: would wait on it for ever, so it is removed with a warning.
+STALE_LOCK_S = 20 * 60
+
+
+def clear_stale_lock(build_dir: str | os.PathLike, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove ``build_dir/lock`` if it is older than ``max_age_s`` seconds; True if one was removed.
+
+    torch's extension builder takes that file as a baton and, when the process holding it is killed, the next
+    process waits on it with no end and no message. A lock younger than ``max_age_s`` is another build in progress:
+    it is left alone and logged.
+    """
+    lock = Path(build_dir) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        logger.info("monai_contreg: waiting for another process building the kernels (%s, %.0f s old)", lock, age)
+        return False
+    try:
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    logger.warning("monai_contreg: removed a stale kernel build lock left by a killed build (%s, %.0f s old)", lock, age)
+    return True
+
+
 def load_extension() -> ModuleType | None:
     """The compiled CPU kernels, built on first call (``None`` if disabled or the build failed)."""
     if _disabled():
@@ -94,13 +123,15 @@ def load_extension() -> ModuleType | None:
         if not _STATE["tried"]:
             _STATE["tried"] = True
             try:
-                from torch.utils.cpp_extension import load
+                from torch.utils.cpp_extension import _get_build_directory, load
 
                 _ninja_on_path()
 
                 flags = ["-O3", "-fopenmp", "-march=native"]
+                name = build_name(flags)
+                clear_stale_lock(_get_build_directory(name, verbose=False))
                 _STATE["module"] = load(
-                    name=build_name(flags),
+                    name=name,
                     sources=[str(_SOURCE)],
                     extra_cflags=flags,
                     extra_ldflags=["-fopenmp"],

@@ -28,3 +28,19 @@ def test_build_name_differs_per_torch_version_path_flags_and_cpu(monkeypatch):
         assert kernels.build_name(FLAGS) != base
     assert kernels.build_name(["-O2"]) != base
     assert kernels.build_name(FLAGS) == base  # everything restored: the same name again
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """A lock left by a killed build would make every later process wait for ever (seen: a stalled test run)."""
+    import os
+    import time
+
+    from monai_contreg.kernels import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    assert clear_stale_lock(tmp_path) is False  # no lock: nothing to do
+    lock.touch()
+    assert clear_stale_lock(tmp_path) is False and lock.exists()  # a build in progress: kept
+    old = time.time() - STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(tmp_path) is True and not lock.exists()
