@@ -210,8 +210,8 @@ def test_sync_free_engine_reads_the_host_on_a_cadence_only():
     before = host_reads()
     ea.run(data=None, max_epochs=1, epoch_length=40)
     reads = host_reads() - before
-    # per 10 steps: two history flushes... of the recorder with flush_every=10, the NaN test, the guard's loss and
-    # field tests; once per run: the first loss, the final flushes and tests. Far fewer than one per step:
+    # per 10 steps: the flush of the recorder with flush_every=10, the NaN test, the guard's loss and field tests;
+    # once per run: the first loss, the final flushes and tests. Far fewer than one per step:
     assert reads <= 40 // 10 * 4 + 8 < 40
     assert isinstance(ea.state.output["loss"], torch.Tensor)
     eb.run(data=None, max_epochs=1, epoch_length=40)
