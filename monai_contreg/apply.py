@@ -37,6 +37,7 @@ from .io.images import load_image, save_image
 from .io.itk_transforms import load_itk_transform
 from .modes import IMAGE_PADDING, LABEL_PADDING, InterpolationMode
 from .spatial.conventions import points_voxel_to_world, points_world_to_voxel, ras_lps_flip
+from .spatial.grid import GRID_ATOL_MM, Grid
 from .spatial.resample import map_points_world, warp_between_grids
 
 __all__ = ["apply_to_files", "load_displacement", "warp_image_file", "warp_points_file"]
@@ -73,14 +74,15 @@ def load_displacement(
         ref_aff = np.asarray(ref.affine, dtype=np.float64)
         if transform is not None:  # an ITK transform lives on ITK's reading of the fixed image
             ref_aff = _itk_affine(where, "reference", reference, ref_aff)
-        if tuple(ref.shape[1:]) != tuple(ddf.shape[2:]):
+        ref_grid = Grid(tuple(ref.shape[1:]), ref_aff)
+        if ref_grid.shape != tuple(ddf.shape[2:]):
             raise UserInputError(
-                f"{where}: reference {str(reference)!r} has shape {tuple(ref.shape[1:])}, the field {tuple(ddf.shape[2:])}."
+                f"{where}: reference {str(reference)!r} has shape {ref_grid.shape}, the field {tuple(ddf.shape[2:])}."
             )
-        if geometry_in_file and not np.allclose(ref_aff, affine, atol=1e-3):
+        if geometry_in_file and not ref_grid.same_as(Grid(ref_grid.shape, affine)):  # the one tolerance, GRID_ATOL_MM
             raise UserInputError(
                 f"{where}: reference {str(reference)!r} affine {np.round(ref_aff, 4).tolist()} differs from the field's "
-                f"{np.round(affine, 4).tolist()}."
+                f"{np.round(affine, 4).tolist()} (by more than {GRID_ATOL_MM:g} mm in an entry: another grid)."
             )
         affine = ref_aff
     elif not geometry_in_file:

@@ -3,7 +3,7 @@
 ```text
     contreg register FIXED MOVING -o disp.nii.gz [--fixed-mask M] [--moving-mask M] [--preset io]
                      [--config cfg.yaml] [--set optim.schedule.peak_lr=10 ...] [--device cuda]
-                     [--no-auto-mask] [--series UID]
+                     [--no-auto-mask] [--series UID] [--checkpoint-dir D [--resume]]
     contreg mask CT -o mask.nii.gz [--series UID]   (the automatic lung mask, to inspect it)
     contreg demo [--preset io] [--device cpu] [--out DIR]
     contreg run DATASET [--split val] -o OUT/ [--preset io] [--format nii.gz|npz] [--overwrite] [--evaluate]
@@ -41,6 +41,10 @@ __all__ = ["PRESET_NAMES", "build_parser", "main"]
 
 #: The presets ``--preset`` accepts (:func:`monai_contreg.methods.presets.preset_names`; a test keeps them equal).
 PRESET_NAMES = ("io", "io-authors", "io-lr1", "io-lr15", "convex", "convexadam", "convex+io", "refine", "accurate")
+#: The values of ``--similarity`` and ``--modality`` (:class:`monai_contreg.modes.Similarity`,
+#: :class:`monai_contreg.modes.Modality`; a test keeps them equal).
+SIMILARITY_NAMES = ("mind", "lncc", "mi")
+MODALITY_NAMES = ("auto", "ct", "mr")
 #: Field formats of ``run``/``submit`` (:data:`monai_contreg.workflow.FIELD_FORMATS`).
 FIELD_FORMATS = (".nii.gz", ".npz")
 #: Backends of distributed ``run``/``tune`` (:data:`monai_contreg.distributed.BACKENDS`).
@@ -105,6 +109,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """
     if "preset" in vars(args):
         choose_name("--preset", "preset", args.preset, PRESET_NAMES)
+    if getattr(args, "similarity", None) is not None:
+        choose_name("--similarity", "similarity", args.similarity, SIMILARITY_NAMES)
+    if getattr(args, "modality", None) is not None:
+        choose_name("--modality", "modality", args.modality, MODALITY_NAMES)
     if getattr(args, "format", None) is not None:
         fmt = args.format if args.format.startswith(".") else f".{args.format}"
         if fmt not in FIELD_FORMATS:
@@ -131,6 +139,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. optim.schedule.peak_lr=10")
     p.add_argument("--device", default=None, type=_device_option, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--similarity", default=None, metavar="NAME",
+                   help="similarity of every dense stage: mind (MIND-SSC, the preset's default), lncc or mi "
+                        "(MONAI's LNCC / mutual information, for pairs of different contrasts); features.similarity")
+    p.add_argument("--modality", default=None, metavar="NAME",
+                   help="auto (default: CT recognised from its values), ct or mr; the HU floor, HU window and "
+                        "automatic lung mask apply to CT only, MR is normalised by percentiles; preprocess.modality")
     p.add_argument("--no-auto-mask", action="store_true",
                    help="do not segment the lungs of images given without a mask (presets that mask their inputs "
                         "do so by default; see 'contreg mask')")
@@ -143,6 +157,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", metavar="SIZE", type=_memory_option,
                    help="memory the registration may use, e.g. 8G or 500M (default: 80%% of the available RAM, or of "
                         "the GPU's free memory); checked against an estimate before the run starts")
+
+
+def _checkpoint_options(p: argparse.ArgumentParser, per_pair: bool = False) -> None:
+    """``--checkpoint-dir``, ``--checkpoint-every``, ``--resume`` of a command that optimises (engine.checkpoint_*)."""
+    g = p.add_argument_group(
+        "checkpoints", "save the optimisation's state (field, optimiser, schedule, step, handlers) every N steps; "
+        "after an interruption the same command with --resume continues from the last checkpoint and ends with the "
+        "field of an uninterrupted run" + (" (one set of checkpoints per pair, named by the pair; pairs without "
+                                           "one start from step 0)" if per_pair else ""))
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="folder for the checkpoints (engine.checkpoint_dir)")
+    g.add_argument("--checkpoint-every", metavar="N", type=_positive_int,
+                   help="steps between checkpoints (engine.checkpoint_every; default: the config's, 50)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --checkpoint-dir (engine.resume)")
 
 
 def _add_learn2reg_parsers(sub) -> None:
@@ -167,6 +195,7 @@ def _add_learn2reg_parsers(sub) -> None:
                                      "default: nccl with --device cuda, else gloo")
     g.add_argument("--master-port", type=int, help="rendezvous port of spawned processes (default: a free port)")
     _common(p)
+    _checkpoint_options(p, per_pair=True)
     p.set_defaults(handler="_cmd_run")
 
     p = sub.add_parser("submit", help="zip the fields of a split in the official Learn2Reg layout")
@@ -243,11 +272,14 @@ def _add_geometry_parsers(sub) -> None:
     p.add_argument("moving", help="moving image: file or DICOM series folder")
     p.add_argument("-o", "--output", help="Learn2Reg field on the fixed grid (.nii.gz, .nii, .npz; fixed voxels)")
     p.add_argument("--itk", help="ITK displacement field transform (.h5) or displacement image (.nii.gz, .nrrd, .mha), LPS mm")
+    p.add_argument("--itk-affine", help="the affine stage's map alone as an ITK affine transform (.txt, .tfm, .mat, .h5); "
+                                        "needs an affine stage (preset unaligned, or added for an unaligned pair)")
     p.add_argument("--fixed-mask", help="fixed image mask file")
     p.add_argument("--moving-mask", help="moving image mask file")
     p.add_argument("--working-spacing", type=_spacing_option, help="working grid spacing in mm, one value or three comma-separated (default: the preset's design spacing, field.design_spacing)")
     _series_option(p)
     _common(p)
+    _checkpoint_options(p)
     _quality_options(p)
     p.set_defaults(handler="_cmd_register_native")
 
@@ -330,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-mask", help="moving image mask file")
     _series_option(p)
     _common(p)
+    _checkpoint_options(p)
     _quality_options(p)
     p.set_defaults(handler="_cmd_register")
 

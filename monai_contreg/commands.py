@@ -49,7 +49,8 @@ def run_command(args: argparse.Namespace, request: RunRequest) -> int:
 
 def _config(args: argparse.Namespace, request: RunRequest | None = None):
     """The command's :class:`~monai_contreg.methods.config.RegistrationConfig`: ``--preset``, then ``--config``,
-    then ``--set``, then the request's threads and progress and ``--no-auto-mask``."""
+    then ``--set``, then the request's threads, progress and checkpoints, ``--similarity``, ``--modality`` and
+    ``--no-auto-mask``."""
     from .methods.config import RegistrationConfig
     from .methods.presets import get_preset
 
@@ -63,6 +64,15 @@ def _config(args: argparse.Namespace, request: RunRequest | None = None):
         cfg.engine.num_threads = request.threads
     if request.progress:
         cfg.engine.progress = True
+    if request.checkpoint_dir is not None:  # --checkpoint-dir / --checkpoint-every / --resume (register, run)
+        cfg.engine.checkpoint_dir = request.checkpoint_dir
+        cfg.engine.resume = request.resume or cfg.engine.resume
+    if request.checkpoint_every is not None:
+        cfg.engine.checkpoint_every = request.checkpoint_every
+    if getattr(args, "similarity", None):
+        cfg.set("features.similarity", args.similarity)
+    if getattr(args, "modality", None):
+        cfg.set("preprocess.modality", args.modality)
     if getattr(args, "no_auto_mask", False):
         cfg.preprocess.auto_mask = False
     if getattr(args, "require_mask", False):
@@ -84,7 +94,8 @@ def _check_memory_before(where: str, headers: dict, cfg, request: RunRequest, *,
     """Pre-flight of the memory estimate from the inputs' headers, before any voxel is read.
 
     The registration grid is the fixed grid when fixed and moving lie on one grid (shape, voxel axes and origin
-    within 1e-3 mm, as :func:`~monai_contreg.api.register` decides; ``register``, ``run``), else the working grid
+    within :data:`~monai_contreg.spatial.grid.GRID_ATOL_MM`: the headers' :class:`~monai_contreg.spatial.grid.Grid`
+    values compared as :func:`~monai_contreg.api.register` compares the loaded images; ``register``, ``run``), else the working grid
     over the fixed field of view at ``working_spacing`` (default the preset's design spacing; always for
     ``register-native``). Where a header gives no origin the smaller of the two estimates is checked, so that
     nothing the run itself would accept is refused. Inputs without a header geometry (DICOM folders) are checked
@@ -93,27 +104,26 @@ def _check_memory_before(where: str, headers: dict, cfg, request: RunRequest, *,
     Raises:
         UserInputError: naming ``--max-memory`` (and ``--working-spacing``) when the estimate exceeds the limit.
     """
-    from .api import GRID_ATOL_MM
     from .methods.memory import check_memory, estimate_memory
-    from .spatial.resample import working_grid
+    from .spatial.grid import Grid
 
     fixed, moving = headers.get("fixed"), headers.get("moving")
     if fixed is None or moving is None or fixed.linear is None or moving.linear is None:
         return
     masks = sum(1 for k in ("fixed_mask", "moving_mask") if headers.get(k) is not None)
     f_shape = fixed.spatial_shape
-    affine = np.eye(4)
-    affine[:3, :3] = fixed.linear
+    linear = np.eye(4)
+    linear[:3, :3] = fixed.linear  # the working grid's shape depends on the spacing only, not the origin or frame
     spacing = cfg.field.design_spacing if working_spacing is None else working_spacing
-    w_shape = working_grid(affine, f_shape, spacing)[1]
+    w_shape = Grid(f_shape, linear).working(spacing).shape
     working_hint = (f"Use a coarser working grid (--working-spacing MM; now {spacing} mm, the preset's design spacing "
                     f"is {cfg.field.design_spacing:g} mm) or raise --max-memory.")
     candidates = [(w_shape, working_hint)]
     if not working_grid_only and f_shape == moving.spatial_shape:
-        f_ras, m_ras = fixed.ras(), moving.ras()
-        if f_ras is None or m_ras is None:  # cannot tell: the smaller estimate of the two grids
+        f_grid, m_grid = fixed.grid, moving.grid
+        if f_grid is None or m_grid is None:  # cannot tell: the smaller estimate of the two grids
             candidates.append((f_shape, _one_grid_hint(cfg)))
-        elif all(np.allclose(a, b, atol=GRID_ATOL_MM) for a, b in zip(f_ras, m_ras)):
+        elif f_grid.same_as(m_grid):  # the decision register() makes (Grid, GRID_ATOL_MM)
             candidates = [(f_shape, _one_grid_hint(cfg))]
     shape, hint = min(candidates, key=lambda c: estimate_memory(c[0], cfg, masks=masks).total)
     check_memory(where, shape, cfg, max_memory=request.max_memory, masks=masks, device=request.torch_device(), hint=hint)
@@ -403,6 +413,7 @@ def _cmd_run(args: argparse.Namespace, request: RunRequest) -> int:
             args.dataset, args.split, args.output, cfg, backend=args.backend, nproc_per_node=args.nproc_per_node,
             master_port=args.master_port, device=request.device, threads=request.threads, fmt=args.format,
             overwrite=args.overwrite, evaluate=evaluate, on_pair=_report_pair, max_memory=request.max_memory,
+            quality=not args.no_quality,
         )
     else:
         summary = run_split(
@@ -444,6 +455,11 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
         field_format(args.output)  # fail before any work on a bad output name
     if args.itk and not str(args.itk).lower().endswith(ITK_TRANSFORM_FORMATS):
         raise UserInputError(f"--itk: path {args.itk!r} must end with one of {list(ITK_TRANSFORM_FORMATS)}.")
+    if getattr(args, "itk_affine", None):
+        from .io.itk_transforms import ITK_AFFINE_FORMATS
+
+        if not str(args.itk_affine).lower().endswith(ITK_AFFINE_FORMATS):
+            raise UserInputError(f"--itk-affine: path {args.itk_affine!r} must end with one of {list(ITK_AFFINE_FORMATS)}.")
     if not (args.output or args.itk):
         raise UserInputError("register-native: give -o/--output (Learn2Reg field) and/or --itk (ITK transform).")
     cfg = _config(args, request)
@@ -478,6 +494,11 @@ def _cmd_register_native(args: argparse.Namespace, request: RunRequest) -> int:
                 raise
             print(f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}")
             raise UserInputError(f"--itk {args.itk!r} not written (the Learn2Reg field {written[0]!r} was): {exc}") from exc
+    if getattr(args, "itk_affine", None):
+        if res.linear is None:
+            raise UserInputError(f"--itk-affine {args.itk_affine!r} not written ({', '.join(written)} were): this "
+                                 "registration ran no affine stage (the pair looked aligned); use --preset unaligned.")
+        written.append(str(res.save_itk_affine(args.itk_affine)))
     logger.info("stage write: %.2fs (%s)", time.perf_counter() - t0, ", ".join(written))
     print(
         f"wrote {', '.join(written)}  working grid {res.working_shape}  fixed grid {tuple(res.ddf.shape[2:])}  "

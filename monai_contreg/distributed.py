@@ -221,6 +221,7 @@ class _Job:
     log_level: int
     max_memory: int | None = None
     result_path: str | None = None
+    quality: bool = False
 
 
 def _describe(rank: int, stage: str, exc: BaseException) -> str:
@@ -279,6 +280,7 @@ def _rank_main(local_rank: int, job: _Job) -> RunSummary:
             list(enumerate(pairs))[rank::world], len(pairs), out, fmt=job.fmt, overwrite=job.overwrite, cfg=job.config,
             device=device, fn=with_max_memory(job.register_fn or register, job.max_memory),
             log_path=out / rank_log_name(rank), log=log, outcomes=outcomes, on_pair=job.on_pair, case_extra={"rank": rank},
+            quality=job.quality,
         )
     except Exception as exc:
         logger.exception("rank %d: the run failed", rank)
@@ -377,6 +379,7 @@ def run_split_distributed(
     on_pair: Callable[[PairOutcome, int, int], None] | None = None,
     register_fn: Callable[..., Any] | None = None,
     max_memory: str | float | int | None = None,
+    quality: bool = False,
 ) -> RunSummary:
     """Register every pair of a Learn2Reg split across processes (see the module docstring) into ``out_dir``.
 
@@ -404,6 +407,9 @@ def run_split_distributed(
         register_fn: replaces :func:`~monai_contreg.api.register` (tests); must pickle when processes are spawned.
         max_memory: memory each registration may use, on every rank (bytes or ``"8G"``; ``register(max_memory=)``);
             ``None``: 80 % of the memory available to the rank.
+        quality: after each pair, on the rank that registered it, estimate its error without landmarks
+            (:meth:`~monai_contreg.api.RegistrationResult.quality`), kept in the outcome and in ``runtimes.json``
+            under ``"quality"``, as :func:`~monai_contreg.workflow.run_split` does.
 
     Returns:
         A :class:`~monai_contreg.workflow.RunSummary` of all pairs in split order, in the spawning process and on
@@ -434,6 +440,7 @@ def run_split_distributed(
         eval_json=None if target in (False, None) else str(target), threads=threads or None, on_pair=on_pair,
         register_fn=register_fn, log_level=logging.getLogger().getEffectiveLevel(),
         max_memory=None if max_memory is None else parse_memory(f"{where}: max_memory", max_memory),
+        quality=bool(quality),
     )
     if nproc_per_node is not None:
         try:

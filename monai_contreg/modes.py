@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from monai.utils import GridSamplePadMode, StrEnum
 
-__all__ = ["IMAGE_PADDING", "LABEL_PADDING", "FeatureStorage", "InterpolationMode", "PaddingMode"]
+__all__ = ["IMAGE_PADDING", "LABEL_PADDING", "FeatureStorage", "InterpolationMode", "Modality", "PaddingMode", "Similarity"]
 
 #: ``grid_sample`` padding: ``ZEROS``, ``BORDER``, ``REFLECTION`` (MONAI's enum; members are ``str``).
 PaddingMode = GridSamplePadMode
@@ -36,6 +36,28 @@ class FeatureStorage(StrEnum):
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
+
+
+class Similarity(StrEnum):
+    """The similarity a dense stage optimises (:attr:`~monai_contreg.methods.config.DenseStage.similarity`).
+
+    ``MIND``: SSD of MIND-SSC features (the paper's; compiled CPU kernels); ``LNCC``: MONAI's
+    ``LocalNormalizedCrossCorrelationLoss`` and ``MI``: MONAI's ``GlobalMutualInformationLoss`` on the warped
+    intensities (:mod:`monai_contreg.losses.intensity`).
+    """
+
+    MIND = "mind"
+    LNCC = "lncc"
+    MI = "mi"
+
+
+class Modality(StrEnum):
+    """How an image's intensities are read (:attr:`~monai_contreg.methods.config.PreprocessConfig.modality`):
+    ``AUTO`` (decided from the values, :mod:`monai_contreg.data.modality`), ``CT`` (Hounsfield units) or ``MR``."""
+
+    AUTO = "auto"
+    CT = "ct"
+    MR = "mr"
 
 
 #: Padding of label maps and masks on every path (background outside the image, as ITK).

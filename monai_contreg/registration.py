@@ -25,6 +25,8 @@ Writing the field is the result's (:meth:`~monai_contreg.result.RegistrationResu
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 import warnings
@@ -39,12 +41,15 @@ from monai.data import MetaTensor
 
 from ._validation import check_finite, choose
 from .data.lung_mask import auto_lung_masks
+from .data.modality import decide_modalities
 from .data.transforms import apply_intensity_floor, normalisation_transforms
 from .errors import InputTypeError, MissingFileError, UserInputError, describe_read_error
 from .io.geometry_checks import GeometryWarning, ItkReading, affine_shear, itk_reading, nifti_geometry_disagreement
 from .io.images import check_series_used, load_image
 from .kernels import load_extension
+from .methods.affine import alignment_check, compose_affine_ddf, voxel_affine
 from .methods.config import RegistrationConfig
+from .methods.stages import AffineStage
 from .methods.memory import MemoryEstimate, check_memory
 from .methods.presets import resolve_config
 from .methods.run import run_method
@@ -56,6 +61,7 @@ from .spatial.resample import resample_ddf, resample_image
 
 __all__ = [
     "ImageLike",
+    "auto_affine",
     "LoadedPair",
     "check_one_grid",
     "RegistrationPlan",
@@ -235,14 +241,23 @@ def load_inputs(
 
 
 def preprocess(where: str, data: dict[str, MetaTensor], cfg: RegistrationConfig,
-               mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
+               mask_report: dict[str, Any] | None = None, modalities: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
     """Inputs on one grid -> ready for the method: automatic lung masks where a masking preset has none (what was
     done goes into ``mask_report``), then ``config.preprocess`` (MONAI transforms), refusing images with no
-    structure before and after it."""
+    structure before and after it.
+
+    ``modalities`` (:func:`~monai_contreg.data.modality.decide_modalities`; decided here from ``data`` when
+    ``None``): the lung mask is for CT pairs only and MR images are normalised by percentiles
+    (:func:`~monai_contreg.data.transforms.normalisation_transforms`); the decision goes into
+    ``mask_report["modality"]``."""
     for k in ("fixed", "moving"):  # a constant image (or constant inside its mask) has nothing to register
         check_informative(where, k, data[k].as_tensor())
-    data = auto_lung_masks(data, cfg, where, mask_report)  # missing masks of a masking preset (preprocess.auto_mask)
-    out = normalisation_transforms(cfg.preprocess)(data)
+    if modalities is None:
+        modalities = decide_modalities(data, cfg.preprocess, where)
+    data = auto_lung_masks(data, cfg, where, mask_report, modalities)  # missing masks of a masking preset (preprocess.auto_mask)
+    if mask_report is not None:
+        mask_report["modality"] = {k: modalities[k] for k in ("fixed", "moving")}
+    out = normalisation_transforms(cfg.preprocess, modalities=modalities)(data)
     for k in ("fixed", "moving"):
         mask = out.get(f"{k}_mask") if cfg.preprocess.use_masks else None
         check_informative(where, k, out[k].as_tensor(), None if mask is None else mask.as_tensor(),
@@ -465,6 +480,32 @@ def plan(
     return RegistrationPlan(cfg, pair.fixed_grid, pair.moving_grid, working, resample, dev, dt, est, padding_mode)
 
 
+def auto_affine(pair: LoadedPair, p: RegistrationPlan, label: str = "register", given_field: bool = False) -> RegistrationPlan:
+    """The plan with an affine stage first when the pair looks unaligned (``config.auto_affine``), else ``p``.
+
+    The check (:func:`~monai_contreg.methods.affine.alignment_check`) runs on the images as loaded, each on its own
+    grid, after the CT padding floor; a config that has an affine stage, ``auto_affine.enabled: false`` or an
+    initial field (``given_field``) is left as it is. The decision is logged either way (INFO when a stage is added).
+    """
+    cfg = p.config
+    if not cfg.auto_affine.enabled or cfg.affine_stage is not None:
+        return p
+    f, m = (apply_intensity_floor(pair.data[k], cfg.preprocess) for k in ("fixed", "moving"))
+    check = alignment_check(f.as_tensor(), pair.fixed_grid.affine, m.as_tensor(), pair.moving_grid.affine, cfg.auto_affine)
+    if not check.needed:
+        logger.debug("%s: pair looks aligned (%s): no affine stage", label, check.describe())
+        return p
+    if given_field:
+        logger.info("%s: pair looks unaligned (%s) but an initial field was given: no affine stage added", label,
+                    check.describe())
+        return p
+    new = copy.deepcopy(cfg)
+    new.stages = (AffineStage(), *new.stages)
+    logger.info("%s: pair looks unaligned (%s): an affine stage runs first (auto_affine; set auto_affine.enabled=false "
+                "to skip it)", label, check.describe())
+    return dataclasses.replace(p, config=new)
+
+
 # ---- 3. resample ----------------------------------------------------------------------------------------------
 def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "register",
                     mask_report: dict[str, Any] | None = None) -> dict[str, MetaTensor]:
@@ -482,6 +523,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
         UserInputError: a constant image (before or after preprocessing), a mask that is empty on the working grid.
     """
     data = pair.data
+    modalities = decide_modalities(data, p.config.preprocess, where)  # on the stored values, before any floor
     if p.resample:
         w = p.working_grid
         w_aff = w.affine_tensor()
@@ -493,7 +535,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
                                  padding_mode=LABEL_PADDING if labels else p.padding_mode)
             return MetaTensor(out[0, 0][None], affine=w_aff)
 
-        floored = {k: apply_intensity_floor(data[k], p.config.preprocess) for k in ("fixed", "moving")}
+        floored = {k: apply_intensity_floor(data[k], p.config.preprocess, modalities[k]) for k in ("fixed", "moving")}
         data = {k: resampled(floored[k], False) for k in ("fixed", "moving")}
         for k in ("fixed_mask", "moving_mask"):
             if k in pair.data:
@@ -503,7 +545,7 @@ def to_working_grid(pair: LoadedPair, p: RegistrationPlan, where: str = "registe
                         f"{where}: {k} is empty on the working grid {w!r} (no voxel > 0 after nearest-neighbour "
                         "resampling); pass a larger mask or a finer --working-spacing."
                     )
-    return preprocess(where, data, p.config, mask_report)
+    return preprocess(where, data, p.config, mask_report, modalities)
 
 
 # ---- 4. solve -------------------------------------------------------------------------------------------------
@@ -535,10 +577,15 @@ def solve(
     fmask = None if fmask is None else torch.as_tensor(fmask).unsqueeze(0).to(p.device, p.dtype)
     t_load = time.perf_counter() - t0
     out = run_method(f, m, p.config, init_ddf=init_ddf, keypoints=keypoints, spacing=w.spacing, handlers=handlers,
-                     name=name, fixed_mask=fmask, validated=True)  # the plan validated the config
+                     name=name, fixed_mask=fmask, validated=True, grid_affine=w.affine)  # the plan validated the config
+    linear = getattr(out, "affine", None)
+    dense = None
     with torch.no_grad():
         working = out.field().detach()
         full = out.field.ddf(w.shape).detach()
+        if linear is not None:  # the total field x -> V^-1 A V (x + u(x)) (methods.affine, METHOD.md section 8)
+            dense = MetaTensor(full, affine=w.affine_tensor())
+            full = compose_affine_ddf(full, voxel_affine(linear, w.affine))
     if full.is_cuda:
         torch.cuda.synchronize(full.device)
     timings = {"load": t_load, **out.timings, "total": time.perf_counter() - t0}
@@ -548,6 +595,7 @@ def solve(
         kernels=getattr(out, "kernels", ""), moving_grid=w, working_grid=w,
         stopped_early=bool(getattr(out, "stopped_early", False)),
         levels_stopped_early=tuple(getattr(out, "levels_stopped_early", ())),
+        linear=None if linear is None else np.asarray(linear, dtype=np.float64), dense_ddf=dense,
     )
 
 
@@ -565,14 +613,20 @@ def map_back(working: RegistrationResult, p: RegistrationPlan, output: str = "vo
         working.moving_affine, working.moving_shape = np.array(p.moving_grid.affine), p.moving_grid.shape
         return working
     t0 = time.perf_counter()
+    dense = None
     with torch.no_grad():
-        native = resample_ddf(working.ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+        if working.linear is None:
+            native = resample_ddf(working.ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+        else:  # the dense part moved, the affine composed exactly on the fixed grid
+            u = resample_ddf(working.dense_ddf.as_tensor(), p.working_grid.affine, p.fixed_grid.affine, p.fixed_grid.shape)
+            dense = MetaTensor(u, affine=p.fixed_grid.affine_tensor())
+            native = compose_affine_ddf(u, voxel_affine(working.linear, p.fixed_grid.affine))
     return RegistrationResult(
         ddf=MetaTensor(native, affine=p.fixed_grid.affine_tensor()), working_ddf=working.working_ddf,
         history=working.history, tre_history=working.tre_history, timings={"to_native": time.perf_counter() - t0},
         config=working.config, steps=working.steps, moving_grid=p.moving_grid, working_grid=p.working_grid,
         working=working, output=output, kernels=working.kernels, stopped_early=working.stopped_early,
-        levels_stopped_early=working.levels_stopped_early,
+        levels_stopped_early=working.levels_stopped_early, linear=working.linear, dense_ddf=dense,
     )
 
 
@@ -625,6 +679,7 @@ def run(
              inputs=(fixed, moving), where=where)
     if p.resample and init_ddf is not None:
         raise UserInputError(f"{where}: init_ddf needs fixed and moving on one grid; they differ here.")
+    p = auto_affine(pair, p, name or where, given_field=init_ddf is not None)
     logger.info("%s estimated peak memory %s", name or where, p.memory)
     if p.device.type == "cpu" and p.config.engine.fused is not False:
         # build (first use on a machine, ~45 s) or load the compiled CPU kernels before the clock starts: a
@@ -652,6 +707,8 @@ def run(
     working.mask_report = mask_report
     res = map_back(working, p, output)
     res.mask_report = mask_report
+    # the images as read (and on one grid the automatic masks, added in place): the quality estimate reuses them
+    res.inputs = {k: v for k, v in pair.data.items() if k in ("fixed", "moving", "fixed_mask", "moving_mask")}
     res.fixed_itk, res.moving_itk = itk_readings(pair.data).values()
     if p.resample:
         res.timings = {"load": t_load, "resample": t_resample, "register": t_register, **res.timings,

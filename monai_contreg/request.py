@@ -38,6 +38,12 @@ class RunRequest:
         progress: show progress bars (``--progress``, or stderr is a terminal), never with ``quiet``.
         quiet: ``--quiet`` (no progress bar).
         verbosity: the ``-v`` count (0 warnings, 1 info, 2 debug).
+        checkpoint_dir: ``--checkpoint-dir``: the folder the optimisation writes its checkpoints to
+            (``engine.checkpoint_dir``; ``run``: one set per pair, named by the pair), ``None``: no checkpoints.
+        checkpoint_every: ``--checkpoint-every``: steps between checkpoints (``engine.checkpoint_every``), ``None``:
+            the config's.
+        resume: ``--resume``: continue each registration from its latest checkpoint in ``checkpoint_dir``
+            (``engine.resume``; ``run``: pairs without a checkpoint start from step 0).
     """
 
     command: str = ""
@@ -47,6 +53,9 @@ class RunRequest:
     progress: bool = False
     quiet: bool = False
     verbosity: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -58,6 +67,15 @@ class RunRequest:
             object.__setattr__(self, "max_memory", parse_memory("--max-memory", self.max_memory))
         if self.quiet and self.progress:
             object.__setattr__(self, "progress", False)
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool)
+                                                  or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
+            raise UserInputError(f"--checkpoint-every: expected a whole number of steps >= 1, got {self.checkpoint_every!r}.")
+        if self.checkpoint_dir is not None and not str(self.checkpoint_dir).strip():
+            raise UserInputError("--checkpoint-dir: expected a folder, got an empty path.")
+        if (self.resume or self.checkpoint_every is not None) and self.checkpoint_dir is None:
+            opt = "--resume" if self.resume else "--checkpoint-every"
+            raise UserInputError(f"{opt}: give --checkpoint-dir DIR too (the folder the checkpoints are written to "
+                                 "and resumed from).")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, stderr_is_tty: bool | None = None) -> RunRequest:
@@ -68,7 +86,8 @@ class RunRequest:
             stderr_is_tty: whether progress bars would reach a terminal (default: ``sys.stderr.isatty()``).
 
         Raises:
-            UserInputError: naming the option (``--max-memory``, ``--device``, ``--threads``) of a bad value.
+            UserInputError: naming the option (``--max-memory``, ``--device``, ``--threads``, ``--resume`` without
+                ``--checkpoint-dir``) of a bad value.
         """
         tty = sys.stderr.isatty() if stderr_is_tty is None else stderr_is_tty
         quiet = bool(getattr(args, "quiet", False))
@@ -81,6 +100,9 @@ class RunRequest:
             progress=not quiet and (bool(getattr(args, "progress", False)) or tty),
             quiet=quiet,
             verbosity=int(getattr(args, "verbose", 0) or 0),
+            checkpoint_dir=getattr(args, "checkpoint_dir", None),
+            checkpoint_every=getattr(args, "checkpoint_every", None),
+            resume=bool(getattr(args, "resume", False)),
         )
 
     def torch_device(self) -> Any:

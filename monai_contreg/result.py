@@ -62,10 +62,18 @@ class RegistrationResult:
         fixed_itk, moving_itk: how ITK reads the fixed and moving input files
             (:class:`~monai_contreg.io.geometry_checks.ItkReading`), ``None`` for inputs given as arrays;
             :meth:`save_itk` composes any difference from the package's reading into the export.
+        inputs: the images the registration loaded (``fixed``, ``moving`` and the masks it used on their grids:
+            given, or automatic on one grid), ``(1, H, W, D)`` MetaTensors, for :meth:`quality`; ``None`` for a
+            result read from a file.
         mask_report: what masked the registration (:func:`~monai_contreg.data.lung_mask.auto_lung_masks`):
             ``masked`` (bool) and per image (``fixed``, ``moving``) the mask's ``source`` (``"given"``,
             ``"automatic"``, ``"not found"``, ``"none"``) with, for an automatic mask, its volumes per side (mL),
             whether the lungs touch the image border, and each plausibility check; ``None`` when not recorded.
+        linear: with an affine stage, its world map ``A`` (4x4 float64, fixed world RAS mm -> moving world RAS
+            mm); ``None`` without one. :attr:`ddf` is then the total ``x -> A_f^-1 A A_f (x + u(x))`` (fixed world
+            point ``p`` <-> moving world point ``A(p + U(p))``, ``U`` the dense part in mm).
+        dense_ddf: with an affine stage, the dense part ``u`` (DDF on the fixed grid, its voxels; before ``A``);
+            ``None`` without one.
     """
 
     ddf: MetaTensor
@@ -89,6 +97,9 @@ class RegistrationResult:
     fixed_itk: ItkReading | None = None
     moving_itk: ItkReading | None = None
     mask_report: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    linear: np.ndarray | None = None
+    dense_ddf: MetaTensor | None = None
 
     def __post_init__(self) -> None:
         if self.moving_grid is not None:
@@ -146,8 +157,9 @@ class RegistrationResult:
     def save_itk(self, path: str | Path) -> Path:
         """Write the field as an ITK displacement field transform (``.h5``) or image (LPS mm), atomically.
 
-        ITK (and ANTs), reading the same fixed and moving files, then map every fixed voxel to the moving voxel
-        ``contreg warp`` maps it to, also where ITK reads a header differently than this package (the difference
+        With an affine stage, ``.h5`` holds a ``CompositeTransform`` (the affine and the dense displacement field,
+        the field applied first); an image format holds the total. ITK (and ANTs), reading the same fixed and
+        moving files, then map every fixed voxel to the moving voxel ``contreg warp`` maps it to, also where ITK reads a header differently than this package (the difference
         is composed into the transform, :func:`~monai_contreg.io.itk_transforms.save_itk_transform`).
 
         Raises:
@@ -157,8 +169,28 @@ class RegistrationResult:
         """
         from .io.itk_transforms import save_itk_transform
 
+        if self.linear is not None and self.dense_ddf is not None:  # an affine stage: affine + field (.h5 composite)
+            return save_itk_transform(path, self.dense_ddf.as_tensor(), self.affine, moving_affine=self.moving_affine,
+                                      fixed_itk=self.fixed_itk, moving_itk=self.moving_itk, linear=self.linear)
         return save_itk_transform(path, self.ddf.as_tensor(), self.affine, moving_affine=self.moving_affine,
                                   fixed_itk=self.fixed_itk, moving_itk=self.moving_itk)
+
+    def save_itk_affine(self, path: str | Path) -> Path:
+        """Write the affine stage's map alone as an ITK affine transform (``.txt``, ``.tfm``, ``.mat``, ``.h5``).
+
+        ITK and ANTs apply it as fixed LPS point -> moving LPS point
+        (:func:`~monai_contreg.io.itk_transforms.save_itk_affine`); the dense part is not in it.
+
+        Raises:
+            UserInputError: the registration had no affine stage (:attr:`linear` is ``None``), or a bad path.
+        """
+        from .io.itk_transforms import save_itk_affine
+
+        if self.linear is None:
+            raise UserInputError("RegistrationResult.save_itk_affine: this registration ran no affine stage (linear is "
+                                 "None); add one (preset 'unaligned', or stages: [{kind: affine}, ...]).")
+        return save_itk_affine(path, self.linear, self.affine, moving_affine=self.moving_affine,
+                               fixed_itk=self.fixed_itk, moving_itk=self.moving_itk)
 
     def map_points(self, points_mm) -> torch.Tensor:
         """Fixed world points ``(N, 3)`` (RAS mm) -> corresponding moving world points ``(N, 3)`` float64."""
@@ -231,18 +263,34 @@ class RegistrationResult:
         moved = map_points_world(points_voxel_to_world(fp, self.affine), self.ddf.as_tensor(), self.affine)
         return (moved - points_voxel_to_world(mp, self.moving_affine)).norm(dim=-1)
 
-    def quality(self, fixed, moving, *, fixed_mask=None, moving_mask=None, auto_mask: bool = True, **kwargs):
+    def quality(self, fixed=None, moving=None, *, fixed_mask=None, moving_mask=None, auto_mask: bool = True, **kwargs):
         """The field's error estimated without landmarks: a
         :class:`~monai_contreg.evaluation.quality.QualityReport` (a calibrated model's estimate, not a measurement).
 
-        ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); masks
-        as for :func:`~monai_contreg.api.register`. Other keywords go to
+        ``fixed``/``moving``: the registered images (files, MetaTensors, or arrays on this result's grids); left
+        out (both), the images the registration loaded (:attr:`inputs`, nothing read again) with its masks, the
+        given ones and, on one grid, the automatic ones it segmented. Masks as for
+        :func:`~monai_contreg.api.register`. Other keywords go to
         :func:`~monai_contreg.evaluation.quality.estimate_quality`. Where the registration itself found no plausible
-        lung in the fixed image (:attr:`mask_report`: ``"not found"``) or ran unmasked, the estimate does not
-        segment one either: it is taken in the body, as the registration was.
+        lung (:attr:`mask_report`: ``"not found"``) or ran unmasked, the estimate does not segment one either: it is
+        taken in the body, as the registration was.
+
+        Raises:
+            UserInputError: only one of ``fixed``/``moving`` given, or neither and no :attr:`inputs` kept (a
+                result loaded from a file); the errors of
+                :func:`~monai_contreg.evaluation.quality.estimate_quality`.
         """
         from .evaluation.quality import estimate_quality
 
+        if fixed is None or moving is None:
+            if fixed is not None or moving is not None or not self.inputs:
+                raise UserInputError("RegistrationResult.quality: give both fixed and moving, or neither on a result "
+                                     "of register() (it keeps the images it loaded).")
+            fixed, moving = self.inputs["fixed"], self.inputs["moving"]
+            if fixed_mask is None and moving_mask is None:
+                fixed_mask, moving_mask = self.inputs.get("fixed_mask"), self.inputs.get("moving_mask")
+                if fixed_mask is not None and ((self.mask_report or {}).get("fixed") or {}).get("source") == "automatic":
+                    kwargs.setdefault("fixed_mask_source", "automatic")
         fixed_source = ((self.mask_report or {}).get("fixed") or {}).get("source")
         if fixed_mask is None and fixed_source in ("not found", "none", "automatic, unused"):
             auto_mask = False  # one decision about the mask: the registration's

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._validation import choose
@@ -47,6 +48,7 @@ from .io.atomic import atomic_path, writer_alive
 from .io.fields import load_field, save_field
 from .methods.config import RegistrationConfig
 from .methods.presets import resolve_config
+from .spatial.grid import Grid
 
 __all__ = [
     "EVALUATION_FILE",
@@ -96,6 +98,9 @@ class PairOutcome:
             mask source, the automatic mask's volumes per side, border contact and checks); ``None`` if unknown.
         quality: the landmark-free error estimate
             (:meth:`~monai_contreg.evaluation.quality.QualityReport.to_dict`) when the run asked for it, else ``None``.
+        grid: the field's :class:`~monai_contreg.spatial.grid.Grid` (the fixed image's: the result's
+            :attr:`~monai_contreg.api.RegistrationResult.fixed_grid`; a skipped NIfTI field: its header's); ``None``
+            on failure or for a skipped ``.npz`` field (no geometry).
     """
 
     key: str
@@ -110,6 +115,7 @@ class PairOutcome:
     kernels: str = ""
     mask: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    grid: Grid | None = None
 
 
 @dataclass
@@ -498,8 +504,11 @@ def _pair_quality(pair: Learn2RegPair, res, cfg) -> dict[str, Any]:
     """The error estimate of one registered pair (its ``to_dict()`` plus ``seconds``), or ``{"error": ...}``."""
     t0 = time.perf_counter()
     try:
-        rep = res.quality(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-                          auto_mask=bool(cfg.preprocess.auto_mask))
+        if getattr(res, "inputs", None):  # the images the registration loaded: nothing read twice
+            rep = res.quality(auto_mask=bool(cfg.preprocess.auto_mask))
+        else:
+            rep = res.quality(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                              auto_mask=bool(cfg.preprocess.auto_mask))
     except Exception as exc:  # an estimate that cannot be made must not fail a registered pair
         logger.info("%s: quality estimate failed", pair.key, exc_info=True)
         return {"error": " ".join(f"{type(exc).__name__}: {exc}".split()), "seconds": time.perf_counter() - t0}
@@ -508,14 +517,57 @@ def _pair_quality(pair: Learn2RegPair, res, cfg) -> dict[str, Any]:
     return d
 
 
+def _pair_resume(pair: Learn2RegPair, cfg: RegistrationConfig) -> RegistrationConfig:
+    """``engine.resume`` per pair: a pair that left a checkpoint (any level) in ``engine.checkpoint_dir``
+    continues from it; one that did not (not reached before the interruption) starts from step 0."""
+    ecfg = cfg.engine
+    if not (ecfg.resume and ecfg.checkpoint_dir):
+        return cfg
+    from .methods.io import registration_checkpoints
+
+    if registration_checkpoints(ecfg.checkpoint_dir, pair.key, levels=None):
+        logger.info("%s: resuming from its checkpoint in %s", pair.key, ecfg.checkpoint_dir)
+        return cfg
+    logger.info("%s: no checkpoint in %s: registered from step 0", pair.key, ecfg.checkpoint_dir)
+    return cfg.with_overrides({"engine.resume": False})
+
+
+def _existing_field_grid(pair: Learn2RegPair, existing: Path) -> tuple[bool, Grid | None]:
+    """Whether an existing field belongs to the pair's fixed grid (so a resumed run may skip the pair), and its
+    grid. A NIfTI field is compared with the fixed image's header grid (:meth:`Grid.same_as`, the one tolerance);
+    a ``.npz`` field carries no geometry and is kept; an unreadable fixed header cannot tell and keeps it too."""
+    from .data.learn2reg import image_grid
+    from .io.fields import field_grid
+
+    try:
+        grid = field_grid(existing)
+    except UserInputError as exc:
+        logger.warning("%s: field %s cannot be read (%s): registered again", pair.key, existing.name, exc)
+        return False, None
+    if grid is None:
+        return True, None
+    try:
+        fixed = image_grid(pair.fixed)
+    except UserInputError:
+        return True, grid
+    if not grid.same_as(fixed):
+        logger.warning("%s: field %s lies on another grid (%s) than the fixed image (%s): registered again",
+                       pair.key, existing.name, grid.describe(), fixed.describe())
+        return False, grid
+    return True, grid
+
+
 def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, device, fn, quality: bool = False) -> PairOutcome:
     existing = find_field(pair, out)
     if existing is not None and not overwrite:
-        logger.info("%s: field %s exists, skipped", pair.key, existing.name)
-        return PairOutcome(pair.key, "skipped", path=existing)
+        keep, grid = _existing_field_grid(pair, existing)
+        if keep:
+            logger.info("%s: field %s exists, skipped", pair.key, existing.name)
+            return PairOutcome(pair.key, "skipped", path=existing, grid=grid)
     target = out / pair.field_name(fmt)
     t0 = time.perf_counter()
     try:
+        cfg = _pair_resume(pair, cfg)
         kp = None
         if cfg.engine.tre_every and pair.fixed_keypoints is not None and pair.moving_keypoints is not None:
             from .data.keypoints import load_keypoints
@@ -549,6 +601,7 @@ def _run_pair(pair: Learn2RegPair, out: Path, fmt: str, overwrite: bool, cfg, de
         timings={k: float(v) for k, v in res.timings.items()}, kernels=str(getattr(res, "kernels", "") or ""),
         mask=getattr(res, "mask_report", None),
         quality=_pair_quality(pair, res, cfg) if quality else None,
+        grid=getattr(res, "fixed_grid", None),
     )
 
 
@@ -579,6 +632,8 @@ def make_submission(
     Raises:
         FileNotFoundError: missing fields (all listed); ValueError: wrong shapes (all listed), bad format.
     """
+    from .data.learn2reg import image_grid
+
     fmt = _format("make_submission", fmt)
     ds = dataset if isinstance(dataset, Learn2RegDataset) else Learn2RegDataset(dataset)
     pairs = ds.pairs(split)
@@ -597,7 +652,9 @@ def make_submission(
                 name = pair.field_name(fmt)
                 if not src.name.endswith(fmt):
                     ddf, affine = load_field(src)
-                    src = save_field(Path(tmp_dir) / name, ddf, affine)
+                    # a .npz field has no geometry: a NIfTI made from it carries the fixed image's grid
+                    grid = image_grid(pair.fixed) if src.name.endswith(".npz") else affine
+                    src = save_field(Path(tmp_dir) / name, ddf, grid)
                 info = zipfile.ZipInfo(name, date_time=time.localtime(src.stat().st_mtime)[:6])
                 info.external_attr = 0o644 << 16  # readable fields whatever the temporary file's mode was
                 info.compress_type = zf.compression
@@ -611,4 +668,6 @@ def outcome_dict(outcome: PairOutcome) -> dict[str, Any]:
     """A JSON-friendly dict of a :class:`PairOutcome`."""
     d = asdict(outcome)
     d["path"] = str(outcome.path) if outcome.path else None
+    g = outcome.grid
+    d["grid"] = None if g is None else {"shape": list(g.shape), "affine": np.asarray(g.affine).tolist()}
     return d

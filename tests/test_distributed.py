@@ -36,6 +36,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_pairs(dataset):
+    from monai_contreg.data.learn2reg import Learn2RegDataset
+
+    return Learn2RegDataset(dataset).pairs("val")
+
+
 def _field(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 
@@ -71,6 +77,11 @@ def distributed(dataset, tmp_path_factory):
 def test_two_gloo_processes_give_the_single_process_fields(dataset, single, distributed):
     out, summary = distributed
     assert summary.done == KEYS and not summary.failed and summary.rank == 0
+    # each outcome carries its field's Grid across the processes (gathered, then pickled back), checked and frozen
+    from monai_contreg.data.learn2reg import image_grid
+
+    for o, pair in zip(summary.outcomes, run_pairs(dataset)):
+        assert o.grid == image_grid(pair.fixed) and not o.grid.affine.flags.writeable
     for key in KEYS:  # bitwise: one torch thread per process in both runs
         assert np.array_equal(_field(out / f"disp_{key}.nii.gz"), _field(single / f"disp_{key}.nii.gz")), key
     # one merged run log, in the single-process layout (+ the rank of each pair), no per-rank leftovers

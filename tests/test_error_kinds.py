@@ -45,3 +45,39 @@ def test_wrong_argument_types_are_input_type_errors():
     with pytest.raises(InputTypeError, match="mind_ssc: image must be floating point") as info:
         mind_ssc(torch.zeros(1, 1, 8, 8, 8, dtype=torch.int64))
     assert isinstance(info.value, TypeError) and isinstance(info.value, UserInputError)
+
+
+def test_kernels_raise_the_projects_error_types():
+    """Before: kernels/ops.py raised a bare ValueError (kernels could not import errors under the layers contract;
+    errors is now the bottom layer, below kernels and modes)."""
+    from monai_contreg.kernels.ops import compiled_box_smooth
+
+    x = torch.zeros(1, 3, 4, 5, 6).transpose(2, 4)  # not contiguous: refused before the extension is built
+    with pytest.raises(UserInputError, match="compiled_box_smooth: inplace needs a contiguous tensor") as info:
+        compiled_box_smooth(x, 3, 1, inplace=True)
+    assert cli_error("register", info.value, stream=io.StringIO()) == EXIT_USER_ERROR
+
+
+def test_config_of_the_wrong_type_and_an_empty_report_are_user_errors(tmp_path):
+    """Before: resolve_config raised a bare TypeError and write_html_report a bare ValueError."""
+    from monai_contreg.evaluation.html_report import write_html_report
+    from monai_contreg.methods.presets import resolve_config
+
+    with pytest.raises(InputTypeError, match="run_split: config must be a RegistrationConfig"):
+        resolve_config("run_split", 3.0)
+    with pytest.raises(UserInputError, match="write_html_report: no pairs to report"):
+        write_html_report(tmp_path / "r.html", [])
+
+
+def test_errors_is_the_bottom_layer_of_the_contract():
+    """errors imports nothing of the package, so every layer (kernels and modes included) may raise its types."""
+    import ast
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    layers = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    assert layers[-1] == "errors" and "kernels | modes" in layers
+    tree = ast.parse((root / "monai_contreg" / "errors.py").read_text())
+    relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("monai_contreg"))]
+    assert relative == []

@@ -37,3 +37,11 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
         fh.write("\n\ndef _upward():\n    from ..api import register  # noqa: F401\n")
     out = _lint(tmp_path, tmp_path)
     assert out.returncode != 0 and "monai_contreg.spatial.grid -> monai_contreg.api" in out.stdout
+
+
+def test_no_module_of_the_tuning_package_is_over_800_lines():
+    """Issue 18: tuning.py was 1,702 lines holding eight concerns; the package keeps every module under 800."""
+    modules = sorted((REPO / "monai_contreg" / "tuning").glob("*.py"))
+    assert len(modules) >= 5
+    lengths = {p.name: len(p.read_text().splitlines()) for p in modules}
+    assert max(lengths.values()) <= 800, lengths

@@ -37,6 +37,7 @@ from monai.transforms import Compose, EnsureTyped, LoadImaged, Transform
 
 from .._validation import suggest
 from ..errors import MissingFileError, UserInputError
+from ..spatial.grid import Grid
 
 __all__ = [
     "IMAGE_KEYS",
@@ -52,6 +53,7 @@ __all__ = [
     "find_dataset_json",
     "find_field",
     "image_affine",
+    "image_grid",
     "locate_fields",
     "pair_loading_transforms",
 ]
@@ -382,22 +384,35 @@ class Learn2RegDataset:
         for k in KEYPOINT_KEYS:
             img = k.replace("_keypoints", "")
             if k in out and img not in out:  # image not loaded: take its affine from the header
-                out[k].affine = torch.as_tensor(image_affine(getattr(pair, img)), dtype=torch.float64)
+                out[k].affine = image_grid(getattr(pair, img)).affine_tensor()
         return out
 
 
-def image_affine(path: str | Path) -> np.ndarray:
-    """The 4x4 voxel-to-world matrix of an image file, read from its header only (NIfTI) or via ``LoadImage``."""
+def image_grid(path: str | Path) -> Grid:
+    """The :class:`~monai_contreg.spatial.grid.Grid` of an image file: read from its header only (NIfTI) or via
+    ``LoadImage``.
+
+    Raises:
+        MissingFileError: no such file.
+        UserInputError: an affine that is not a finite invertible 4x4.
+    """
     p = Path(path)
     if not p.is_file():
-        raise MissingFileError(f"image_affine: image file {str(p)!r} does not exist.")
+        raise MissingFileError(f"image_grid: image file {str(p)!r} does not exist.")
     if p.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        return np.asarray(nib.load(str(p)).affine, dtype=np.float64)
+        img = nib.load(str(p))
+        return Grid.for_array(f"image_grid({str(p)!r})", img.shape[:3], img.affine)
     from monai.transforms import LoadImage
 
-    return np.asarray(LoadImage(image_only=True)(str(p)).affine, dtype=np.float64)
+    img = LoadImage(image_only=True)(str(p))
+    return Grid.for_array(f"image_grid({str(p)!r})", img.shape[-3:], img.affine)
+
+
+def image_affine(path: str | Path) -> np.ndarray:
+    """The 4x4 voxel-to-world matrix of an image file (:func:`image_grid`'s affine, a writeable copy)."""
+    return np.array(image_grid(path).affine)
 
 
 _FIELD_EXTS = (".nii.gz", ".nii", ".npz")

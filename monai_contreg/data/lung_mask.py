@@ -61,7 +61,7 @@ The thresholds and their reasons are described in ``docs/guides/lung-mask.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -557,6 +557,7 @@ def describe_lungs(report: dict[str, Any]) -> str:
 
 def auto_lung_masks(
     data: MutableMapping[str, Any], config: Any, where: str = "register", report: dict[str, Any] | None = None,
+    modalities: Mapping[str, str] | None = None,
 ) -> MutableMapping[str, Any]:
     """Add ``fixed_mask``/``moving_mask`` computed by :func:`segment_lungs` where a preset masks but none was given.
 
@@ -570,6 +571,9 @@ def auto_lung_masks(
             ``"given"``, ``"automatic"``, ``"not found"`` or ``"none"``, and for a segmented image the report of
             :func:`segment_lungs`: volumes per side, border contact, each check). It becomes
             :attr:`monai_contreg.api.RegistrationResult.mask_report` and a pair's ``mask`` in ``runtimes.json``.
+        modalities: ``{"fixed", "moving"} -> "ct" | "mr"`` (:func:`~monai_contreg.data.modality.decide_modalities`;
+            ``None``: both CT). The lungs are segmented in CT pairs only: with an MR image nothing is segmented
+            (logged; each image's ``source`` ``"none"`` with a ``reason``).
 
     Returns:
         ``data`` with the missing masks added (``(1, H, W, D)`` float32 MetaTensors, 1 inside the lungs). When an
@@ -592,6 +596,14 @@ def auto_lung_masks(
         report["masked"] = True
         return data
     if not getattr(pre, "auto_mask", False):
+        return data
+    mr = [k for k in ("fixed", "moving") if (modalities or {}).get(k, "ct") == "mr"]
+    if mr:  # the lung segmentation reads HU: not for MR
+        for k in missing:
+            report[k] = {"source": "none", "reason": f"the {' and '.join(mr)} image{'s are' if len(mr) > 1 else ' is'} "
+                                                      "MR: the automatic lung mask is for CT"}
+        logger.info("%s: no automatic lung mask: the %s image%s MR (preprocess.modality); registering without masks "
+                    "unless given", where, " and ".join(mr), "s are" if len(mr) > 1 else " is")
         return data
     from monai.data import MetaTensor
 

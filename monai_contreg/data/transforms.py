@@ -22,6 +22,7 @@ from monai.transforms import (
     MapTransform,
     ScaleIntensityd,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
     ThresholdIntensityd,
     Transform,
 )
@@ -102,7 +103,22 @@ class ApplyMaskd(MapTransform):
 ApplyMaskD = ApplyMaskDict = ApplyMaskd
 
 
+def _mr_intensity(config: PreprocessConfig, keys: list[str]) -> list[Transform]:
+    """MR images: no HU floor; ``"window"`` (HU) becomes the percentile normalisation (``mr_percentiles``)."""
+    if not keys:
+        return []
+    if config.intensity == "window":
+        lo, hi = config.mr_percentiles
+        return [ScaleIntensityRangePercentilesd(keys, lower=float(lo), upper=float(hi), b_min=0.0, b_max=1.0, clip=True,
+                                                allow_missing_keys=True)]
+    if config.intensity == "minmax":
+        return [ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True)]
+    return []
+
+
 def _intensity(config: PreprocessConfig, keys: list[str]) -> list[Transform]:
+    if not keys:
+        return []
     floor: list[Transform] = []
     if config.intensity_floor is not None:  # CT padding (-2000, -3024, -32768) -> air
         f = float(config.intensity_floor)
@@ -115,12 +131,13 @@ def _intensity(config: PreprocessConfig, keys: list[str]) -> list[Transform]:
     return floor
 
 
-def apply_intensity_floor(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """``image`` with values below ``config.intensity_floor`` raised to it (unchanged when the floor is None).
+def apply_intensity_floor(image: torch.Tensor, config: PreprocessConfig, modality: str = "ct") -> torch.Tensor:
+    """``image`` with values below ``config.intensity_floor`` raised to it (unchanged when the floor is None, or
+    for an MR image: the floor is in HU).
 
     A MetaTensor stays one (same affine and metadata).
     """
-    if config.intensity_floor is None:
+    if config.intensity_floor is None or modality == "mr":
         return image
     return image.clamp(min=float(config.intensity_floor))
 
@@ -137,15 +154,25 @@ def loading_transforms(file_keys: Sequence[str] = (), array_keys: Sequence[str] 
 
 
 def normalisation_transforms(
-    config: PreprocessConfig, image_keys: Sequence[str] = IMAGE_KEYS, mask_keys: Sequence[str] = MASK_KEYS
+    config: PreprocessConfig, image_keys: Sequence[str] = IMAGE_KEYS, mask_keys: Sequence[str] = MASK_KEYS,
+    modalities: Mapping[str, str] | None = None,
 ) -> Compose:
     """Intensity normalisation of ``image_keys`` then (``config.use_masks``) masking by ``mask_keys``.
 
-    Normalisation: values below ``config.intensity_floor`` (CT padding) raised to it, then ``config.intensity``.
+    Normalisation of a CT image: values below ``config.intensity_floor`` (CT padding) raised to it, then
+    ``config.intensity``. Of an MR image (``modalities[key] == "mr"``, :mod:`monai_contreg.data.modality`): no floor;
+    ``"window"`` clips to ``config.mr_percentiles`` (percentiles of the image) and scales to [0, 1]; ``"minmax"``
+    and ``"none"`` as for CT.
+
+    Args:
+        modalities: ``key -> "ct" | "mr"``; ``None`` or a missing key: CT.
 
     Missing keys are skipped, so the same pipeline serves pairs with or without masks.
     """
-    chain: list[Transform] = [*_intensity(config, list(image_keys))]
+    mods = dict(modalities or {})
+    ct = [k for k in image_keys if mods.get(k, "ct") != "mr"]
+    mr = [k for k in image_keys if mods.get(k, "ct") == "mr"]
+    chain: list[Transform] = [*_intensity(config, ct), *_mr_intensity(config, mr)]
     if config.use_masks:
         chain.append(ApplyMaskd(list(image_keys), list(mask_keys), fill=config.mask_fill, allow_missing_keys=True))
     return Compose(chain)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserInputError
 from ..io.atomic import atomic_path
 
 __all__ = ["JACOBIAN_RANGE", "RESIDUAL_RANGE_MM", "encode_volume", "evaluation_html_report", "write_html_report"]
@@ -51,7 +52,7 @@ def _pair_payload(entry: dict[str, Any]) -> dict[str, Any]:
     q = entry["quality"]
     maps = getattr(q, "maps", None) if not isinstance(q, dict) else q.get("maps")
     if maps is None:
-        raise ValueError(f"write_html_report: pair {entry['name']!r}: its quality report has no maps (estimate_quality(..., keep_maps=True)).")
+        raise UserInputError(f"write_html_report: pair {entry['name']!r}: its quality report has no maps (estimate_quality(..., keep_maps=True)).")
     return {
         "name": str(entry["name"]),
         "spacing": list(getattr(q, "coarse_spacing", None) or (1.0, 1.0, 1.0)),
@@ -178,10 +179,10 @@ def write_html_report(path: str | Path, entries: Sequence[dict[str, Any]], title
         title: page title.
 
     Raises:
-        ValueError: no entries, or an entry without maps.
+        UserInputError: no entries, or an entry without maps.
     """
     if not entries:
-        raise ValueError("write_html_report: no pairs to report.")
+        raise UserInputError("write_html_report: no pairs to report.")
     payload = [_pair_payload(e) for e in entries]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in _COLUMNS)
     rows = "".join(_row(e, i) for i, e in enumerate(entries))

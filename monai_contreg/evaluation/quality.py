@@ -20,6 +20,8 @@ Given the fixed image, the moving image and a field (of this package or of anoth
 * ``outside_mind_ratio``: the MIND ratio over the body (voxels brighter than an Otsu threshold of the fixed image)
   outside the region, where the mask leaves body out (reported only: a lung-masked registration leaves the body
   outside the lungs unregistered by design).
+* ``linear_mm``, ``nonlinear_mm`` (:func:`linear_part`): the field's global linear (shear, scaling) part and what
+  is left beside it, in mm (reported only: a gantry tilt read as straight shows as an almost pure shear).
 * ``region_ml``: the region's volume; ``mask_like_outside_ml``: volume outside the mask with the mask's intensities,
   in solid components that are not the air around the body (touching at most three faces of the grid).
 
@@ -63,8 +65,11 @@ __all__ = [
     "MODEL_FEATURES",
     "MODEL_PATH",
     "QualityReport",
+    "automatic_lung_masks",
+    "estimate_class",
     "estimate_from_signals",
     "estimate_quality",
+    "linear_part",
     "load_model",
     "quality_signals",
     "verdict",
@@ -266,6 +271,7 @@ def quality_signals(
         A dict of floats: ``mind_ratio``, ``mind_ratio_worst``, ``mind_before``, ``mind_after``, ``residual_mm``,
         ``residual_worst_mm``, ``dice``, ``dice_before`` (NaN without both masks), ``sdlogj``,
         ``folding_percent``, ``out_of_image``, ``outside_mind_ratio`` (NaN without body outside the region),
+        ``linear_mm``, ``nonlinear_mm``,
         ``region_voxels``, ``region_ml``, ``mask_like_outside_ml`` (NaN without a fixed mask), ``seconds``.
 
     Raises:
@@ -368,6 +374,7 @@ def quality_signals(
         "outside_mind_ratio": float("nan"),
         "region_voxels": int(region.sum()),
     }
+    out.update(linear_part(uc, region, spacing_from_affine(a_fc)))
     if "fixed_mask" in masks and "moving_mask" in masks:
         mmask = downsample(masks["moving_mask"], km)
         wm = warp_between_grids(mmask, a_mc, uc, a_fc, padding_mode="zeros")[0, 0] > 0.5
@@ -394,6 +401,29 @@ def quality_signals(
         }
         out["coarse_spacing"] = tuple(float(s) for s in spacing_from_affine(a_fc))
     return out
+
+
+def linear_part(ddf: torch.Tensor, region: torch.Tensor, spacing) -> dict[str, float]:
+    """How much of a field is one global linear map: least-squares affine fit ``u(x) ~ M x + t`` (mm) over the
+    region; ``linear_mm``: mean length of its non-translational part ``M (x - centroid)``; ``nonlinear_mm``: mean
+    length of the residual ``u - (M x + t)``. A gantry tilt read as straight (or a wrong voxel size) shows as a
+    field that is almost exactly such a map (a shear or a scaling), which breathing is not.
+
+    Args:
+        ddf: ``(1, 3, h, w, d)`` field in voxels of a grid with voxel size ``spacing`` (mm); region: ``(h, w, d)`` bool.
+    """
+    idx = torch.nonzero(region).double()
+    if idx.shape[0] < 12:
+        return {"linear_mm": float("nan"), "nonlinear_mm": float("nan")}
+    if idx.shape[0] > 50_000:
+        idx = idx[:: idx.shape[0] // 50_000 + 1]
+    sp = torch.as_tensor(np.asarray(spacing, dtype=np.float64))
+    ii = idx.long()
+    u = ddf[0].double()[:, ii[:, 0], ii[:, 1], ii[:, 2]].T * sp  # (n, 3) mm
+    x = (idx - idx.mean(0)) * sp
+    A = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    coef = torch.linalg.lstsq(A, u).solution  # (4, 3)
+    return {"linear_mm": float((x @ coef[:3]).norm(dim=1).mean()), "nonlinear_mm": float((u - A @ coef).norm(dim=1).mean())}
 
 
 def model_features(signals: Mapping[str, float]) -> dict[str, float]:
@@ -433,15 +463,26 @@ def load_model(path: str | Path | None = None) -> dict[str, Any]:
 
 def estimate_from_signals(signals: Mapping[str, float], model: Mapping[str, Any] | None = None) -> tuple[float, float, float]:
     """``(estimate, low, high)`` mean error in mm: ``exp(b0 + sum b_i (f_i - mean_i) / scale_i)``, interval
-    ``exp(log estimate -+ q)`` with ``q`` the split-conformal quantile of the calibration fields' absolute log
-    residuals (coverage ``1 - alpha`` on exchangeable fields)."""
+    ``exp(log estimate -+ q)`` with ``q`` the conformal quantile of the calibration pairs' leave-one-pair-out
+    absolute log residuals, of the estimate's class (:func:`estimate_class`; the model's
+    ``conformal_q_by_class``, else its pooled ``conformal_q``): coverage ``1 - alpha`` on pairs exchangeable
+    with the calibration pairs (Vovk et al. 2005, Mondrian conformal prediction)."""
     mdl = load_model() if model is None else model
     feats = model_features(signals)
     z = float(mdl["intercept"])
     for name, b, mu, sd in zip(mdl["features"], mdl["coef"], mdl["mean"], mdl["scale"]):
         z += float(b) * (feats[name] - float(mu)) / float(sd)
     q = float(mdl["conformal_q"])
+    by_class = mdl.get("conformal_q_by_class")
+    if by_class:  # Mondrian: the quantile of the estimate's own class
+        q = float(by_class.get(estimate_class(math.exp(z)), q))
     return math.exp(z), math.exp(z - q), math.exp(z + q)
+
+
+def estimate_class(estimate_mm: float) -> str:
+    """The class of an estimate alone: ``"ok"`` below :data:`CHECK_MM`, ``"check"`` below :data:`FAILED_MM`,
+    else ``"failed"`` (the interval's Mondrian classes; :func:`verdict` adds the signals' checks)."""
+    return "ok" if estimate_mm < CHECK_MM else ("check" if estimate_mm < FAILED_MM else "failed")
 
 
 def verdict(estimate_mm: float, signals: Mapping[str, float], region: str = "fixed mask") -> tuple[str, list[str]]:
@@ -542,21 +583,30 @@ def _load(where: str, name: str, value, reader: str = "auto", series=None):
     return value, None
 
 
-def _coarse_lung_mask(image, affine: np.ndarray) -> np.ndarray:
-    """The automatic lung mask (:func:`~monai_contreg.data.lung_mask.lung_mask`) computed on the image pooled to
-    the ~3 mm quality grid (about 8x fewer voxels than a 1.5 mm CT), returned on the image's grid (nearest).
+def automatic_lung_masks(fixed, fixed_affine: np.ndarray, moving, moving_affine: np.ndarray,
+                         moving_mask=None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """The registration's automatic-mask decision (:func:`~monai_contreg.data.lung_mask.auto_lung_masks`), taken
+    the same way for an estimate without a fixed mask: :func:`~monai_contreg.data.lung_mask.segment_lungs` with
+    all its plausibility checks on each image's full-resolution grid (the moving one only when no moving mask is
+    given); when either image has no plausible lung, neither mask is used and the region is the body, as the
+    registration then runs unmasked.
 
-    Raises:
-        LungMaskError: no lungs found."""
-    from ..data.lung_mask import lung_mask
+    Args:
+        fixed, moving: ``(H, W, D)`` images in HU (arrays or tensors), with their 4x4 RAS affines (mm).
+        moving_mask: the given moving mask, if any (kept as it is).
 
-    t = _as5("estimate_quality", "fixed", image)
-    k = _factors(spacing_from_affine(affine), TARGET_SPACING_MM)
-    pooled = downsample(t, k)
-    a_c = _coarse_affine(affine, k, t.shape[2:], pooled.shape[2:])
-    mask = lung_mask(pooled[0, 0].numpy(), a_c)
-    up = F.interpolate(torch.as_tensor(mask.astype(np.float32))[None, None], size=tuple(t.shape[2:]), mode="nearest")
-    return up[0, 0].numpy() > 0.5
+    Returns:
+        ``(fixed_mask, moving_mask, region)``: boolean arrays on the images' grids (or ``None``) and
+        ``"automatic lung mask"`` or ``"body"``.
+    """
+    from ..data.lung_mask import LungMaskError, segment_lungs
+
+    try:
+        fm = segment_lungs(fixed, fixed_affine).mask
+        mm = moving_mask if moving_mask is not None else segment_lungs(moving, moving_affine).mask
+    except LungMaskError:
+        return None, None, "body"
+    return fm, mm, "automatic lung mask"
 
 
 def estimate_quality(
@@ -574,6 +624,7 @@ def estimate_quality(
     model: Mapping[str, Any] | None = None,
     keep_maps: bool = False,
     series=None,
+    fixed_mask_source: str = "given",
 ) -> QualityReport:
     """Estimate a field's registration error without landmarks.
 
@@ -584,12 +635,15 @@ def estimate_quality(
             Learn2Reg field file, voxels of the fixed grid) or ``transform`` (an ITK displacement field transform
             ``.h5`` or displacement image, LPS mm), exactly one of the three.
         fixed_mask, moving_mask: optional masks on their image's grid. Without a fixed mask and with
-            ``auto_mask``, the lungs of the fixed image are segmented on the ~3 mm quality grid
-            (:func:`~monai_contreg.data.lung_mask.lung_mask`); when that fails (no chest CT) the region is the body.
-            No moving mask: no Dice signal.
+            ``auto_mask``, the masks are those the registration would segment (:func:`automatic_lung_masks`: the
+            full-resolution :func:`~monai_contreg.data.lung_mask.segment_lungs` of both images, with its
+            plausibility checks); when either image has no plausible lung (no chest CT, bowel gas), the region is
+            the body. No moving mask: no Dice signal.
         model: a loaded model (default: :data:`MODEL_PATH`).
         keep_maps: keep coarse-grid maps for :mod:`monai_contreg.evaluation.html_report`.
         series: Series Instance UID(s) of DICOM-folder inputs (as :func:`~monai_contreg.api.register`).
+        fixed_mask_source: ``"given"`` or ``"automatic"`` (a ``fixed_mask`` that a registration segmented: the
+            region is then named ``"automatic lung mask"`` and the automatic mask's volume check applies).
 
     Returns:
         A :class:`QualityReport`.
@@ -615,15 +669,9 @@ def estimate_quality(
         raise UserInputError(f"{where}: fixed is a plain array: pass fixed_affine (4x4 RAS voxel-to-world, mm).")
     fm = _load(where, "fixed_mask", fixed_mask)[0] if fixed_mask is not None else None
     mm = _load(where, "moving_mask", moving_mask)[0] if moving_mask is not None else None
-    region = "fixed mask"
-    if fm is None and auto_mask:
-        from ..data.lung_mask import LungMaskError
-
-        try:
-            fm = _coarse_lung_mask(f, fa)
-            region = "automatic lung mask"
-        except LungMaskError:
-            fm, region = None, "body"
+    region = "automatic lung mask" if fixed_mask_source == "automatic" else "fixed mask"
+    if fm is None and auto_mask:  # the registration's own decision (full-resolution lung checks)
+        fm, mm, region = automatic_lung_masks(f, fa, m, ma, mm)
     elif fm is None:
         region = "body"
     sig = quality_signals(f, m, ddf, fa, ma, fm, mm, keep_maps=keep_maps)

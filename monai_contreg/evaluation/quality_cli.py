@@ -23,10 +23,13 @@ def print_quality(args: argparse.Namespace, res, cfg) -> dict | None:
         return None
     t0 = time.perf_counter()
     try:
-        rep = res.quality(
-            args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-            auto_mask=bool(cfg.preprocess.auto_mask), series=getattr(args, "series", None) or None,
-        )
+        if getattr(res, "inputs", None):  # the images the registration loaded: nothing read twice
+            rep = res.quality(auto_mask=bool(cfg.preprocess.auto_mask))
+        else:
+            rep = res.quality(
+                args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+                auto_mask=bool(cfg.preprocess.auto_mask), series=getattr(args, "series", None) or None,
+            )
     except Exception as exc:  # the field is written; an estimate that cannot be made is reported, not fatal
         logger.info("quality estimate failed", exc_info=True)
         print(f"quality: not estimated ({type(exc).__name__}: {exc})")

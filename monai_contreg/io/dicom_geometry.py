@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from ..spatial.grid import Grid
 
 __all__ = [
     "ORIENTATION_TOL", "POSITION_TOL_MM", "SeriesGeometry", "SliceHeader", "read_slice_headers", "resample_series",
@@ -162,6 +163,11 @@ class SeriesGeometry:
     offsets: np.ndarray | None = None
     normal_positions: np.ndarray | None = None
     corner_offset: tuple[int, int] = (0, 0)
+
+    @property
+    def grid(self) -> Grid:
+        """:attr:`shape` and :attr:`affine` as one :class:`~monai_contreg.spatial.grid.Grid`."""
+        return Grid(self.shape, self.affine)
 
     def describe(self, n_slices: int) -> str:
         """The warning text: the tilt (degrees, axis, drift) and the unequal steps, and what was done."""

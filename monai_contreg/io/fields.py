@@ -15,9 +15,10 @@ import torch
 from .._validation import check_ddf, check_finite, check_suffix, choose
 from ..errors import MissingFileError, UserInputError
 from ..spatial.conventions import ddf_to_learn2reg, learn2reg_to_ddf
+from ..spatial.grid import Grid
 from .atomic import atomic_path
 
-__all__ = ["field_format", "load_field", "save_field"]
+__all__ = ["field_format", "field_grid", "load_field", "save_field"]
 
 _FORMATS = (".nii.gz", ".nii", ".npz")
 
@@ -28,25 +29,30 @@ def field_format(path: str | Path) -> str:
 
 
 def save_field(
-    path: str | Path, ddf: torch.Tensor, affine: np.ndarray | torch.Tensor | None = None, dtype: str | None = None
+    path: str | Path, ddf: torch.Tensor, affine: Grid | np.ndarray | torch.Tensor | None = None, dtype: str | None = None
 ) -> Path:
     """Write a MONAI DDF ``(1, 3, H, W, D)`` (voxels) as a Learn2Reg field file, atomically.
 
     Args:
         path: ``*.nii.gz``, ``*.nii`` or ``*.npz``.
         ddf: the field.
-        affine: 4x4 voxel-to-world matrix of the fixed image (NIfTI only; identity if ``None``).
+        affine: the fixed image's :class:`~monai_contreg.spatial.grid.Grid` (of the field's shape) or its 4x4
+            voxel-to-world matrix (NIfTI only; identity if ``None``).
         dtype: ``"float32"`` or ``"float16"``; default float32 for NIfTI, float16 for ``.npz``.
 
     Returns:
         The written path.
+
+    Raises:
+        UserInputError: not a finite ``(1, 3, H, W, D)`` field; a grid of another shape, an affine that is not a
+            finite invertible 4x4 (nothing written).
     """
     check_ddf("save_field", "ddf", ddf)
     check_finite("save_field", "ddf", ddf)
     fmt = field_format(path)
     dtype = choose("save_field", "dtype", dtype or ("float16" if fmt == ".npz" else "float32"), ("float32", "float16"))
     arr = ddf_to_learn2reg(ddf).astype(dtype)
-    aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
+    aff = np.array(Grid.for_array("save_field", ddf.shape[2:], affine).affine)
     with atomic_path(path) as tmp:
         if fmt == ".npz":
             with open(tmp, "wb") as fh:
@@ -56,6 +62,28 @@ def save_field(
             img.header.set_intent("vector")
             nib.save(img, str(tmp))
     return Path(path)
+
+
+def field_grid(path: str | Path) -> Grid | None:
+    """The grid of a Learn2Reg field file, read from its header alone: ``None`` for ``.npz`` (no geometry).
+
+    Raises:
+        MissingFileError: no such file.
+        UserInputError: a header that cannot be read or is not an ``(H, W, D, 3)`` field's.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"field_grid: field file {str(p)!r} does not exist.")
+    if field_format(p) == ".npz":
+        return None
+    try:
+        img = nib.load(str(p))
+        shape, affine = tuple(int(s) for s in img.shape), img.affine
+    except Exception as exc:
+        raise UserInputError(f"field_grid: cannot read field file {str(p)!r}: {exc}") from exc
+    if len(shape) != 4 or shape[-1] != 3:
+        raise UserInputError(f"field_grid: field file {str(p)!r} must hold an (H, W, D, 3) array, got shape {shape}.")
+    return Grid.for_array("field_grid", shape[:3], affine)
 
 
 def load_field(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:

@@ -16,6 +16,10 @@ reads it (checked to agree); a gantry tilt, unequal spacing or missing slices ar
 uniform grid with a warning naming the tilt in degrees and the slices, never stacked straight in silence.
 
 Writing: :func:`save_image` writes NIfTI with nibabel and ``.nrrd``/``.mha`` with ITK (RAS -> LPS), atomically.
+
+The geometry is one :class:`~monai_contreg.spatial.grid.Grid` value: a loaded image's grid is ``Grid.of(image)``
+(checked when the image is read: a singular or non-finite affine is refused there, naming the file), and the
+writers take a ``Grid`` or a 4x4 matrix for ``affine`` (a grid must have the image's shape).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from monai.transforms import LoadImage
 from .._validation import check_suffix, choose
 from ..errors import MissingFileError, UserInputError, describe_read_error
 from ..spatial.conventions import affine_to_itk_geometry
+from ..spatial.grid import GRID_ATOL_MM, Grid
 from .atomic import atomic_path
 from .dicom_geometry import MAX_GAP, read_slice_headers, resample_series, series_geometry
 from .geometry_checks import GeometryWarning
@@ -194,13 +199,14 @@ def load_image(
     (``.meta["dicom_geometry"]`` then holds the text); slices of different orientations are refused.
 
     Returns:
-        A ``(1, H, W, D)`` MetaTensor; ``.affine`` is the ``(4, 4)`` float64 voxel-to-world matrix in RAS mm,
-        ``.meta["filename_or_obj"]`` the path. Array axes are ITK's ``[x, y, z]`` index axes (for NIfTI:
+        A ``(1, H, W, D)`` MetaTensor; ``.affine`` is the ``(4, 4)`` float64 voxel-to-world matrix in RAS mm
+        (its :class:`~monai_contreg.spatial.grid.Grid`: ``Grid.of(image)``), ``.meta["filename_or_obj"]`` the path. Array axes are ITK's ``[x, y, z]`` index axes (for NIfTI:
         nibabel's ``i, j, k``). DICOM intensities have the rescale slope/intercept applied (HU for CT).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        UserInputError: a folder with no readable DICOM series, or ``series`` not in it (``strict_series``); a
+        UserInputError: a folder with no readable DICOM series, or ``series`` not in it (``strict_series``); an
+            affine that is not a finite invertible matrix (no grid); a
             DICOM series whose slices lack a position/orientation, differ in orientation, share a position or leave
             a gap wider than ``max_slice_gap`` (the message names the slices).
         ValueError: the file cannot be read or does not hold one 3-D volume.
@@ -242,23 +248,34 @@ def load_image(
         raise UserInputError(f"load_image: image {str(p)!r} must hold one 3-D volume, got shape {tuple(img.shape)} (channel first).")
     if dtype is not None:
         img = img.to(dtype)
-    img.affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
+    img.affine = _grid_of(p, img).affine_tensor()
     if chosen is not None:
         img.meta["dicom_series"] = chosen.uid
         _check_itk_agrees(p, img, geometry)
     return img
 
 
+def _grid_of(path: Path, img: MetaTensor) -> Grid:
+    """The loaded image's grid (shape and float64 affine), or a UserInputError naming the file."""
+    try:
+        return Grid.of(img)
+    except UserInputError as exc:
+        raise UserInputError(f"load_image: image {str(path)!r} has no usable geometry: {str(exc).split(': ', 1)[-1]}") from None
+
+
 def _check_itk_agrees(folder: Path, img: MetaTensor, geometry) -> None:
-    """A regular series: ITK's stacked geometry must be the slices' own (corners within 1e-3 mm)."""
-    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[1] - 1) for j in (0, img.shape[2] - 1)
-                        for k in (0, img.shape[3] - 1)]).T
-    err = float(np.abs(np.asarray(img.affine) @ corners - geometry.affine @ corners).max())
-    if tuple(img.shape[1:]) != tuple(geometry.shape) or err > 1e-3:
+    """A regular series: ITK's stacked grid must be the slices' own (same shape, corners within
+    :data:`~monai_contreg.spatial.grid.GRID_ATOL_MM`)."""
+    itk_grid, slices_grid = Grid.of(img), geometry.grid
+    err = float("inf")
+    if itk_grid.shape == slices_grid.shape:
+        corners = [[i, j, k] for i in (0, itk_grid.shape[0] - 1) for j in (0, itk_grid.shape[1] - 1)
+                   for k in (0, itk_grid.shape[2] - 1)]
+        err = float((itk_grid.voxel_to_world(corners) - slices_grid.voxel_to_world(corners)).abs().max())
+    if err > GRID_ATOL_MM:
         raise UserInputError(
-            f"load_image: ITK reads the DICOM series in {str(folder)!r} on shape {tuple(img.shape[1:])}, affine "
-            f"{np.round(np.asarray(img.affine), 4).tolist()}, but its slices' positions give shape {geometry.shape}, "
-            f"affine {np.round(geometry.affine, 4).tolist()} (corners {err:.3g} mm apart): not read.")
+            f"load_image: ITK reads the DICOM series in {str(folder)!r} on {itk_grid.describe()}, but its slices' "
+            f"positions give {slices_grid.describe()} (corners {err:.3g} mm apart): not read.")
 
 
 def _read_resampled(folder: Path, headers, geometry, dtype) -> MetaTensor:
@@ -275,10 +292,9 @@ def _read_resampled(folder: Path, headers, geometry, dtype) -> MetaTensor:
     warnings.warn(msg, GeometryWarning, stacklevel=3)
     vol = resample_series(np.stack(slices, axis=2), geometry)
     t = torch.from_numpy(vol)[None]
-    img = MetaTensor(t.to(dtype) if dtype is not None else t, affine=torch.as_tensor(geometry.affine, dtype=torch.float64),
-                     meta={"filename_or_obj": str(folder), "dicom_geometry": note})
-    img.affine = torch.as_tensor(geometry.affine, dtype=torch.float64)
-    return img
+    grid = Grid.for_array("load_image", vol.shape, geometry.grid)
+    return MetaTensor(t.to(dtype) if dtype is not None else t, affine=grid.affine_tensor(),
+                      meta={"filename_or_obj": str(folder), "dicom_geometry": note})
 
 
 def _format(path: str | Path) -> str:
@@ -286,18 +302,23 @@ def _format(path: str | Path) -> str:
 
 
 def save_image(
-    path: str | Path, image: torch.Tensor | np.ndarray, affine: np.ndarray | torch.Tensor | None = None, dtype=None
+    path: str | Path, image: torch.Tensor | np.ndarray, affine: Grid | np.ndarray | torch.Tensor | None = None, dtype=None
 ) -> Path:
     """Write a 3-D image with its geometry, atomically.
 
     Args:
         path: ``*.nii.gz``, ``*.nii`` (nibabel) or ``*.nrrd``, ``*.mha`` (ITK, geometry converted to LPS).
         image: ``(H, W, D)`` or ``(1, H, W, D)`` array (a MetaTensor's affine is used when ``affine`` is None).
-        affine: 4x4 RAS voxel-to-world matrix; default the MetaTensor's, else the identity.
+        affine: the image's :class:`~monai_contreg.spatial.grid.Grid` (of the image's shape) or its 4x4 RAS
+            voxel-to-world matrix; default the MetaTensor's, else the identity.
         dtype: numpy dtype to store (default: the array's).
 
     Returns:
         The written path.
+
+    Raises:
+        UserInputError: not a 3-D image; a grid of another shape, an affine that is not a finite invertible 4x4
+            (nothing written); an unknown extension.
     """
     fmt = _format(path)
     if affine is None and isinstance(image, MetaTensor):
@@ -309,7 +330,7 @@ def save_image(
         raise UserInputError(f"save_image: image must have shape (H, W, D) or (1, H, W, D), got {arr.shape}.")
     if dtype is not None:
         arr = arr.astype(dtype)
-    aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
+    aff = np.array(Grid.for_array("save_image", arr.shape, affine).affine)
     with atomic_path(path) as tmp:
         if fmt in _NIFTI:
             nib.save(nib.Nifti1Image(arr, aff), str(tmp))
@@ -328,7 +349,7 @@ def save_image(
 def save_dicom_series(
     folder: str | Path,
     image: torch.Tensor | np.ndarray,
-    affine: np.ndarray | torch.Tensor,
+    affine: Grid | np.ndarray | torch.Tensor,
     series_uid: str,
     *,
     description: str = "",
@@ -342,7 +363,8 @@ def save_dicom_series(
         folder: output folder (created; existing files are kept, so several series can share it).
         image: ``(H, W, D)`` or ``(1, H, W, D)`` intensities in real-world units (HU); stored as int16 pixels
             ``round((value - intercept) / slope)``, which must fit int16.
-        affine: 4x4 RAS voxel-to-world matrix (written as LPS Image Position/Orientation Patient, Pixel Spacing);
+        affine: the image's :class:`~monai_contreg.spatial.grid.Grid` or its 4x4 RAS voxel-to-world matrix (written
+            as LPS Image Position/Orientation Patient, Pixel Spacing);
             its axes must be right-handed (slice ``k + 1`` along the normal of rows x columns), as in DICOM. Axis 2
             may be oblique to the slices (a gantry tilt): slice ``k`` is written at ``affine @ (0, 0, k, 1)``
             exactly, its slice thickness the step along the normal.
@@ -356,8 +378,8 @@ def save_dicom_series(
         The written file paths, slice order.
 
     Raises:
-        UserInputError: not a 3-D image, a left-handed affine, axes 0 and 1 not orthogonal, or values that do not
-            fit int16 after the rescale.
+        UserInputError: not a 3-D image, a grid of another shape, an affine that is not a finite invertible 4x4, a
+            left-handed affine, axes 0 and 1 not orthogonal, or values that do not fit int16 after the rescale.
     """
     import itk
 
@@ -370,7 +392,7 @@ def save_dicom_series(
     stored = np.round((arr.astype(np.float64) - intercept) / slope)
     if stored.min() < -32768 or stored.max() > 32767:
         raise UserInputError(f"save_dicom_series: values {arr.min()}..{arr.max()} do not fit int16 with rescale {rescale}.")
-    aff = np.asarray(torch.as_tensor(affine).detach().cpu().double().reshape(4, 4))
+    aff = np.array(Grid.for_array("save_dicom_series", arr.shape, affine).affine)
     lps = np.diag([-1.0, -1.0, 1.0]) @ aff[:3]  # RAS -> LPS: rows 0, 1 negated
     origin, step = lps[:, 3], lps[:, 2]
     spacing = np.linalg.norm(lps[:, :3], axis=0)

@@ -57,6 +57,7 @@ from .geometry_checks import ItkReading, affine_shear
 from .atomic import atomic_path
 
 __all__ = [
+    "ITK_AFFINE_FORMATS",
     "ITK_TRANSFORM_FORMATS",
     "ddf_to_itk_displacement",
     "ddf_to_itk_transform",
@@ -64,6 +65,7 @@ __all__ = [
     "itk_displacement_to_ddf",
     "itk_export_frames",
     "load_itk_transform",
+    "save_itk_affine",
     "save_itk_transform",
 ]
 
@@ -73,6 +75,8 @@ _TRANSFORM_FILES = (".h5", ".hdf5")
 _IMAGE_FILES = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: Extensions :func:`save_itk_transform` writes: ITK transform files, then displacement field images.
 ITK_TRANSFORM_FORMATS = _TRANSFORM_FILES + _IMAGE_FILES
+#: Extensions :func:`save_itk_affine` writes: ITK's text transform files and the binary ``.mat`` ANTs writes.
+ITK_AFFINE_FORMATS = (".txt", ".tfm", ".mat", ".h5")
 
 #: RAS <-> LPS on homogeneous coordinates (:func:`~monai_contreg.spatial.conventions.ras_lps_matrix`).
 _FLIP4 = ras_lps_matrix()
@@ -470,3 +474,53 @@ def load_itk_transform(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     except Exception as exc:
         raise UserInputError(f"load_itk_transform: cannot read displacement field transform {str(p)!r}: {exc}") from exc
     return itk_displacement_to_ddf(field, after)
+
+
+def itk_affine_matrix(linear, affine, *, moving_affine=None, fixed_itk: ItkReading | None = None,
+                      moving_itk: ItkReading | None = None) -> np.ndarray:
+    """The 4x4 LPS matrix ITK applies for an affine stage alone: ITK's fixed point -> ITK's moving point.
+
+    ``Q = F B_m A_m^-1 L A_f (F B_f)^-1`` (module docstring, without a field): a fixed point maps where
+    ``contreg warp`` of an affine-only registration maps it (``L`` the stage's world map, RAS mm). Linear in the
+    point, so it holds for any difference between ITK's and the package's readings of the headers.
+
+    Raises:
+        UserInputError: as :func:`itk_export_frames`.
+    """
+    b_f, m_moving, _ = itk_export_frames(affine, moving_affine=moving_affine, fixed_itk=fixed_itk,
+                                         moving_itk=moving_itk, linear=linear, where="save_itk_affine")
+    return m_moving @ _as4(affine) @ np.linalg.inv(_FLIP4 @ b_f)
+
+
+def save_itk_affine(path: str | Path, linear, affine, *, moving_affine=None, fixed_itk: ItkReading | None = None,
+                    moving_itk: ItkReading | None = None) -> Path:
+    """Write an affine stage's map alone as an ITK ``AffineTransform_double_3_3`` (``.txt``/``.tfm``/``.mat``/``.h5``).
+
+    ``itk.transformread`` (and ANTs' ``antsApplyTransforms``/``ants.read_transform``, which read ``.mat`` and
+    ``.txt``) give a transform mapping a fixed LPS point to the moving LPS point (:func:`itk_affine_matrix`).
+
+    Args:
+        path: the file; its extension one of :data:`ITK_AFFINE_FORMATS`.
+        linear: the stage's world map ``A`` (4x4, fixed world RAS mm -> moving world RAS mm).
+        affine, moving_affine: the fixed and moving grids' 4x4 RAS matrices (the package's readings).
+        fixed_itk, moving_itk: ITK's readings of the input files (``None``: no file).
+
+    Returns:
+        The written path.
+
+    Raises:
+        UserInputError: another extension; a matrix that is not finite and invertible; an export refused by
+            :func:`itk_export_frames`.
+    """
+    import itk
+
+    where = "save_itk_affine"
+    if not str(path).lower().endswith(ITK_AFFINE_FORMATS):
+        raise UserInputError(f"{where}: path {str(path)!r} must end with one of {list(ITK_AFFINE_FORMATS)}.")
+    q = itk_affine_matrix(linear, affine, moving_affine=moving_affine, fixed_itk=fixed_itk, moving_itk=moving_itk)
+    tx = itk.AffineTransform[itk.D, 3].New()
+    tx.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(q[:3, :3])))
+    tx.SetTranslation([float(v) for v in q[:3, 3]])
+    with atomic_path(path) as tmp:  # the temporary keeps the extension: ITK picks the writer by it
+        itk.transformwrite([tx], str(tmp))
+    return Path(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserInputError
 from . import load_extension
 
 __all__ = [
@@ -94,7 +95,8 @@ def compiled_box_smooth(x: torch.Tensor, kernel_size: int, passes: int, inplace:
     """
     if inplace:
         if not x.is_contiguous():
-            raise ValueError("compiled_box_smooth: inplace needs a contiguous tensor.")
+            raise UserInputError("compiled_box_smooth: inplace needs a contiguous tensor (x.contiguous()), got strides "
+                                 f"{tuple(x.stride())}.")
         with torch.no_grad():
             return load_extension().box_smooth(x, int(kernel_size), int(passes), False, True)
     return _BoxSmooth.apply(x, int(kernel_size), int(passes))

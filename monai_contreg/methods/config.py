@@ -35,16 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingFileError, UserInputError, describe_parse_error
-from ..modes import FeatureStorage, PaddingMode
+from ..modes import FeatureStorage, Modality, PaddingMode
 from .keys import _SECTIONS, STAGE_ALIASES, apply_items, flatten, get_key, make_stages, scale_schedules, schedule_steps
 from .keys import _check_stage as _check_stage
-from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, ConvexConfig, ConvexStage, DenseStage, LevelConfig
+from .stages import INIT_NAMES, METHOD_NAMES, STAGE_KINDS, AffineStage, AutoAffineConfig, ConvexConfig, ConvexStage, DenseStage, LevelConfig
 
 __all__ = [
     "INIT_NAMES",
     "METHOD_NAMES",
     "STAGE_ALIASES",
     "STAGE_KINDS",
+    "AffineStage",
+    "AutoAffineConfig",
     "ConvexConfig",
     "ConvexStage",
     "DenseStage",
@@ -81,6 +83,12 @@ class PreprocessConfig:
         require_mask: with ``auto_mask``, an image without a plausible lung stops the run with
             :class:`~monai_contreg.data.lung_mask.LungMaskError` (a user error, exit 2) instead of registering
             unmasked. CLI: ``--require-mask``.
+        modality: ``"auto"`` (default: each image decided from its values, :mod:`monai_contreg.data.modality`),
+            ``"ct"`` or ``"mr"``. CLI: ``--modality``. ``intensity_floor``, the HU ``window`` and ``auto_mask``
+            apply to CT images only; an MR image's ``"window"`` normalisation is by ``mr_percentiles`` instead
+            (``"minmax"`` and ``"none"`` are the same for both).
+        mr_percentiles: ``(low, high)`` percentiles (0-100, of all the image's voxels) an MR image is clipped to and
+            scaled from onto [0, 1] (MONAI's ``ScaleIntensityRangePercentiles``) where a CT image is windowed.
     """
 
     intensity: str = "window"
@@ -90,6 +98,8 @@ class PreprocessConfig:
     intensity_floor: float | None = -1024.0
     auto_mask: bool = True
     require_mask: bool = False
+    modality: str = "auto"
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
 
 
 class _Section:
@@ -129,14 +139,28 @@ class FeatureConfig(_Section):
     Attributes:
         storage: precision the optimisation keeps the working-grid features in: ``"float32"`` or ``"bfloat16"``
             (rounded once; arithmetic stays float32; halves the sampled memory on the compiled CPU path).
+        lncc_kernel_size: window of the ``"lncc"`` similarity (odd, working-grid voxels; MONAI's
+            ``LocalNormalizedCrossCorrelationLoss(kernel_size=...)``, rectangular kernel).
+        mi_bins: histogram bins of the ``"mi"`` similarity (MONAI's ``GlobalMutualInformationLoss(num_bins=...)``,
+            Gaussian Parzen windows over intensities in [0, 1]).
+        mi_sampling: fraction of the working-grid voxels the ``"mi"`` similarity is estimated on (a regular sample,
+            every ``round(1 / mi_sampling)``-th voxel; 0.25 as ANTs' ``antsRegistrationSyN.sh``): the Parzen
+            histogram costs voxels x bins per step.
         mind_radius, mind_dilation: aliases (not stored here) of every stage's ``mind_radius``/``mind_dilation``
             when the config has at most one dense stage (see :data:`STAGE_ALIASES`).
+        similarity: alias (not stored here) of every dense stage's ``similarity`` (``"mind"``, ``"lncc"``,
+            ``"mi"``; CLI ``--similarity``); reading it where the dense stages differ is an error naming
+            ``stages.I.similarity``.
     """
 
     storage: str = "float32"
+    lncc_kernel_size: int = 5
+    mi_bins: int = 23
+    mi_sampling: float = 0.25
 
     mind_radius = _alias("features.mind_radius")
     mind_dilation = _alias("features.mind_dilation")
+    similarity = _alias("features.similarity")
 
 
 @dataclass
@@ -203,7 +227,10 @@ class EngineConfig:
         checkpoint_every: checkpoint period in steps. A checkpoint holds the field, the optimiser, the learning-rate
             scheduler, the engine's step and the handlers' state (history, divergence and early-stop state, TRE).
         resume: with ``checkpoint_dir``: continue from the latest checkpoint there (its step + 1), ending with the
-            field an uninterrupted run ends with; a missing checkpoint is a ``MissingFileError``.
+            field an uninterrupted run ends with (CLI: ``--checkpoint-dir D --resume``). A multi-level run continues
+            each level that left a checkpoint and runs the others from their start; a Learn2Reg run
+            (:func:`~monai_contreg.workflow.run_split`) starts the pairs that left none from step 0. A registration
+            none of whose stages left a checkpoint is a ``MissingFileError``.
         num_threads: torch CPU threads for the run (0 = leave torch's setting).
         fused: the similarity's compiled CPU path (one-pass warp + SSD + gradient, :mod:`monai_contreg.kernels`):
             ``None`` = use it where available, ``False`` = never (``grid_sample`` + autograd), ``True`` = require it.
@@ -316,6 +343,7 @@ class RegistrationConfig:
         stages: the stages in the order they run (:data:`STAGE_KINDS`: :class:`DenseStage`, :class:`ConvexStage`;
             mappings with a ``kind`` in YAML/JSON). Each stage starts from the field the previous one ended with; a
             convex stage can only come first, dense stages run coarse to fine. Default: one dense stage (``io``).
+        auto_affine: when an affine stage is added to a pair that looks unaligned (:class:`AutoAffineConfig`).
         preprocess, features, field, optim, engine, multilevel: settings every stage shares (the nested
             dataclasses). Their alias attributes (``optim.reg_weight``, ``field.grid_factor``, ...) read and
             write the stage fields they name (:data:`STAGE_ALIASES`).
@@ -332,6 +360,7 @@ class RegistrationConfig:
     optim: OptimConfig = _field(default_factory=OptimConfig)
     engine: EngineConfig = _field(default_factory=EngineConfig)
     multilevel: MultilevelConfig = _field(default_factory=MultilevelConfig)
+    auto_affine: AutoAffineConfig = _field(default_factory=AutoAffineConfig)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "stages":
@@ -351,8 +380,16 @@ class RegistrationConfig:
 
     @property
     def method(self) -> str:
-        """``"convex"`` when the stages are the convex stage alone, else ``"io"`` (set: :meth:`set` ``"method"``)."""
-        return "io" if self.dense_stages else "convex"
+        """``"convex"`` when the stages are the convex stage alone (after any affine stage), ``"affine"`` for an
+        affine stage alone, else ``"io"`` (set: :meth:`set` ``"method"``)."""
+        if self.dense_stages:
+            return "io"
+        return "convex" if any(s.kind == "convex" for s in self.stages) else "affine"
+
+    @property
+    def affine_stage(self) -> AffineStage | None:
+        """The affine stage (always first), or ``None``."""
+        return self.stages[0] if self.stages and self.stages[0].kind == "affine" else None
 
     @method.setter
     def method(self, value: str) -> None:
@@ -360,8 +397,10 @@ class RegistrationConfig:
 
     @property
     def init(self) -> str:
-        """``"convex"`` when a convex stage comes first, else ``"zero"`` (set: :meth:`set` ``"init"``)."""
-        return "convex" if self.stages and self.stages[0].kind == "convex" else "zero"
+        """``"convex"`` when a convex stage comes first (after any affine stage), else ``"zero"`` (set: :meth:`set`
+        ``"init"``)."""
+        rest = [s for s in self.stages if s.kind != "affine"]
+        return "convex" if rest and rest[0].kind == "convex" else "zero"
 
     @init.setter
     def init(self, value: str) -> None:
@@ -494,10 +533,15 @@ class RegistrationConfig:
         kinds = [s.kind for s in stages]
         for i, s in enumerate(stages):
             _check_stage(s, f"stages.{i}")
-            if s.kind == "convex" and i:
+            if s.kind == "affine" and i:
+                raise UserInputError(
+                    f"RegistrationConfig: stages.{i} is an affine stage, but the affine stage runs before every other "
+                    f"stage, so it can only be the first (stages: {kinds})."
+                )
+            if s.kind == "convex" and i and not (i == 1 and kinds[0] == "affine"):
                 raise UserInputError(
                     f"RegistrationConfig: stages.{i} is a convex stage, but a convex stage starts from no field, so it "
-                    f"can only be the first stage (stages: {kinds})."
+                    f"can only be the first stage, or the second after an affine stage (stages: {kinds})."
                 )
         dense = [(i, s) for i, s in enumerate(stages) if s.kind == "dense"]
         factors = [s.grid_factor for _, s in dense]
@@ -507,6 +551,7 @@ class RegistrationConfig:
                 f"factors {factors} (stages {[i for i, _ in dense]}): a coarser stage after a finer one undoes its detail."
             )
         self.multilevel.validate()
+        self.auto_affine.validate()
         if self.multilevel.mask_aware and not dense:
             raise UserInputError(
                 f"RegistrationConfig: multilevel.mask_aware has no effect on this config: it has no dense stage (stages: "
@@ -514,10 +559,34 @@ class RegistrationConfig:
             )
         choose("RegistrationConfig", "preprocess.intensity", self.preprocess.intensity, ("window", "minmax", "none"))
         choose("RegistrationConfig", "optim.padding_mode", self.optim.padding_mode, PaddingMode)
+        choose("RegistrationConfig", "preprocess.modality", self.preprocess.modality, Modality)
+        plo, phi = self.preprocess.mr_percentiles
+        if not 0 <= plo < phi <= 100:
+            raise UserInputError(
+                f"RegistrationConfig: preprocess.mr_percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                f"{self.preprocess.mr_percentiles}."
+            )
         lo, hi = self.preprocess.window
         if not lo < hi:
             raise UserInputError(f"RegistrationConfig: preprocess.window must be (low, high) with low < high, got {self.preprocess.window}.")
         choose("RegistrationConfig", "features.storage", self.features.storage, FeatureStorage)
+        k = self.features.lncc_kernel_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise UserInputError(f"RegistrationConfig: features.lncc_kernel_size must be a positive odd integer (working-grid voxels), got {k!r}.")
+        b = self.features.mi_bins
+        if isinstance(b, bool) or not isinstance(b, int) or b < 2:
+            raise UserInputError(f"RegistrationConfig: features.mi_bins must be an integer >= 2, got {b!r}.")
+        r = self.features.mi_sampling
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+            raise UserInputError(f"RegistrationConfig: features.mi_sampling must be a fraction in (0, 1], got {r!r}.")
+        if self.engine.fused is True:
+            other = [f"stages.{i}.similarity={s.similarity!r}" for i, s in enumerate(stages)
+                     if s.kind == "dense" and s.similarity != "mind"]
+            if other:
+                raise UserInputError(
+                    f"RegistrationConfig: engine.fused=true requires the compiled similarity kernels, which only the "
+                    f"'mind' similarity has; got {', '.join(other)} (leave engine.fused unset or false)."
+                )
         b1, b2 = self.optim.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise UserInputError(f"RegistrationConfig: optim.betas must lie in [0, 1), got {self.optim.betas}.")

@@ -24,6 +24,7 @@ from ignite.engine import Engine
 from .._validation import check_finite, check_tensor
 from ..errors import MissingFileError, UserInputError
 from ..features.mind import mind_ssc
+from ..losses.intensity import intensity_similarity
 from ..optim.adam import FieldAdam, field_adam_available
 from ..optim.engine import create_registration_engine
 from ..optim.field import DisplacementField
@@ -42,7 +43,10 @@ from ..spatial.filters import downsample
 from ..errors import UserInputError
 from .config import DenseStage, RegistrationConfig
 
-__all__ = ["MethodOutput", "compute_features", "instance_optimisation", "latest_checkpoint", "load_checkpoint"]
+__all__ = [
+    "MethodOutput", "checkpoint_prefix", "compute_features", "instance_optimisation", "latest_checkpoint",
+    "load_checkpoint", "registration_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,9 @@ class MethodOutput:
             :mod:`monai_contreg.kernels`), ``"pytorch"`` (``grid_sample`` and autograd), ``"compiled+pytorch"``
             if both did (on any level), ``""`` without Adam steps.
         levels_stopped_early: a multi-level run: ``stopped_early`` of every level, in order; ``()`` otherwise.
+        affine: with an affine stage, its world map (4x4 float64 numpy, fixed world -> moving world, RAS mm; the
+            field is the dense part ``u`` after it); ``None`` without one.
+        affine_history: the affine stage's per-step ``similarity`` and ``lr``.
     """
 
     field: DisplacementField
@@ -73,6 +80,8 @@ class MethodOutput:
     stopped_early: bool = False
     kernels: str = ""
     levels_stopped_early: tuple[bool, ...] = ()
+    affine: Any = None
+    affine_history: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _one_dense(where: str, config: RegistrationConfig, stage: DenseStage | None) -> DenseStage:
@@ -99,7 +108,8 @@ def compute_features(
         stage: the dense stage (``mind_radius``, ``mind_dilation``, ``grid_factor``).
 
     Returns:
-        Two ``(1, 12, h, w, d)`` tensors on the working grid.
+        Two ``(1, 12, h, w, d)`` tensors on the working grid; for a stage whose ``similarity`` is ``"lncc"`` or
+        ``"mi"``, the images average-pooled onto it (``(1, 1, h, w, d)``).
 
     Raises:
         UserInputError: unequal shapes; no ``stage`` and not exactly one dense stage in ``config``.
@@ -109,6 +119,9 @@ def compute_features(
     if fixed.shape != moving.shape:
         raise UserInputError(f"compute_features: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have equal shapes.")
     st = _one_dense("compute_features", config, stage)
+    if st.similarity != "mind":  # an intensity similarity (losses.intensity): the images, pooled
+        with torch.no_grad():
+            return downsample(fixed, st.grid_factor).contiguous(), downsample(moving, st.grid_factor).contiguous()
     with torch.no_grad():
         ff = downsample(mind_ssc(fixed, st.mind_radius, st.mind_dilation), st.grid_factor)
         mf = downsample(mind_ssc(moving, st.mind_radius, st.mind_dilation), st.grid_factor)
@@ -128,11 +141,13 @@ def instance_optimisation(
     name: str = "",
     regularizer: Any = None,
     stage: DenseStage | None = None,
+    resume: bool | None = None,
 ) -> MethodOutput:
     """Run the Adam instance optimisation of one dense stage on working-grid features (one ignite engine run).
 
     Args:
-        fixed_features, moving_features: ``(1, C, h, w, d)`` on the working grid.
+        fixed_features, moving_features: ``(1, C, h, w, d)`` on the working grid (:func:`compute_features`: MIND-SSC
+            for the ``"mind"`` similarity, the pooled images for ``"lncc"``/``"mi"``).
         config: the registration config: its shared ``optim``, ``engine`` and ``features.storage`` settings, and
             its one dense stage unless ``stage`` is given.
         init_ddf: optional initial DDF ``(1, 3, ...)`` on any grid over the same field of view (its voxels).
@@ -146,6 +161,9 @@ def instance_optimisation(
             the stage's ``reg_weight``), e.g. the multi-level method's mask-aware one.
         stage: the dense stage to run (:class:`~monai_contreg.methods.config.DenseStage`: grid, schedule,
             regulariser weight, smoothing).
+        resume: continue from the latest checkpoint of ``name`` in ``config.engine.checkpoint_dir``; ``None``
+            (default): ``config.engine.resume``. A multi-level run passes ``False`` for a level that has no
+            checkpoint yet (it was not reached before the interruption).
 
     Raises:
         RegistrationDivergedError: the loss became non-finite, or (``config.engine.divergence_check``) the run went
@@ -166,9 +184,13 @@ def instance_optimisation(
     # step is asked to stay on plain PyTorch ops (engine.fused=False)
     optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False,
                       keep_in_image=bool(ocfg.keep_in_image))
+    similarity = None  # "mind": the engine's warped SSD of the features (compiled kernels on CPU)
+    if st.similarity != "mind":  # MONAI's LNCC / MI on the pooled intensities, warped by grid_sample, autograd
+        similarity = intensity_similarity(st.similarity, lncc_kernel_size=config.features.lncc_kernel_size,
+                                          mi_bins=config.features.mi_bins, mi_sampling=config.features.mi_sampling)
     engine = create_registration_engine(
         fld, fixed_features, moving_features, optimizer, reg_weight=st.reg_weight, padding_mode=ocfg.padding_mode,
-        fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer,
+        fused=ecfg.fused, feature_storage=config.features.storage, regularizer=regularizer, similarity=similarity,
     )
     scheduler = PiecewiseLRScheduler(optimizer, sched)
     scheduler.attach(engine)
@@ -206,8 +228,8 @@ def instance_optimisation(
         ProgressBar(persist=False, desc=name or "registration").attach(engine, output_transform=lambda o: {"loss": o["loss"]})
     resumed_at = 0
     if ecfg.checkpoint_dir:
-        prefix = _checkpoint_prefix(name)
-        if ecfg.resume:
+        prefix = checkpoint_prefix(name)
+        if ecfg.resume if resume is None else resume:
             resumed_at = load_checkpoint(stateful, ecfg.checkpoint_dir, prefix)
         _attach_checkpoints(engine, stateful, ecfg.checkpoint_dir, ecfg.checkpoint_every, prefix)
     for h in handlers or []:
@@ -251,9 +273,34 @@ def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool, keep_in_
     return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas)
 
 
-def _checkpoint_prefix(name: str) -> str:
-    """The checkpoint files' prefix: the run's name (``registration`` when none) with only ``[A-Za-z0-9_.-]``."""
+def checkpoint_prefix(name: str) -> str:
+    """The checkpoint files' prefix: the run's name (``registration`` when none) with only ``[A-Za-z0-9_.-]``.
+
+    A level ``i`` of a multi-level run named ``N`` is named ``N[level i]``: prefix ``N_level_i``
+    (``registration_level_i`` for an unnamed run).
+    """
+    if name.startswith("["):  # a level of an unnamed run
+        name = f"registration{name}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "registration"
+
+
+def registration_checkpoints(directory: str | Path, name: str = "", levels: int = 1) -> list[Path]:
+    """The latest checkpoint of each stage of the registration ``name`` in ``directory`` (those that exist).
+
+    ``levels`` dense stages: one stage is checkpointed as ``name``, stage ``i`` of several as ``name[level i]``
+    (:func:`checkpoint_prefix`). With ``levels=None`` every level found counts (a caller that does not know the
+    config's stages, e.g. a Learn2Reg run deciding whether a pair was started).
+    """
+    if not Path(directory).is_dir():
+        return []
+    labels = [name] if levels == 1 else [f"{name}[level {i}]" for i in range(levels)] if levels else None
+    if labels is None:
+        base = checkpoint_prefix(name)
+        pattern = re.compile(rf"^{re.escape(base)}(_level_\d+)?_checkpoint_\d+\.pt$")
+        prefixes = sorted({p.name.rsplit("_checkpoint_", 1)[0] for p in Path(directory).iterdir() if pattern.match(p.name)})
+    else:
+        prefixes = [checkpoint_prefix(lb) for lb in labels]
+    return [p for p in (latest_checkpoint(directory, pre) for pre in prefixes) if p is not None]
 
 
 def _attach_checkpoints(engine: Engine, stateful: dict[str, Any], directory: str, every: int, prefix: str) -> None:
@@ -301,7 +348,14 @@ def load_checkpoint(stateful: dict[str, Any], directory: str | Path, prefix: str
             f"engine.resume: checkpoint {str(path)!r} lacks {missing} (saved: {sorted(state)}); resume with the "
             "config that wrote it."
         )
-    Checkpoint.load_objects(to_load=stateful, checkpoint=state)
+    try:
+        Checkpoint.load_objects(to_load=stateful, checkpoint=state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another grid, schedule or optimiser
+        raise UserInputError(
+            f"engine.resume: checkpoint {str(path)!r} does not fit this run (written for another image, grid or "
+            f"config?): {' '.join(str(exc).split())[:300]}; resume with the inputs and config that wrote it, or give "
+            "another checkpoint folder."
+        ) from exc
     logger.info("resumed %s from step %d (%s)", prefix, stateful["engine"].state.iteration, path)
     return int(stateful["engine"].state.iteration)
 

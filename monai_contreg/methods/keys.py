@@ -26,6 +26,7 @@ __all__ = ["STAGE_ALIASES", "apply_items", "flatten", "get_key", "make_stages", 
 #: Keys of earlier versions that name a stage field: key -> (stage kinds it reaches, field name).
 #: ``"dense"``: the config's one dense stage (an error naming ``stages.I.<field>`` with several, or none);
 #: ``"mind"``: every stage, where the config has at most one dense stage (its stages share one MIND, as before);
+#: ``"every dense"``: every dense stage (an error with none; reading it where they differ names ``stages.I.<field>``);
 #: ``"convex"``: the convex stage. ``multilevel.levels.I`` (the I-th dense stage), ``method`` and ``init`` are
 #: aliases too (:meth:`RegistrationConfig.set`).
 STAGE_ALIASES: dict[str, tuple[str, str]] = {
@@ -36,10 +37,11 @@ STAGE_ALIASES: dict[str, tuple[str, str]] = {
     "field.smoothing_kernel": ("dense", "smoothing_kernel"),
     "features.mind_radius": ("mind", "mind_radius"),
     "features.mind_dilation": ("mind", "mind_dilation"),
+    "features.similarity": ("every dense", "similarity"),
 }
 
 #: Sections of shared settings (the dataclass fields of :class:`RegistrationConfig` besides ``stages``).
-_SECTIONS = ("preprocess", "features", "field", "optim", "engine", "multilevel")
+_SECTIONS = ("preprocess", "features", "field", "optim", "engine", "multilevel", "auto_affine")
 
 
 def schedule_steps(config: RegistrationConfig) -> list[int]:
@@ -82,7 +84,7 @@ def scale_schedules(config: RegistrationConfig, steps: int) -> RegistrationConfi
 
 
 # --------------------------------------------------------------------------------------------- key resolution
-_STAGE_TYPES = (DenseStage, ConvexStage)
+_STAGE_TYPES = tuple(STAGE_KINDS.values())
 #: Top-level names a key may start with.
 _HEADS = ("stages", "method", "init", "convex", *_SECTIONS)
 #: Keys that change the list of stages: applied before the others of one call.
@@ -195,6 +197,8 @@ def _alias_targets(cfg: RegistrationConfig, key: str, alias: str) -> list[int]:
     mode, name = STAGE_ALIASES[alias]
     dense = [i for i, s in enumerate(cfg.stages) if s.kind == "dense"]
     rest = key[len(alias):]
+    if mode == "every dense" and dense:
+        return dense
     if mode == "mind" and len(dense) <= 1:
         every = [i for i, s in enumerate(cfg.stages) if name in _names(s)]
         if every:
@@ -298,23 +302,26 @@ def _set(cfg: RegistrationConfig, key: str, value: Any) -> None:
     if head == "method" and len(parts) == 1:
         method = choose("RegistrationConfig", "method", value, METHOD_NAMES)
         convex = [s for s in stages if s.kind == "convex"]
+        lead = tuple(s for s in stages if s.kind == "affine")  # an affine stage stays first
         if method == "convex":
-            cfg.stages = (convex[0] if convex else _new_convex(cfg),)
+            cfg.stages = (*lead, convex[0] if convex else _new_convex(cfg))
         elif not cfg.dense_stages:
             c = convex[0] if convex else ConvexStage()
             cfg.stages = (*stages, DenseStage(mind_radius=c.mind_radius, mind_dilation=c.mind_dilation))
         return
     if head == "init" and len(parts) == 1:
         init = choose("RegistrationConfig", "init", value, INIT_NAMES)
+        lead = tuple(s for s in stages if s.kind == "affine")  # an affine stage stays first
+        rest = [s for s in stages if s.kind != "affine"]
         if init == "convex" and cfg.init != "convex":
-            cfg.stages = (_new_convex(cfg), *stages)
+            cfg.stages = (*lead, _new_convex(cfg), *rest)
         elif init == "zero" and cfg.init == "convex":
             if not cfg.dense_stages:
                 raise UserInputError(
                     f"RegistrationConfig: init=zero: this config is the convex stage alone (stages: {_kinds(cfg)}), which "
                     "starts from no field anyway; to run Adam from zero set method=io as well (or give stages)."
                 )
-            cfg.stages = tuple(stages[1:])
+            cfg.stages = (*lead, *rest[1:])
         return
     if head == "convex":
         i = _convex_index(cfg, key)

@@ -14,6 +14,8 @@ Single-level presets (``io``, ``io-authors``, ``io-lr1``, ``io-lr15``, ``refine`
   (``12 n b``) are kept;
 * ``optimisation``: both pooled feature maps and the compiled kernel's channels-last copies (``48 n b``), the field
   with its gradient, Adam's two moments, the smoothed field and the box-filter and regulariser buffers (``24 n b``);
+* ``affine`` (an affine stage): the moving image resampled through the current estimate and its full-resolution
+  MIND-SSC, ``(12 + 1) N b`` (about; its pooled features are smaller);
 * ``discrete`` (a convex stage; ``convex`` has no other stage): the cost volume and its
   smoothing buffer, ``2 (2 disp_hw + 1)^3 N / grid_spacing^3 b``, and both images' pooled features.
 
@@ -117,10 +119,12 @@ def estimate_memory(
         parts.update(_multilevel_stages(shape3, dense))
     else:
         # one dense stage, or the convex stage's coarse grid when it runs alone
-        working = pooled_shape(shape3, dense[0].grid_factor if dense else convex[0].grid_spacing)
+        working = pooled_shape(shape3, dense[0].grid_factor if dense else (convex[0].grid_spacing if convex else 1))
         n_work = math.prod(working)
         parts["features"] = _MIND_FULL * n_full + 12 * n_work
         parts["optimisation"] = (_FEATURES + _FIELD) * n_work if dense else 0.0
+    if config.affine_stage is not None:  # an affine stage: the resampled moving image and its full MIND-SSC
+        parts["affine"] = (_MIND_FULL + 1) * n_full
     if convex:
         cc = convex[0]
         coarse = math.prod(pooled_shape(shape3, cc.grid_spacing))

@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from ignite.engine import Engine, EventEnum, Events
 
 from .._validation import check_ddf, check_tensor
-from ..errors import UserInputError
+from ..errors import MissingFileError, UserInputError
 from ..features.mind import mind_ssc
 from ..losses.regularization import mask_edge_weights, masked_diffusion
 from ..spatial.conventions import check_shape3
 from ..spatial.filters import downsample, pooled_shape
 from ..spatial.resample import resample_ddf
 from .config import DenseStage, RegistrationConfig
-from .io import MethodOutput, instance_optimisation
+from .io import MethodOutput, checkpoint_prefix, instance_optimisation, latest_checkpoint
 
 __all__ = ["LevelEvents", "carry_field", "level_config", "level_features", "run_dense_stages", "run_multilevel"]
 
@@ -130,10 +130,14 @@ def level_features(
             before it shares.
 
     Returns:
-        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``).
+        Two ``(1, C, h, w, d)`` tensors on the level's grid (``C`` = 12, or 24 with ``second_dilation``); for a
+        level whose ``similarity`` is ``"lncc"`` or ``"mi"``: the images themselves, average-pooled (``C`` = 1).
     """
     check_tensor("level_features", "fixed", fixed, 5)
     check_tensor("level_features", "moving", moving, 5)
+    if level.similarity != "mind":  # an intensity similarity (losses.intensity): the pooled images
+        with torch.no_grad():
+            return (downsample(fixed, level.grid_factor).contiguous(), downsample(moving, level.grid_factor).contiguous())
     cache = {} if cache is None else cache
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     dilations = [level.mind_dilation] + ([level.second_dilation] if level.second_dilation else [])
@@ -201,6 +205,29 @@ def run_multilevel(
                             keypoints=keypoints, spacing=spacing, handlers=handlers, name=name)
 
 
+def _levels_to_resume(config: RegistrationConfig, name: str, n: int) -> list[bool] | None:
+    """``engine.resume`` of a multi-level run: which levels continue from a checkpoint (``None``: not resuming).
+
+    A level with a checkpoint continues from it; a level without one was not reached (or was shorter than
+    ``engine.checkpoint_every``) and runs from its start, which gives the same field as before (the run is
+    deterministic). A run none of whose levels left a checkpoint is refused, as a single level is.
+
+    Raises:
+        MissingFileError: no checkpoint of any level of ``name`` in ``engine.checkpoint_dir``.
+    """
+    ecfg = config.engine
+    if not (ecfg.checkpoint_dir and ecfg.resume):
+        return None
+    found = [latest_checkpoint(ecfg.checkpoint_dir, checkpoint_prefix(f"{name}[level {i}]")) is not None for i in range(n)]
+    if not any(found):
+        raise MissingFileError(
+            f"engine.resume: no checkpoint of {checkpoint_prefix(name)!r} (levels {checkpoint_prefix(name + '[level 0]')}"
+            f" ... _level_{n - 1}) in {str(ecfg.checkpoint_dir)!r} (engine.checkpoint_dir); run once without "
+            "engine.resume to write one."
+        )
+    return found
+
+
 def run_dense_stages(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -260,6 +287,8 @@ def run_dense_stages(
     # the full-resolution MIND of a (radius, dilation) is kept only until the last stage that uses it
     last_use = {}
     for i, lv in enumerate(stages):
+        if lv.similarity != "mind":
+            continue
         for d in [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else []):
             last_use[(lv.mind_radius, d)] = i
     history: dict[str, list[float]] = {}
@@ -270,13 +299,14 @@ def run_dense_stages(
     stopped: list[bool] = []
     ddf = init_ddf
     out: MethodOutput | None = None
+    resume_levels = _levels_to_resume(config, name, len(stages)) if multi else None
     for i, lv in enumerate(stages):
         t0 = time.perf_counter()
         dils = [lv.mind_dilation] + ([lv.second_dilation] if lv.second_dilation else [])
         if i == 0 and features is not None:
             (ff, mf), features = features, None
         else:  # one stage: the single-level method's features (default layout)
-            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use[(lv.mind_radius, d)] <= i for d in dils),
+            ff, mf = level_features(fixed, moving, lv, cache, release=all(last_use.get((lv.mind_radius, d), -1) <= i for d in dils),
                                     channels_last=multi)
         for key in [k for k in cache if last_use.get(k[1:3], -1) <= i]:
             del cache[key]
@@ -300,7 +330,7 @@ def run_dense_stages(
         out = instance_optimisation(
             ff, mf, config, stage=lv, init_ddf=ddf, keypoints=keypoints, image_shape=image_shape,
             spacing=spacing, handlers=[_LevelMarker(i), *(handlers or [])] if multi else handlers,
-            name=label, regularizer=regularizer,
+            name=label, regularizer=regularizer, resume=None if resume_levels is None else resume_levels[i],
         )
         logger.info("%sstage optimisation: %.2fs (%d steps)", f"{label} " if label else "", out.timings.get("optimisation", 0.0), out.steps)
         del ff, mf

@@ -12,6 +12,9 @@
   (lambda 1.25, 3 smoothing passes, half resolution) on unmasked images in raw intensities, as the reference sees them.
 * ``convex+io``: the paper's schedule (``io``) started from the discrete stage's field.
 * ``refine``: constant learning rate 1 for 80 steps, for refining a given initial field.
+* ``unaligned``: an affine stage (:class:`~monai_contreg.methods.stages.AffineStage`: rigid then affine, MIND-SSC
+  in world mm) before the ``io`` dense stage, for pairs that are not pre-aligned. Any preset gets the same affine
+  stage on its own when a pair looks unaligned (``auto_affine``, :func:`monai_contreg.registration.auto_affine`).
 * ``accurate``: beyond the paper: multi-resolution instance optimisation (:mod:`monai_contreg.methods.multilevel`)
   ending on a full-resolution field; settings chosen on nlst_synth pairs 0101 and 0102 only (README, "accurate").
 
@@ -26,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .._validation import choose
+from ..errors import InputTypeError
 from ..optim.schedule import PiecewiseSchedule
-from .config import ConvexStage, DenseStage, PreprocessConfig, RegistrationConfig
+from .config import AffineStage, ConvexStage, DenseStage, PreprocessConfig, RegistrationConfig
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "resolve_config"]
 
@@ -81,6 +85,11 @@ def _convex_io() -> RegistrationConfig:
     return RegistrationConfig(stages=(ConvexStage(), DenseStage()))
 
 
+def _unaligned() -> RegistrationConfig:
+    """The affine stage, then the ``io`` dense stage."""
+    return RegistrationConfig(stages=(AffineStage(), DenseStage()))
+
+
 def _accurate() -> RegistrationConfig:
     """Two dense stages: 100 half-resolution steps at lr 1 (``io-lr1``), then 40 full-resolution steps at lr 1 -> 0.25
     (box width 5).
@@ -113,6 +122,8 @@ PRESETS: dict[str, Callable[[], RegistrationConfig]] = {
     "refine": _constant(1.0, 80),
     # beyond the paper: multi-resolution, full-resolution final level (chosen on pairs 0101/0102 only)
     "accurate": _accurate,
+    # pairs that are not pre-aligned: a rigid-then-affine stage first
+    "unaligned": _unaligned,
 }
 
 
@@ -131,10 +142,11 @@ def resolve_config(where: str, config: RegistrationConfig | str | None) -> Regis
     """A validated config from a :class:`RegistrationConfig`, a preset name, or ``None`` (the ``io`` preset).
 
     Raises:
-        TypeError: naming ``where`` for any other type; ``ValueError`` for an unknown preset or invalid values.
+        InputTypeError: naming ``where`` for any other type.
+        UserInputError: an unknown preset or invalid values.
     """
     cfg = get_preset(config) if isinstance(config, str) else (config or get_preset("io"))
     if not isinstance(cfg, RegistrationConfig):
-        raise TypeError(f"{where}: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
+        raise InputTypeError(f"{where}: config must be a RegistrationConfig, a preset name or None, got {type(cfg).__name__}.")
     cfg.validate()
     return cfg

@@ -3,7 +3,9 @@
 A stage has a ``kind`` (:data:`STAGE_KINDS`) and its own settings: ``"dense"`` (:class:`DenseStage`, an Adam
 instance optimisation of a dense field) and ``"convex"`` (:class:`ConvexStage`, ConvexAdam's coupled convex
 discrete stage, with :class:`ConvexConfig`'s solver settings). A new kind (an affine stage) adds a dataclass with a
-``kind`` class attribute and a ``validate()`` method here, and a runner in :mod:`monai_contreg.methods.run`.
+``kind`` class attribute and a ``validate()`` method here, and a runner in :mod:`monai_contreg.methods.run`;
+``"affine"`` (:class:`AffineStage`, a global rigid-then-affine stage in world millimetres,
+:mod:`monai_contreg.methods.affine`) runs first, before the others.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import field as _field
 from typing import ClassVar
 
 from ..errors import UserInputError
-from ..modes import PaddingMode
+from ..modes import PaddingMode, Similarity
 from ..optim.schedule import PiecewiseSchedule
 
-__all__ = ["INIT_NAMES", "METHOD_NAMES", "STAGE_KINDS", "ConvexConfig", "ConvexStage", "DenseStage", "LevelConfig"]
+__all__ = [
+    "AFFINE_INITS", "AFFINE_MODELS", "INIT_NAMES", "METHOD_NAMES", "STAGE_KINDS", "AffineStage", "AutoAffineConfig", "ConvexConfig", "ConvexStage",
+    "DenseStage", "LevelConfig",
+]
 
 
 #: Valid values of the ``method`` alias (``"convex"`` = the convex stage alone, no Adam).
@@ -105,6 +110,11 @@ class DenseStage:
         smoothing_passes: box-filter passes applied to its parameter on read.
         smoothing_kernel: width of those box filters (odd, working-grid voxels; a finer grid needs a wider one for
             the same smoothing in mm).
+        similarity: what the stage optimises (:class:`~monai_contreg.modes.Similarity`): ``"mind"`` (default: SSD
+            of MIND-SSC features, the paper's), ``"lncc"`` (MONAI's ``LocalNormalizedCrossCorrelationLoss``) or
+            ``"mi"`` (MONAI's ``GlobalMutualInformationLoss``, for pairs of different contrasts), the last two on
+            the warped intensities average-pooled onto its grid (:mod:`monai_contreg.losses.intensity`). The MIND
+            settings apply to ``"mind"`` only.
     """
 
     kind: ClassVar[str] = "dense"
@@ -117,12 +127,16 @@ class DenseStage:
     second_dilation: int = 0
     smoothing_passes: int = 3
     smoothing_kernel: int = 3
+    similarity: str = "mind"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``UserInputError`` naming the field and what it expects."""
+        from .._validation import choose
+
+        self.similarity = str(choose("DenseStage", "similarity", self.similarity, Similarity).value)
         for name, low in (("grid_factor", 1), ("mind_radius", 0), ("mind_dilation", 1), ("second_dilation", 0),
                           ("smoothing_passes", 0)):
             v = getattr(self, name)
@@ -172,6 +186,130 @@ class ConvexStage(ConvexConfig):
                 raise UserInputError(f"ConvexStage: {name} must be an integer >= {low}, got {v!r}.")
 
 
-#: Stage kinds: the ``kind`` of a stage mapping -> its dataclass. A new kind (an affine stage) adds an entry here
-#: and a runner in :mod:`monai_contreg.methods.run`; any other ``kind`` is an error naming these.
-STAGE_KINDS: dict[str, type] = {"dense": DenseStage, "convex": ConvexStage}
+#: Valid values of :attr:`AffineStage.model`.
+AFFINE_MODELS = ("rigid", "affine")
+#: Valid values of :attr:`AffineStage.init`.
+AFFINE_INITS = ("moments", "com", "identity")
+
+
+@dataclass
+class AffineStage:
+    """An affine stage (``kind: affine``): a global map optimised in world millimetres, before the other stages.
+
+    It finds ``A`` with moving world point ``A(p)`` for fixed world point ``p`` (RAS mm, through the grids'
+    voxel-to-world matrices, so anisotropic spacing and oblique headers count), parametrised around the fixed
+    content's centre of mass ``c`` as ``A(p) = exp(G) (p - c) + c + s t``: first rigid (``G`` skew-symmetric, the
+    Lie algebra so(3): 3 rotation parameters in radians), then, with ``model: affine``, general (``G`` any 3x3,
+    gl(3): rotation, scale and shear), ``t`` in units of ``translation_scale`` mm. The similarity is the MIND-SSC
+    SSD of the dense stages (the package's features, average-pooled by each of ``levels``, coarse to fine), and
+    each phase of each level is ``steps`` Adam steps whose rate falls from ``lr`` to ``lr * final_lr_fraction``
+    (cosine). The stages after it register the fixed image to the moving image resampled through ``A``; the whole
+    registration maps fixed ``p`` to moving ``A(p + u(p))`` (:mod:`monai_contreg.methods.affine`).
+
+    Attributes:
+        model: ``"rigid"`` (rotation + translation) or ``"affine"`` (rigid, then the general 12 parameters).
+        levels: feature pooling factors, coarse to fine (image voxels; e.g. ``(4, 2)``: 6 then 3 mm on 1.5 mm images).
+        steps: Adam steps of each phase (rigid; affine) at each level.
+        lr: Adam's initial rate (parameter units: radians, gl(3) units, ``translation_scale`` mm).
+        final_lr_fraction: the rate at a phase's last step, as a fraction of ``lr`` (cosine decay).
+        translation_scale: millimetres of one translation parameter unit (a step of ``lr`` moves
+            ``lr * translation_scale`` mm).
+        init: ``"moments"`` (centres of mass, and the principal axes' rotation where it lowers the similarity),
+            ``"com"`` (centres of mass: the translation between the contents' centres) or ``"identity"``.
+        mind_radius, mind_dilation: MIND-SSC settings of its features (image voxels, full resolution).
+        rewarp_every: the moving features are recomputed on the moving image resampled through the current
+            estimate every this many steps (MIND-SSC follows the voxel axes, so it is not rotation invariant;
+            0 = once per level and phase).
+        max_points: the similarity is averaged over at most this many fixed voxels of each level (a seeded random
+            subset, the same at every step; 0 = all voxels): the cost of a step is bounded on large images.
+        accept_ratio: the result is kept only when its similarity at the finest level is below ``accept_ratio``
+            times the identity's (else identity, logged): a stage that finds nothing better changes nothing.
+    """
+
+    kind: ClassVar[str] = "affine"
+
+    model: str = "affine"
+    levels: tuple[int, ...] = (4, 2)
+    steps: int = 60
+    lr: float = 0.02
+    final_lr_fraction: float = 0.1
+    translation_scale: float = 20.0
+    init: str = "moments"
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    accept_ratio: float = 0.98
+    max_points: int = 32768
+    rewarp_every: int = 20
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the field and what it expects."""
+        from .._validation import choose
+
+        choose("AffineStage", "model", self.model, AFFINE_MODELS)
+        choose("AffineStage", "init", self.init, AFFINE_INITS)
+        levels = tuple(self.levels) if isinstance(self.levels, (list, tuple)) else None
+        if not levels or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < 1
+                             for v in levels):
+            raise UserInputError(f"AffineStage: levels must be a non-empty list of integers >= 1 (pooling factors), got {self.levels!r}.")
+        levels = tuple(int(v) for v in levels)
+        if any(b > a for a, b in zip(levels, levels[1:])):
+            raise UserInputError(f"AffineStage: levels must run coarse to fine (not increasing), got {list(levels)}.")
+        self.levels = levels
+        for name, low in (("steps", 0), ("mind_radius", 0), ("mind_dilation", 1), ("max_points", 0),
+                          ("rewarp_every", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserInputError(f"AffineStage: {name} must be an integer >= {low}, got {v!r}.")
+        for name, lo, hi in (("lr", 0.0, float("inf")), ("translation_scale", 0.0, float("inf")),
+                             ("final_lr_fraction", 0.0, 1.0), ("accept_ratio", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi or v == float("inf"):
+                raise UserInputError(f"AffineStage: {name} must be a finite number in ({lo:g}, {hi:g}], got {v!r}.")
+            setattr(self, name, float(v))
+
+
+@dataclass
+class AutoAffineConfig:
+    """When a registration adds an :class:`AffineStage` on its own (section ``auto_affine``).
+
+    A config without an affine stage gets the default one (first) when the pair looks unaligned: the fixed and
+    moving grids' centres, or their contents' centres of mass, lie more than ``max_shift_mm`` apart; or a
+    principal axis of the contents' second moments turns by more than ``max_rotation_deg``; or their volumes
+    differ by more than the factor ``(1 + max_scale)^3`` (see :func:`monai_contreg.methods.affine.alignment_check`,
+    which says which bound was passed; the registration logs it). The content of an image is its voxels above
+    the mean of its 2nd and 98th intensity percentiles (after the CT padding floor), in world mm.
+
+    Attributes:
+        enabled: apply the rule (``false``: never add a stage; a config with an affine stage always runs it).
+        max_shift_mm: bound on the distance of the grids' centres and of the contents' centres of mass (mm).
+        max_rotation_deg: bound on the angle between corresponding principal axes (degrees); only axes whose
+            second moment differs from the others' by the factor ``axis_separation`` count (a round shape has no
+            defined axis).
+        max_scale: bound on ``|s - 1|`` for the isotropic scale ``s`` = (ratio of the second moments'
+            determinants)^(1/6).
+        axis_separation: the ratio of second moments (>= 1) beyond which a principal axis is defined.
+    """
+
+    enabled: bool = True
+    max_shift_mm: float = 15.0
+    max_rotation_deg: float = 5.0
+    max_scale: float = 0.08
+    axis_separation: float = 1.5
+
+    def validate(self) -> None:
+        """Raise ``UserInputError`` naming the field (``auto_affine.<name>``) and what it expects."""
+        if not isinstance(self.enabled, bool):
+            raise UserInputError(f"RegistrationConfig: auto_affine.enabled must be true or false, got {self.enabled!r}.")
+        for name, low in (("max_shift_mm", 0.0), ("max_rotation_deg", 0.0), ("max_scale", 0.0), ("axis_separation", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v < float("inf"):
+                raise UserInputError(f"RegistrationConfig: auto_affine.{name} must be a finite number > {low:g}, got {v!r}.")
+            setattr(self, name, float(v))
+
+
+#: Stage kinds: the ``kind`` of a stage mapping -> its dataclass. A new kind adds an entry here and a runner in
+#: :mod:`monai_contreg.methods.run`; any other ``kind`` is an error naming these.
+STAGE_KINDS: dict[str, type] = {"dense": DenseStage, "convex": ConvexStage, "affine": AffineStage}

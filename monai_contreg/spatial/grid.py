@@ -82,6 +82,23 @@ class Grid:
         return cls(tuple(int(s) for s in image.shape[-3:]), aff)
 
     @classmethod
+    def for_array(cls, where: str, shape: Sequence[int], affine: Any = None) -> Grid:
+        """The grid of an array of spatial ``shape`` whose geometry is given as ``affine``: a :class:`Grid` (which
+        must have this shape), a 4x4 voxel-to-world matrix (RAS mm; numpy, torch or nested lists) or ``None``
+        (the identity). The one conversion at a function's boundary, so that a matrix or a grid mean the same.
+
+        Raises:
+            UserInputError: naming ``where``: a grid of another shape, an affine that is not a finite invertible 4x4.
+        """
+        shape = check_shape3(where, "shape", tuple(int(s) for s in shape))
+        if isinstance(affine, Grid):
+            if affine.shape != shape:
+                raise UserInputError(f"{where}: the grid ({affine.describe()}) is for another shape than the array's, "
+                                     f"{shape}.")
+            return affine
+        return cls(shape, np.eye(4) if affine is None else _as_affine(where, affine))
+
+    @classmethod
     def from_spacing(cls, shape: Sequence[int], spacing: float | Sequence[float] = 1.0,
                      origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Grid:
         """An axis-aligned grid: ``affine = diag(spacing, 1)`` with translation ``origin`` (mm)."""
@@ -169,6 +186,11 @@ class Grid:
 
     def __hash__(self) -> int:
         return hash(self.shape)
+
+    def __reduce__(self):
+        # through the constructor, so that an unpickled grid (another process: a distributed run's outcomes) is
+        # checked and frozen as any other (pickle's default would restore a writeable affine)
+        return (Grid, (self.shape, np.array(self.affine)))
 
     def describe(self) -> str:
         """``"shape (H, W, D), affine [[...]]"`` (rounded to 4 decimals), for messages."""

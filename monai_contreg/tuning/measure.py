@@ -50,6 +50,15 @@ class _PairCache:
         self.pairs = [by_key[k] for k in keys]
         self.with_labels = with_labels
         self._data: dict[str, dict[str, Any]] = {}
+        self._grids: dict[str, Any] = {}
+
+    def grid(self, pair):
+        """The fixed image's :class:`~monai_contreg.spatial.grid.Grid` (from its header), read once per process."""
+        if pair.key not in self._grids:
+            from ..data.learn2reg import image_grid
+
+            self._grids[pair.key] = image_grid(pair.fixed)
+        return self._grids[pair.key]
 
     def data(self, pair) -> dict[str, Any]:
         if pair.key not in self._data:
@@ -59,13 +68,6 @@ class _PairCache:
             want = [k for k in want if getattr(pair, k) is not None]
             self._data[pair.key] = self.ds.load_pair(pair, keys=want) if want else {}
         return self._data[pair.key]
-
-
-def _spacings(pair) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    from ..data.learn2reg import image_affine
-    from ..spatial.conventions import spacing_from_affine
-
-    return spacing_from_affine(image_affine(pair.fixed)), spacing_from_affine(image_affine(pair.moving))
 
 
 def _keypoints(data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -90,7 +92,8 @@ def _register_and_measure(pair, data: dict[str, Any], cfg: RegistrationConfig, d
                    device=device, handlers=handlers, name=pair.key, max_memory=max_memory)
     if stop is not None and stop():  # a handler ended the run early (pruned): nothing to measure
         return None
-    fixed_sp, moving_sp = _spacings(pair)
+    # the grids the registration ran on, carried by its result (no second read of the headers)
+    fixed_sp, moving_sp = res.fixed_grid.spacing, res.moving_grid.spacing
     scores = evaluate_field(res.ddf.as_tensor(), data, fixed_spacing=fixed_sp, moving_spacing=moving_sp, official_tre=False)
     return PairMetrics(
         key=pair.key,

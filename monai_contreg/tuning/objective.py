@@ -9,14 +9,13 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import RegistrationDivergedError, UserInputError
 from ..methods.config import RegistrationConfig
-from .measure import PairMetrics, _PairCache, _keypoints, _register_and_measure, _spacings
+from .measure import PairMetrics, _PairCache, _keypoints, _register_and_measure
 from .space import parse_search_space, scale_schedule, schedule_steps
 from .study import _NATIVE_CONSTRAINTS, _Job
 
@@ -172,9 +171,9 @@ class _Objective:
             handlers = []
             kp = _keypoints(data)
             if job.objective == "tre" and kp is not None and job.report_every:
-                shape = tuple(data["fixed_mask"].shape[-3:]) if "fixed_mask" in data else _image_shape(pair.fixed)
+                grid = self.cache.grid(pair)  # the fixed grid: the TRE's voxel shape and spacing (mm)
                 handlers.append(OptunaPruningHandler(
-                    trial, kp[0], kp[1], shape, _spacings(pair)[0], min(job.report_every, max(level_steps)),
+                    trial, kp[0], kp[1], grid.shape, grid.spacing, min(job.report_every, max(level_steps)),
                     offset=i * len(level_steps) * stride, prune_from=int(math.ceil(job.prune_fraction * steps)),
                     level_offsets=level_offsets, level_stride=stride,
                 ))
@@ -242,9 +241,3 @@ def _set_native_constraints(trial, values: Sequence[float]) -> None:
 
 class _Surplus(Exception):
     """The study had its trials already when this one started."""
-
-
-def _image_shape(path) -> tuple[int, int, int]:
-    from ..evaluation.learn2reg import _image_shape as shape
-
-    return tuple(shape(Path(path)))[:3]

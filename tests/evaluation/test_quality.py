@@ -213,3 +213,72 @@ def test_cli_quality_reads_an_itk_transform_like_the_field(tmp_path, capsys):
     assert main(["quality", *common, "--transform", str(tmp_path / "tx.h5"), "--no-auto-mask", "--json", str(tmp_path / "b.json")]) == 0
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert b["estimated_error_mm"] == pytest.approx(a["estimated_error_mm"], rel=1e-3)
+
+
+def test_interval_takes_the_quantile_of_the_estimates_class():
+    """Mondrian interval: an estimate below CHECK_MM uses the 'ok' class's quantile, one above FAILED_MM the
+    'failed' one; a model without classes keeps its pooled quantile."""
+    from monai_contreg.evaluation.quality import estimate_class
+
+    model = {**_hand_model(0.4), "conformal_q_by_class": {"ok": 0.2, "check": 0.5, "failed": 0.9}}
+    for residual, q in ((0.2, 0.2), (2.0, 0.5), (9.0, 0.9)):
+        sig = {"residual_mm": residual, "residual_worst_mm": 1.0, "mind_ratio": 0.3, "mind_ratio_worst": 0.4}
+        est, lo, hi = estimate_from_signals(sig, model)
+        assert estimate_class(est) == {0.2: "ok", 0.5: "check", 0.9: "failed"}[q]
+        assert lo == pytest.approx(est * math.exp(-q)) and hi == pytest.approx(est * math.exp(q))
+        assert estimate_from_signals(sig, _hand_model(0.4))[2] == pytest.approx(est * math.exp(0.4))
+    assert (estimate_class(CHECK_MM - 1e-6), estimate_class(CHECK_MM), estimate_class(FAILED_MM)) == ("ok", "check", "failed")
+
+
+def _case21_abdomen():
+    """../shared/cases/case_21.py's input (its construction, reduced to the fixed image's anatomy): an abdomen CT
+    at 2 mm with ~400 mL of stomach and colon gas and no lungs."""
+    from scipy import ndimage as ndi
+
+    def texture(shape, sigma, seed):
+        t = ndi.gaussian_filter(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), sigma)
+        return (t - t.mean()) / (t.std() + 1e-8)
+
+    shape, sp = (112, 96, 96), (2.0, 2.0, 2.0)
+    g = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, sp)], indexing="ij")
+    ext = np.array(shape) * np.array(sp) / 2
+    img = np.full(shape, -1000.0, np.float32)
+    body = (g[0] / (0.92 * ext[0])) ** 2 + (g[1] / (0.80 * ext[1])) ** 2 <= 1
+    img[body] = (40 + 30 * texture(shape, 2.0, 6))[body]
+    gas = ((g[0] - 35) / 45) ** 2 + ((g[1] + 20) / 30) ** 2 + ((g[2] - 25) / 60) ** 2 <= 1
+    gas |= ((g[0] - 10) / 55) ** 2 + ((g[1] + 35) / 14) ** 2 + ((g[2] + 40) / 20) ** 2 <= 1
+    tex = texture(shape, 1.0, 9)
+    img[gas] = (-980 + 10 * tex)[gas]
+    img[gas & (tex > 1.2)] = -200
+    return img, np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def test_standalone_estimate_takes_the_registrations_mask_decision(monkeypatch):
+    """Without masks, `contreg quality` decides as the registration does (the full-resolution segment_lungs and its
+    checks on both images): case_21's bowel gas is no lung (the region is the body, as its unmasked run was); a
+    chest's masks are exactly segment_lungs' on the full grid; a chest against an abdomen: the body, as the
+    registration then runs unmasked."""
+    import monai_contreg.evaluation.quality as quality
+    from monai_contreg.data.lung_mask import LungMaskError, segment_lungs
+    from tests.data.ct_kinds import chest
+
+    abd, a_aff = _case21_abdomen()
+    with pytest.raises(LungMaskError):
+        segment_lungs(abd, a_aff)
+    zero = torch.zeros((1, 3, *abd.shape))
+    rep = estimate_quality(abd, abd, zero, fixed_affine=a_aff)
+    assert rep.region == "body" and rep.verdict == "ok"  # identical images, zero field: right
+
+    kind = chest()
+    img, aff = kind.image, kind.affine
+    seen = {}
+    real = quality.quality_signals
+    monkeypatch.setattr(quality, "quality_signals", lambda *a, **k: seen.update(fm=a[5], mm=a[6]) or real(*a, **k))
+    rep = estimate_quality(img, img, torch.zeros((1, 3, *img.shape)), fixed_affine=aff)
+    expected = segment_lungs(img, aff).mask
+    assert rep.region == "automatic lung mask"
+    assert np.array_equal(np.asarray(seen["fm"]), expected) and np.array_equal(np.asarray(seen["mm"]), expected)
+    with pytest.raises(UserInputError):  # the chest and the abdomen differ in shape: not one pair
+        quality_signals(img, abd, torch.zeros((1, 3, *img.shape)), aff, a_aff, expected, np.ones(img.shape))
+    fm, mm, region = quality.automatic_lung_masks(img, aff, abd, a_aff)
+    assert (fm, mm, region) == (None, None, "body")

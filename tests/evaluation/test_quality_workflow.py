@@ -72,6 +72,10 @@ def test_cli_run_fail_on_suspect(dataset, tmp_path, monkeypatch, capsys):
     assert "suspect pairs (landmark-free estimate): 0001_0001: check (x)" in capsys.readouterr().err
     assert main([*args, "--fail-on-suspect"]) == 1
     assert main([*args, "--no-quality"]) == 0 and seen["quality"] is False
+    monkeypatch.setattr("monai_contreg.distributed.run_split_distributed", fake_run_split)  # distributed: the same
+    seen.clear()
+    assert main([*args, "--backend", "gloo", "--fail-on-suspect"]) == 1 and seen["quality"] is True
+    assert main([*args, "--backend", "gloo", "--no-quality"]) == 0 and seen["quality"] is False
 
 
 def test_cli_register_prints_the_estimate(tmp_path, capsys):
@@ -110,3 +114,47 @@ def test_quality_takes_the_registrations_mask_decision(monkeypatch, source, segm
     assert seen["auto_mask"] is segmented
     res.quality("f.nii.gz", "m.nii.gz", fixed_mask="given.nii.gz")  # a given mask is used whatever the report says
     assert seen["fixed_mask"] == "given.nii.gz"
+
+
+def test_quality_after_register_reuses_the_loaded_images(dataset, monkeypatch):
+    """register() keeps the images (and masks) it read; the estimate after it reads nothing again and equals the
+    estimate from the files."""
+    import monai_contreg.io.images as images
+    from monai_contreg.api import register
+    from monai_contreg.methods.presets import get_preset
+    from tests.learn2reg_helpers import FAST
+
+    f, m = (dataset / "imagesTr" / f"TINY_0001_000{k}.nii.gz" for k in (0, 1))
+    fm, mm = (dataset / "masksTr" / p.name for p in (f, m))
+    res = register(f, m, fixed_mask=fm, moving_mask=mm, config=get_preset("io").with_overrides(FAST))
+    assert set(res.inputs) == {"fixed", "moving", "fixed_mask", "moving_mask"}
+    from_files = res.quality(f, m, fixed_mask=fm, moving_mask=mm)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an image was read again")
+
+    monkeypatch.setattr(images, "load_image", no_reading)
+    kept = res.quality()
+    assert kept.region == from_files.region == "fixed mask"
+    assert kept.estimated_error_mm == pytest.approx(from_files.estimated_error_mm, rel=1e-5)
+    with pytest.raises(Exception, match="give both fixed and moving"):
+        res.quality(f)
+
+
+def test_distributed_run_records_the_same_estimate_and_suspects(dataset, tmp_path):
+    """`contreg run` across processes (here a group of one, gloo) estimates each pair as the single-process run
+    does: the same quality entries in runtimes.json and the same suspect list."""
+    from monai_contreg.distributed import run_split_distributed
+
+    single = run_split(dataset, "val", tmp_path / "single", "io", register_fn=_shifted(4.0), quality=True)
+    dist = run_split_distributed(dataset, "val", tmp_path / "dist", "io", backend="gloo", register_fn=_shifted(4.0),
+                                 quality=True, threads=1)
+    assert dist.done == single.done == ["0001_0001", "0002_0002"]
+    logs = [json.loads((tmp_path / d / "runtimes.json").read_text())["cases"] for d in ("single", "dist")]
+    for key in single.done:
+        a, b = (log[key]["quality"] for log in logs)
+        assert set(a) == set(b) and b["verdict"] == "failed"
+        assert b["estimated_error_mm"] == pytest.approx(a["estimated_error_mm"], rel=1e-5)
+    assert suspect_pairs(dist.outcomes) == suspect_pairs(single.outcomes) != []
+    off = run_split_distributed(dataset, "val", tmp_path / "off", "io", backend="gloo", register_fn=_shifted(4.0), threads=1)
+    assert all(o.quality is None for o in off.outcomes)

@@ -130,8 +130,8 @@ INVALID = [
      "(I = 0, 1)."),
     ("accurate", "stages.1.reg_wieght", 3.0,
      "RegistrationConfig: unknown option stages.1.reg_wieght; valid options of stages.1: ['grid_factor', "
-     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'smoothing_kernel', "
-     "'smoothing_passes']. Did you mean 'reg_weight'?"),
+     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'similarity', "
+     "'smoothing_kernel', 'smoothing_passes']. Did you mean 'reg_weight'?"),
     ("convexadam", "multilevel.levels.1.reg_weight", 3.0,
      "RegistrationConfig: multilevel.levels.1.reg_weight: level index 1 is out of range; valid indices of "
      "multilevel.levels: [0]."),
@@ -213,18 +213,18 @@ def test_the_issue_defect_accurate_with_a_config_file_setting_optim_reg_weight(t
 
 # -------------------------------------------------------------------------------------------- the stage list
 def test_stage_kinds_order_and_whole_lists():
-    assert set(STAGE_KINDS) == {"dense", "convex"}
+    assert set(STAGE_KINDS) == {"dense", "convex", "affine"}
     cfg = RegistrationConfig.from_dict({"stages": [{"kind": "convex", "disp_hw": 2},
                                                    {"kind": "dense", "grid_factor": 2},
                                                    {"kind": "dense", "grid_factor": 1, "reg_weight": 2.0}]})
     assert [s.kind for s in cfg.stages] == ["convex", "dense", "dense"] and cfg.stages[0].disp_hw == 2
     assert (cfg.method, cfg.init) == ("io", "convex") and RegistrationConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(UserInputError, match=r"stages.0.kind: unknown stage kind 'dens'; expected one of \['convex', "
-                                             r"'dense'\]. Did you mean 'dense'"):
+    with pytest.raises(UserInputError, match=r"stages.0.kind: unknown stage kind 'dens'; expected one of \['affine', "
+                                             r"'convex', 'dense'\]. Did you mean 'dense'"):
         RegistrationConfig.from_dict({"stages": [{"kind": "dens"}]})
-    with pytest.raises(UserInputError, match=r"stages.0.kind: unknown stage kind 'affine'; expected one of \['convex', 'dense'\]"):
-        RegistrationConfig.from_dict({"stages": [{"kind": "affine"}]})  # not yet a kind
-    with pytest.raises(UserInputError, match=r"stages.0 needs a kind, one of \['convex', 'dense'\]"):
+    with pytest.raises(UserInputError, match=r"stages.0.kind: unknown stage kind 'bspline'; expected one of \['affine', 'convex', 'dense'\]"):
+        RegistrationConfig.from_dict({"stages": [{"kind": "bspline"}]})  # not a kind
+    with pytest.raises(UserInputError, match=r"stages.0 needs a kind, one of \['affine', 'convex', 'dense'\]"):
         RegistrationConfig.from_dict({"stages": [{"grid_factor": 2}]})
     with pytest.raises(UserInputError, match=r"stages.1 is a convex stage, but a convex stage starts from no field"):
         RegistrationConfig.from_dict({"stages": [{"kind": "dense"}, {"kind": "convex"}]})
