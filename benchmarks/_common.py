@@ -83,29 +83,33 @@ def worker_cmd(script: str, pair: dict, preset: str, threads: int, overrides: li
     return cmd
 
 
+def run_process(cmd: list[str], threads: int, env: dict | None = None) -> tuple[int, float, float, str, str]:
+    """Run ``cmd`` with ``threads`` OpenMP/MKL threads (and ``env`` added); return its exit status, wall seconds,
+    peak RSS (GiB, that process's own ``ru_maxrss`` from ``os.wait4``), stdout and stderr."""
+    import tempfile
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(env or {}))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 2**20, out.read(), err.read()  # KiB -> GiB
+
+
 def run_child(cmd: list[str], threads: int) -> dict:
     """Run a worker ``cmd``; return its last stdout JSON line plus ``peak_gib`` and ``process_seconds``.
 
     ``peak_gib`` is that child's own maximum resident set size, from the kernel's resource usage of the
     finished process (``os.wait4``), so each figure belongs to one pair and one method.
     """
-    import tempfile
-    import time
-
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    peak = usage.ru_maxrss / 2**20  # Linux: KiB -> GiB
-    if proc.returncode != 0 or not stdout.strip():
+    returncode, wall, peak, stdout, stderr = run_process(cmd, threads)
+    if returncode != 0 or not stdout.strip():
         sys.stderr.write(stderr[-4000:])
-        return {"error": f"exit {proc.returncode}", "peak_gib": peak, "process_seconds": wall}
+        return {"error": f"exit {returncode}", "peak_gib": peak, "process_seconds": wall}
     res = json.loads(stdout.strip().splitlines()[-1])
     res.update(peak_gib=peak, process_seconds=wall)
     return res

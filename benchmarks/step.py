@@ -72,20 +72,66 @@ def _worker(args: argparse.Namespace) -> None:
                       **_bandwidth(args.repeats)}))
 
 
-def _traffic(field, opt, sim) -> dict:
+def _engines_worker(args: argparse.Namespace) -> None:
+    """The engine's whole step, unfused (autograd, torch's fused Adam, KeepInImage's separate clamp) and fused
+    (FieldAdam with the clamp in its update, the fused gradient into kept buffers), with the handlers every preset
+    attaches; one step of each in turn, each engine continuing its own run."""
+    import resource
+
+    import torch
+
+    from monai_contreg.optim import DivergenceGuard, HistoryRecorder, KeepInImage, NaNGuard, create_registration_engine
+    from monai_contreg.optim.adam import FieldAdam
+    from monai_contreg.optim.field import DisplacementField
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shape = tuple(args.shape)
+    moving, fixed = torch.rand(1, 12, *shape), torch.rand(1, 12, *shape)
+    runs = {}
+    for name in ("unfused", "fused"):
+        field = DisplacementField(shape)
+        field.displacement.data.normal_(0, 2)
+        opt = (FieldAdam(field.parameters(), lr=1.0, keep_in_image=True) if name == "fused"
+               else torch.optim.Adam(field.parameters(), lr=1.0, fused=True))
+        eng = create_registration_engine(field, fixed, moving, opt, reg_weight=1.75)
+        HistoryRecorder(opt).attach(eng)
+        NaNGuard().attach(eng)
+        KeepInImage().attach(eng)
+        DivergenceGuard(loss_ratio=1e9, max_displacement=1e9, final_loss_ratio=1e9, final_max_displacement=1e9,
+                        max_folding=100.0).attach(eng)
+        runs[name] = {"engine": eng, "path": eng.state.step_path, "times": [], "minflt": 0, "utime": 0.0, "stime": 0.0}
+    for name, r in runs.items():  # first step: the optimiser state and buffers are created
+        r["engine"].run(data=None, max_epochs=1, epoch_length=1)
+    for i in range(args.repeats):
+        for name, r in runs.items():
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
+            t = time.perf_counter()
+            r["engine"].run(data=None, max_epochs=i + 2, epoch_length=1)
+            r["times"].append(time.perf_counter() - t)
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            r["minflt"] += u1.ru_minflt - u0.ru_minflt
+            r["utime"] += u1.ru_utime - u0.ru_utime
+            r["stime"] += u1.ru_stime - u0.ru_stime
+    eng = runs["fused"]["engine"]
+    traffic = _traffic(eng.state.field, eng.state.optimizer, None, moving)
+    out = {name: {"median": st.median(r["times"]), "path": r["path"], "minflt_per_step": r["minflt"] / args.repeats,
+                  "sys_share": r["stime"] / max(r["utime"] + r["stime"], 1e-9)} for name, r in runs.items()}
+    print(json.dumps({"engines": out, **traffic, **_bandwidth(args.repeats)}))
+
+
+def _traffic(field, opt, sim, features=None) -> dict:
     """Bytes one step must touch, from the tensors it uses (see the module docstring)."""
     import torch
 
     p = field.displacement
     state = opt.state[p]
-    feats = (sim._mcl, sim._fcl) if sim.fused else (sim.moving, sim.fixed)
+    feats = (features, features) if sim is None else (sim._mcl, sim._fcl) if sim.fused else (sim.moving, sim.fixed)
     read_once = sum(t.nbytes for t in feats)
     read_write = p.nbytes + state["exp_avg"].nbytes + state["exp_avg_sq"].nbytes
     fused = read_once + 2 * read_write
-    with torch.no_grad():
-        smoothed = field()
     # smoothed field, d loss / d smoothed field, d loss / d parameter: each written once and read once
-    intermediates = 2 * (smoothed.nbytes + smoothed.nbytes + p.grad.nbytes)
+    intermediates = 2 * 3 * p.nbytes
     return {"bytes_fused": fused, "bytes_unfused": fused + intermediates, "voxels": p[0, 0].numel()}
 
 
@@ -112,14 +158,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--shape", type=int, nargs=3, default=[112, 96, 112])
     ap.add_argument("--variants", nargs="*", default=["kernels", "pytorch", "compile"],
-                    choices=["kernels", "pytorch", "compile"], help="which variants to run (default: all three)")
+                    choices=["kernels", "pytorch", "compile", "engines"],
+                    help="which variants to run (default: the first three); engines: the engine's whole step, "
+                         "unfused and fused, alternating in one process")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.variant == "engines":
+        _engines_worker(args)
+        return
     if args.variant:
         _worker(args)
         return
     print(f"one io step on {tuple(args.shape)}, 12 channels, {args.threads} thread(s), median of {args.repeats}")
-    for variant, ext in (("kernels", "1"), ("pytorch", "0"), ("compile", "0")):
+    for variant, ext in (("kernels", "1"), ("pytorch", "0"), ("compile", "0"), ("engines", "1")):
         if variant not in args.variants:
             continue
         cmd = [sys.executable, __file__, "--variant", variant, "--threads", str(args.threads), "--repeats", str(args.repeats),
@@ -131,9 +182,17 @@ def main() -> None:
             print(f"{variant:8s} failed: {out.stderr.strip().splitlines()[-1:] or out.returncode}")
             continue
         r = json.loads(lines[-1])
-        path = "compiled kernels" if r["fused"] else "PyTorch ops"
         bw = max(r["bw_copy"], r["bw_triad"])
         bound, unfused = r["bytes_fused"] / bw, r["bytes_unfused"] / bw
+        if variant == "engines":
+            print(f"engine steps (handlers of every preset, KeepInImage on), alternating; bandwidth copy "
+                  f"{r['bw_copy'] / 1e9:.1f} GB/s, triad {r['bw_triad'] / 1e9:.1f} GB/s; lower bound {bound * 1e3:.1f} ms "
+                  f"({r['bytes_fused'] / 1e6:.0f} MB)")
+            for name, e in r["engines"].items():
+                print(f"  {name:8s} ({e['path']:8s}) median step {e['median']:.4f} s   ratio {e['median'] / bound:5.1f}x   "
+                      f"minor faults/step {e['minflt_per_step']:8.0f}   system share of CPU time {100 * e['sys_share']:.1f} %")
+            continue
+        path = "compiled kernels" if r["fused"] else "PyTorch ops"
         print(f"{variant:8s} first step {r['first']:6.2f} s   median step {r['median']:.4f} s   ({path})")
         print(f"{'':8s} traffic: {r['bytes_fused'] / 1e6:.0f} MB fused ({r['bytes_fused'] / 4 / r['voxels']:.0f} floats/voxel), "
               f"{r['bytes_unfused'] / 1e6:.0f} MB unfused; bandwidth copy {r['bw_copy'] / 1e9:.1f} GB/s, "

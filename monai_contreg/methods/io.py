@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .._validation import check_finite, check_tensor
 from ..errors import MissingFileError, UserInputError
 from ..features.mind import mind_ssc
 from ..losses.intensity import intensity_similarity
+from ..optim.adam import FieldAdam, field_adam_available
 from ..optim.engine import create_registration_engine
 from ..optim.field import DisplacementField
 from ..optim.handlers import (
@@ -177,9 +179,11 @@ def instance_optimisation(
         dtype=fixed_features.dtype, device=fixed_features.device,
     )
     sched = st.schedule
-    # torch's fused Adam (one kernel over the field instead of a chain of element-wise ops; same update to float
-    # rounding) unless the step is asked to stay on plain PyTorch ops (engine.fused=False)
-    optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False)
+    # on CPU with the compiled kernels: FieldAdam (the update and the in-image bound in one compiled pass), which
+    # also lets the engine run the fused step; else torch's fused Adam (same update to float rounding), unless the
+    # step is asked to stay on plain PyTorch ops (engine.fused=False)
+    optimizer = _adam(fld, sched.lr_at(0), tuple(ocfg.betas), fused=ecfg.fused is not False,
+                      keep_in_image=bool(ocfg.keep_in_image))
     similarity = None  # "mind": the engine's warped SSD of the features (compiled kernels on CPU)
     if st.similarity != "mind":  # MONAI's LNCC / MI on the pooled intensities, warped by grid_sample, autograd
         similarity = intensity_similarity(st.similarity, lncc_kernel_size=config.features.lncc_kernel_size,
@@ -195,7 +199,7 @@ def instance_optimisation(
     # every handler with a state: saved by a checkpoint and loaded back when a run resumes
     stateful: dict[str, Any] = {"field": fld, "optimizer": optimizer, "scheduler": scheduler, "engine": engine,
                                 "history": history}
-    NaNGuard().attach(engine)
+    NaNGuard(every=ecfg.divergence_every).attach(engine)
     if ocfg.keep_in_image:
         KeepInImage().attach(engine)
     if ecfg.divergence_check:
@@ -250,8 +254,17 @@ def instance_optimisation(
     )
 
 
-def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool) -> torch.optim.Adam:
-    """Adam over the field; torch's fused implementation where this torch and device support it."""
+def fused_step_enabled() -> bool:
+    """Whether the fused CPU step may run (``CONTREG_FUSED_STEP=0`` selects the unfused step: autograd, torch's
+    Adam and the in-image bound as a separate pass; for comparisons)."""
+    return os.environ.get("CONTREG_FUSED_STEP", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _adam(fld: DisplacementField, lr: float, betas: tuple, fused: bool, keep_in_image: bool = False) -> torch.optim.Optimizer:
+    """The field's optimiser: :class:`~monai_contreg.optim.FieldAdam` where it runs (CPU, compiled kernels; the
+    in-image bound in its update), else torch's fused Adam where this torch and device support it, else Adam."""
+    if fused and fused_step_enabled() and field_adam_available(fld.displacement):
+        return FieldAdam(fld.parameters(), lr=lr, betas=betas, keep_in_image=keep_in_image)
     if fused:
         try:
             return torch.optim.Adam(fld.parameters(), lr=lr, betas=betas, fused=True)

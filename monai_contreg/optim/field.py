@@ -67,26 +67,27 @@ class DisplacementField(nn.Module):
         return out if shape is None else resize_ddf(out, check_shape3("DisplacementField.ddf", "shape", shape))
 
     @torch.no_grad()
-    def clamp_to_image_(self) -> int:
+    def clamp_to_image_(self, as_tensor: bool = False) -> int | torch.Tensor:
         """Clamp the parameter in place so that every voxel ``x`` maps inside the grid: ``0 <= x_i + u_i <= n_i - 1``.
+
+        Args:
+            as_tensor: return the count as a 0-dim int64 tensor on the parameter's device (no host sync: the
+                engine's step path on CUDA) instead of an ``int``.
 
         Returns:
             How many values were changed (0 when the field already maps inside).
         """
         p = self.displacement
-        changed = 0
+        changed = torch.zeros((), dtype=torch.int64, device=p.device)
         for axis, size in enumerate(self.shape):
             view = [1, 1, 1]
             view[axis] = size
             x = torch.arange(size, device=p.device, dtype=p.dtype).view(view)
             comp = p[0, axis]
             low, high = -x, (size - 1) - x
-            bad = (comp < low) | (comp > high)
-            n_bad = int(bad.sum())
-            if n_bad:
-                comp.copy_(torch.maximum(torch.minimum(comp, high), low))
-                changed += n_bad
-        return changed
+            changed += ((comp < low) | (comp > high)).sum()
+            torch.clamp(comp, low, high, out=comp)
+        return changed if as_tensor else int(changed)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, smoothing_passes={self.smoothing_passes}, kernel_size={self.kernel_size}"

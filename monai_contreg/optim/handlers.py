@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 
 from .._validation import check_ddf, check_points
 from ..errors import RegistrationDivergedError, UserInputError
-from .engine import RegistrationEvents
+from .engine import RegistrationEvents, host_read
 
 __all__ = [
     "DIVERGENCE_FIX",
@@ -55,29 +55,56 @@ def run_completed(engine: Engine) -> bool:
 _HISTORY_KEYS = ("loss", "similarity", "regularization", "lr")
 
 
+def _is_tensor_output(out: dict) -> bool:
+    return isinstance(out.get("loss"), torch.Tensor)
+
+
 class HistoryRecorder:
     """Record, per step, the loss terms and the learning rate (:attr:`history`, also ``engine.state.history``).
 
     ``history`` is ``{"loss": [...], "similarity": [...], "regularization": [...], "lr": [...]}``, new (empty) lists
-    at every ``Events.STARTED``; :meth:`state_dict` / :meth:`load_state_dict` save and restore it.
+    at every ``Events.STARTED``; :meth:`state_dict` / :meth:`load_state_dict` save and restore it. A sync-free
+    engine's outputs (0-dim device tensors) are kept as tensors and moved to the lists every ``flush_every`` steps
+    and when the run completes (one host read per flush instead of one per step), so during such a run the lists
+    lag by up to ``flush_every - 1`` steps; :meth:`flush` brings them up to date.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, flush_every: int = 50) -> None:
+        if flush_every < 1:
+            raise UserInputError(f"HistoryRecorder: flush_every must be >= 1, got {flush_every}.")
         self.optimizer = optimizer
+        self.flush_every = int(flush_every)
         self.history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
+        self._pending: list[torch.Tensor] = []
+        self._pending_lr: list[float] = []
 
     def attach(self, engine: Engine) -> None:
         engine.state.history = self.history
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, lambda _e: self.flush())
 
     def _started(self, engine: Engine) -> None:
         if engine.state.iteration == 0:  # a fresh run (a resumed one keeps the history it loaded)
             self.history = {k: [] for k in _HISTORY_KEYS}
+            self._pending, self._pending_lr = [], []
         engine.state.history = self.history
 
+    def flush(self) -> None:
+        """Move the values kept as device tensors into :attr:`history` (one host read)."""
+        if not self._pending:
+            return
+        with host_read():
+            rows = torch.stack(self._pending).cpu().tolist()
+        for row, lr in zip(rows, self._pending_lr):
+            for key, v in zip(("loss", "similarity", "regularization"), row):
+                self.history[key].append(float(v))
+            self.history["lr"].append(lr)
+        self._pending, self._pending_lr = [], []
+
     def state_dict(self) -> dict[str, list[float]]:
-        """A copy of :attr:`history`."""
+        """A copy of :attr:`history` (after :meth:`flush`)."""
+        self.flush()
         return {k: list(v) for k, v in self.history.items()}
 
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
@@ -86,31 +113,76 @@ class HistoryRecorder:
         if missing:
             raise KeyError(f"HistoryRecorder.load_state_dict: missing keys {missing}; expected {list(_HISTORY_KEYS)}.")
         self.history = {k: [float(x) for x in state[k]] for k in _HISTORY_KEYS}
-
-    def __call__(self, engine: Engine) -> None:
-        hist = self.history
-        for key in ("loss", "similarity", "regularization"):
-            hist[key].append(float(engine.state.output[key]))
-        hist["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
-
-
-class NaNGuard:
-    """Stop with :class:`RegistrationDivergedError` as soon as the loss is NaN or infinite."""
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        self._pending, self._pending_lr = [], []
 
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if _is_tensor_output(out):
+            self._pending.append(torch.stack([out[k].detach().to(torch.float64).reshape(())
+                                              for k in ("loss", "similarity", "regularization")]))
+            self._pending_lr.append(lr)
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+            return
+        hist = self.history
+        for key in ("loss", "similarity", "regularization"):
+            hist[key].append(float(out[key]))
+        hist["lr"].append(lr)
+
+
+class NaNGuard:
+    """Stop with :class:`RegistrationDivergedError` as soon as the loss is NaN or infinite.
+
+    With float outputs every step is tested. A sync-free engine's outputs (device tensors) are gathered and
+    tested every ``every`` steps and when the run completes (one host read per test); the error names the first
+    non-finite step.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        if every < 1:
+            raise UserInputError(f"NaNGuard: every must be >= 1, got {every}.")
+        self.every = int(every)
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _e: self._pending.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._check_pending)
+
+    def _raise(self, engine: Engine, step: int, bad: list[str]) -> None:
+        opt = getattr(engine.state, "optimizer", None)
+        lr = opt.param_groups[0]["lr"] if opt is not None else float("nan")
+        raise RegistrationDivergedError(
+            f"registration diverged at step {step} (lr {lr:g}): non-finite {sorted(bad)}. "
+            "Lower optim.schedule.peak_lr, raise optim.reg_weight, or mask the images "
+            "(preprocess.use_masks) to keep the field from running off."
+        )
+
+    def _check_pending(self, engine: Engine) -> None:
+        if not self._pending:
+            return
+        keys = sorted(self._pending[0][1])
+        with host_read():
+            values = torch.stack([torch.stack([out[k].detach().double().reshape(()) for k in keys])
+                                  for _, out in self._pending]).cpu()
+        steps = [s for s, _ in self._pending]
+        self._pending = []
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            row = int((~finite.all(dim=1)).nonzero()[0, 0])
+            self._raise(engine, steps[row], [k for k, ok in zip(keys, finite[row].tolist()) if not ok])
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        if _is_tensor_output(out):
+            self._pending.append((engine.state.iteration, dict(out)))
+            if engine.state.iteration % self.every == 0:
+                self._check_pending(engine)
+            return
         bad = {k: v for k, v in out.items() if not math.isfinite(v)}
         if bad:
-            opt = getattr(engine.state, "optimizer", None)
-            lr = opt.param_groups[0]["lr"] if opt is not None else float("nan")
-            raise RegistrationDivergedError(
-                f"registration diverged at step {engine.state.iteration} (lr {lr:g}): non-finite {sorted(bad)}. "
-                "Lower optim.schedule.peak_lr, raise optim.reg_weight, or mask the images "
-                "(preprocess.use_masks) to keep the field from running off."
-            )
+            self._raise(engine, engine.state.iteration, list(bad))
 
 
 #: What to try when a run diverges (the end of every divergence message).
@@ -263,7 +335,8 @@ class DivergenceGuard:
         return f"registration, level {level} (multilevel.levels.{level}), at step {engine.state.iteration} of that level{lr}"
 
     def _check_loss(self, engine: Engine, ratio: float, option: str, final: bool) -> None:
-        loss = float(engine.state.output["loss"])
+        with host_read():
+            loss = float(engine.state.output["loss"])
         first = self.first_loss
         if engine.state.iteration < self.min_steps or first is None or not loss > ratio * first + 1e-6 * max(abs(first), 1e-6):
             return
@@ -275,25 +348,32 @@ class DivergenceGuard:
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.iteration == 1 or self.first_loss is None:
-            self.first_loss = float(engine.state.output["loss"])
+            with host_read():  # once per run
+                self.first_loss = float(engine.state.output["loss"])
         if engine.state.iteration % self.every:
             return
         self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)
-        check_divergence(engine.state.field(), self.max_displacement, None, self._where(engine),
-                         ("engine.divergence_max_displacement", ""))
+        # the fused step keeps the smoothed field its loss saw (before this step's update): tested as it is,
+        # instead of smoothing the parameter again (a full pass and a full-size temporary)
+        last = getattr(engine.state, "last_ddf", None)
+        with host_read():
+            check_divergence(engine.state.field() if last is None else last, self.max_displacement, None,
+                             self._where(engine), ("engine.divergence_max_displacement", ""))
 
     def _final(self, engine: Engine) -> None:
         if engine.state.output is None:
             return
         if not run_completed(engine):  # stopped early: the field is not a finished one; the run's own tests
             self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)
-            check_divergence(engine.state.field(), self.max_displacement, None,
-                             f"{self._where(engine)}, stopped early", ("engine.divergence_max_displacement", ""))
+            with host_read():
+                check_divergence(engine.state.field(), self.max_displacement, None,
+                                 f"{self._where(engine)}, stopped early", ("engine.divergence_max_displacement", ""))
             return
         self._check_loss(engine, self.final_loss_ratio, "engine.divergence_final_loss_ratio", final=True)
-        check_divergence(engine.state.field(), self.final_max_displacement, self.max_folding,
-                         f"{self._where(engine)}, end of run",
-                         ("engine.divergence_final_max_displacement", "engine.divergence_max_folding"))
+        with host_read():
+            check_divergence(engine.state.field(), self.final_max_displacement, self.max_folding,
+                             f"{self._where(engine)}, end of run",
+                             ("engine.divergence_final_max_displacement", "engine.divergence_max_folding"))
 
 
 class KeepInImage:
@@ -304,16 +384,22 @@ class KeepInImage:
     up to the replicated border). A sample outside the image has no similarity gradient (border padding), and
     Adam's momentum would carry it on: see :attr:`monai_contreg.methods.config.OptimConfig.keep_in_image`.
     Fires on :attr:`RegistrationEvents.FIELD_UPDATED`; records the number of clamped values of the last step in
-    ``engine.state.clamped``.
+    ``engine.state.clamped`` (an int64 tensor: ``int()`` reads it; no host sync per step). Where the optimiser is
+    a :class:`~monai_contreg.optim.FieldAdam` with ``keep_in_image``, the clamp already ran inside its update (one
+    pass): this handler then only publishes its count.
     """
 
     def attach(self, engine: Engine) -> None:
-        engine.state.clamped = 0
+        engine.state.clamped = torch.zeros((), dtype=torch.int64)
         engine.add_event_handler(RegistrationEvents.FIELD_UPDATED, self)
 
     @torch.no_grad()
     def __call__(self, engine: Engine) -> None:
-        engine.state.clamped = engine.state.field.clamp_to_image_()
+        opt = getattr(engine.state, "optimizer", None)
+        if getattr(opt, "keep_in_image", False) and hasattr(opt, "clamped"):
+            engine.state.clamped = opt.clamped.reshape(())
+            return
+        engine.state.clamped = engine.state.field.clamp_to_image_(as_tensor=True)
 
 
 class PlateauEarlyStopping:
@@ -369,7 +455,8 @@ class PlateauEarlyStopping:
             self.reset()
 
     def __call__(self, engine: Engine) -> None:
-        loss = float(engine.state.output["loss"])
+        with host_read():  # every step (early stopping is off in every preset)
+            loss = float(engine.state.output["loss"])
         if loss < self.best - self.min_delta * abs(self.best if math.isfinite(self.best) else 0.0):
             self.best = loss
             self.wait = 0
@@ -400,9 +487,10 @@ class LossLogger:
         lr = opt.param_groups[0]["lr"] if opt is not None else float("nan")
         total = f"/{self.total}" if self.total else ""
         prefix = f"{self.name} " if self.name else ""
+        with host_read():
+            terms = [float(out[k]) for k in ("loss", "similarity", "regularization")]
         logger.info(
-            "%sstep %d%s loss %.5f (sim %.5f, reg %.5f) lr %.4g",
-            prefix, engine.state.iteration, total, out["loss"], out["similarity"], out["regularization"], lr,
+            "%sstep %d%s loss %.5f (sim %.5f, reg %.5f) lr %.4g", prefix, engine.state.iteration, total, *terms, lr,
         )
 
 
@@ -478,11 +566,12 @@ class KeypointTREMonitor:
     def __call__(self, engine: Engine) -> None:
         from ..spatial.warp import warp_points  # local: keeps handlers free of import cycles
 
-        field = engine.state.field
-        ddf = field.ddf(self.image_shape)
-        fp = self.fixed_points.to(ddf.device, ddf.dtype)
-        mp = self.moving_points.to(ddf.device, ddf.dtype)
-        spacing = torch.as_tensor(self.spacing, device=ddf.device, dtype=ddf.dtype)
-        err = ((warp_points(fp, ddf) - mp) * spacing).norm(dim=-1).mean()
-        self.history.append((engine.state.iteration, float(err)))
+        with host_read():  # on the monitor's cadence (the points and spacing go to the device, the mean comes back)
+            field = engine.state.field
+            ddf = field.ddf(self.image_shape)
+            fp = self.fixed_points.to(ddf.device, ddf.dtype)
+            mp = self.moving_points.to(ddf.device, ddf.dtype)
+            spacing = torch.as_tensor(self.spacing, device=ddf.device, dtype=ddf.dtype)
+            err = ((warp_points(fp, ddf) - mp) * spacing).norm(dim=-1).mean()
+            self.history.append((engine.state.iteration, float(err)))
         engine.state.tre_history = self.history

@@ -87,8 +87,10 @@ def voxel_to_normalized(coords: torch.Tensor, shape: Sequence[int]) -> torch.Ten
     Uses the ``align_corners=False`` frame: ``n = (2 * v + 1) / size - 1``, then reverses the last dimension.
     Example: shape ``(4, 4, 8)``, voxel ``(0, 1.5, 7)`` -> ``(0.875, 0.0, -0.75)``.
     """
-    size = torch.as_tensor([float(s) for s in shape], device=coords.device, dtype=coords.dtype)
-    return ((2.0 * coords + 1.0) / size - 1.0).flip(-1)
+    out = 2.0 * coords + 1.0
+    for axis, n in enumerate(shape):  # Python scalars: no host-to-device copy (a sync on CUDA) per call
+        out[..., axis].div_(float(n))
+    return (out - 1.0).flip(-1)
 
 
 def ddf_to_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:

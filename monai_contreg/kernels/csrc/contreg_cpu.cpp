@@ -114,12 +114,64 @@ template <int Q>
 inline void quad_channels(const float* const*, const float*, float*, float, float, float, float&, float&, float&, float&) {}
 #endif
 
+// One voxel of the diffusion gradient: the forward differences present (hp, wp, kp: a next neighbour along
+// H, W, D; hm, wm, km: a previous one) add to the squared sums a0..a2 and to the gradient.
+template <typename T>
+inline T diffusion_voxel(const T* x, int64_t idx, int64_t sh, int64_t sw, bool hp, bool hm, bool wp, bool wm, bool kp,
+                         bool km, T w0, T w1, T w2, T& a0, T& a1, T& a2) {
+  const T v = x[idx];
+  T gv = 0;
+  if (hp) { const T d = x[idx + sh] - v; a0 += d * d; gv -= w0 * d; }
+  if (hm) gv += w0 * (v - x[idx - sh]);
+  if (wp) { const T d = x[idx + sw] - v; a1 += d * d; gv -= w1 * d; }
+  if (wm) gv += w1 * (v - x[idx - sw]);
+  if (kp) { const T d = x[idx + 1] - v; a2 += d * d; gv -= w2 * d; }
+  if (km) gv += w2 * (v - x[idx - 1]);
+  return gv;
+}
+
+
+// The diffusion term fused into another per-row loop (warp_ssd's): for row (i, j) of each of the three channels
+// of a contiguous (3, H, W, D) field x, g <- gs * g + wt * d diffusion / d x (g holds the row's similarity
+// gradient, gs its scale, wt the regulariser's weight), and the row's squared-difference sums per axis added to
+// sums[0..2] (in double; the per-row sums are summed in order by the caller). The same per-voxel operations
+// as diffusion_impl (diffusion_voxel), so the gradient is the one diffusion() returns, times wt.
+template <typename T>
+struct DiffusionTerm {
+  T w0, w1, w2;  // 2 / count_a (mean) or 2 (sum)
+  T gs, wt;
+
+  void row(const T* x_, T* g_, int64_t i, int64_t j, int64_t H, int64_t W, int64_t D, double* sums) const {
+    const int64_t N = H * W * D, sh = W * D, sw = D;
+    const bool hp = i + 1 < H, hm = i > 0, wp = j + 1 < W, wm = j > 0;
+    double s0 = 0, s1 = 0, s2 = 0;
+    for (int64_t c = 0; c < 3; ++c) {
+      const T* x = x_ + c * N;
+      T* g = g_ + c * N;
+      const int64_t base = (i * W + j) * D;
+      T a0 = 0, a1 = 0, a2 = 0;
+      if (hp && hm && wp && wm && D > 2) {
+        g[base] = gs * g[base] + wt * diffusion_voxel(x, base, sh, sw, true, true, true, true, true, false, w0, w1, w2, a0, a1, a2);
+#pragma omp simd reduction(+ : a0, a1, a2)
+        for (int64_t k = 1; k < D - 1; ++k)
+          g[base + k] = gs * g[base + k] + wt * diffusion_voxel(x, base + k, sh, sw, true, true, true, true, true, true, w0, w1, w2, a0, a1, a2);
+        g[base + D - 1] = gs * g[base + D - 1] + wt * diffusion_voxel(x, base + D - 1, sh, sw, true, true, true, true, false, true, w0, w1, w2, a0, a1, a2);
+      } else {
+        for (int64_t k = 0; k < D; ++k)
+          g[base + k] = gs * g[base + k] + wt * diffusion_voxel(x, base + k, sh, sw, hp, hm, wp, wm, k + 1 < D, k > 0, w0, w1, w2, a0, a1, a2);
+      }
+      s0 += a0; s1 += a1; s2 += a2;
+    }
+    sums[0] = s0; sums[1] = s1; sums[2] = s2;
+  }
+};
+
 // CC > 0: the channel count known at compile time (the 12 MIND-SSC channels), so the channel loop unrolls and
 // vectorises; CC == 0: any channel count C.
 // F: the features' storage type (T, or bfloat16 with arithmetic in T = float).
 template <typename T, typename F, int CC, bool ZEROS>
 void warp_ssd_impl(const T* ddf, const F* mov, const F* fix, T* grad, T* warped, double* row_loss,
-                   int64_t H, int64_t W, int64_t D, int64_t C_) {
+                   int64_t H, int64_t W, int64_t D, int64_t C_, const DiffusionTerm<T>* reg = nullptr) {
   const int64_t C = CC > 0 ? CC : C_;
   const int64_t N = H * W * D;
   const std::vector<F> zero(C, F(0));
@@ -195,6 +247,7 @@ void warp_ssd_impl(const T* ddf, const F* mov, const F* fix, T* grad, T* warped,
         acc_row += static_cast<double>(sl);
       }
       row_loss[hw] = acc_row;
+      if (reg != nullptr) reg->row(ddf, grad, i, j, H, W, D, row_loss + H * W + 3 * hw);
     }
   });
 }
@@ -206,7 +259,7 @@ void warp_ssd_dispatch(const at::Tensor& ddf, const at::Tensor& moving, const at
   auto run = C == 12 ? (zeros ? &warp_ssd_impl<T, F, 12, true> : &warp_ssd_impl<T, F, 12, false>)
                      : (zeros ? &warp_ssd_impl<T, F, 0, true> : &warp_ssd_impl<T, F, 0, false>);
   run(ddf.data_ptr<T>(), moving.data_ptr<F>(), fixed.data_ptr<F>(), grad.data_ptr<T>(),
-      want_warped ? warped.data_ptr<T>() : nullptr, rows.data_ptr<double>(), H, W, D, C);
+      want_warped ? warped.data_ptr<T>() : nullptr, rows.data_ptr<double>(), H, W, D, C, nullptr);
 }
 
 // ddf (3, H, W, D), moving and fixed (H, W, D, C), all contiguous; features of the ddf's dtype, or bfloat16
@@ -446,22 +499,6 @@ at::Tensor box_smooth(const at::Tensor& x, int64_t k, int64_t passes, bool adjoi
   return out;
 }
 
-// One voxel of the diffusion gradient: the forward differences present (hp, wp, kp: a next neighbour along
-// H, W, D; hm, wm, km: a previous one) add to the squared sums a0..a2 and to the gradient.
-template <typename T>
-inline T diffusion_voxel(const T* x, int64_t idx, int64_t sh, int64_t sw, bool hp, bool hm, bool wp, bool wm, bool kp,
-                         bool km, T w0, T w1, T w2, T& a0, T& a1, T& a2) {
-  const T v = x[idx];
-  T gv = 0;
-  if (hp) { const T d = x[idx + sh] - v; a0 += d * d; gv -= w0 * d; }
-  if (hm) gv += w0 * (v - x[idx - sh]);
-  if (wp) { const T d = x[idx + sw] - v; a1 += d * d; gv -= w1 * d; }
-  if (wm) gv += w1 * (v - x[idx - sw]);
-  if (kp) { const T d = x[idx + 1] - v; a2 += d * d; gv -= w2 * d; }
-  if (km) gv += w2 * (v - x[idx - 1]);
-  return gv;
-}
-
 template <typename T>
 void diffusion_impl(const T* x, T* g, double* ps, int64_t BC, int64_t H, int64_t W, int64_t D, const double* inv_count) {
   const T w0 = static_cast<T>(2.0 * inv_count[0]), w1 = static_cast<T>(2.0 * inv_count[1]), w2 = static_cast<T>(2.0 * inv_count[2]);
@@ -516,11 +553,166 @@ std::vector<at::Tensor> diffusion(const at::Tensor& u, bool mean) {
   return {at::scalar_tensor(loss, u.options().dtype(at::kDouble)), grad};
 }
 
+// The gradient half of one optimisation step of a smoothed displacement field, into buffers kept for the run
+// (no allocation: full-size temporaries allocated afresh each step are page-faulted in each time above glibc's
+// mmap threshold, 32 MiB):
+//   ddf = box(param)                       (box_smooth's operator, written to ddf)
+//   grad = d/d ddf [ SSD(ddf) / N + wt * diffusion(ddf) ]   (warp_ssd and the diffusion term in one pass)
+//   grad <- box^T(grad)                    (the adjoint, in place: the parameter's gradient)
+// param, ddf, grad, scratch: contiguous (1, 3, H, W, D) of one float dtype; moving, fixed: (H, W, D, C)
+// features as warp_ssd takes them; rows: float64 with at least 4 * H * W values; losses: float64 (2,) receives
+// (similarity = mean over voxels of the summed squared residuals, diffusion loss (mean reduction)). The same
+// operations as box_smooth, warp_ssd and diffusion chained by autograd, except for the order of a few float
+// additions (the gradient's scale and the regulariser's term are applied in one expression per voxel) and of
+// the loss sums.
+void field_step_grad(const at::Tensor& param, at::Tensor& ddf, at::Tensor& grad, at::Tensor& scratch,
+                     const at::Tensor& moving, const at::Tensor& fixed, at::Tensor& rows, at::Tensor& losses,
+                     bool zeros, int64_t k, int64_t passes, double reg_weight) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&param, &ddf, &grad, &scratch}) {
+    TORCH_CHECK(t->dim() == 5 && t->size(0) == 1 && t->size(1) == 3 && t->is_contiguous() && t->sizes() == param.sizes() &&
+                t->scalar_type() == param.scalar_type(), "field_step_grad: param, ddf, grad, scratch must be contiguous (1, 3, H, W, D) of one dtype");
+  }
+  TORCH_CHECK(k >= 1 && k % 2 == 1 && passes >= 0, "field_step_grad: k must be odd and positive, passes >= 0");
+  const int64_t H = param.size(2), W = param.size(3), D = param.size(4), C = moving.size(3);
+  TORCH_CHECK(moving.dim() == 4 && fixed.sizes() == moving.sizes() && moving.size(0) == H && moving.size(1) == W &&
+              moving.size(2) == D && moving.is_contiguous() && fixed.is_contiguous(),
+              "field_step_grad: moving and fixed must be contiguous (H, W, D, C) on the field's grid");
+  const bool bf16 = moving.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(moving.scalar_type() == fixed.scalar_type() &&
+              (bf16 ? param.scalar_type() == at::kFloat : moving.scalar_type() == param.scalar_type()),
+              "field_step_grad: features must have the field's dtype, or be bfloat16 with a float32 field");
+  TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.is_contiguous() && rows.numel() >= 4 * H * W,
+              "field_step_grad: rows must be a contiguous float64 tensor of at least 4 * H * W values");
+  TORCH_CHECK(losses.scalar_type() == at::kDouble && losses.is_contiguous() && losses.numel() >= 2,
+              "field_step_grad: losses must be a contiguous float64 tensor of 2 values");
+  const int64_t n[3] = {H, W, D};
+  double inv_count[3];
+  for (int a = 0; a < 3; ++a) {
+    const int64_t count = n[a] > 1 ? 3 * H * W * D / n[a] * (n[a] - 1) : 0;
+    inv_count[a] = count == 0 ? 0.0 : 1.0 / static_cast<double>(count);
+  }
+  const double scale = 1.0 / static_cast<double>(H * W * D);
+  double* r = rows.data_ptr<double>();
+  std::fill(r, r + 4 * H * W, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "field_step_grad", [&] {
+    using T = scalar_t;
+    const int64_t rad = k / 2;
+    const bool smooth = k > 1 && passes > 0;
+    const Box<T> fwd{rad, false, T(1) / static_cast<T>(2 * rad + 1)}, adj{rad, true, T(1) / static_cast<T>(2 * rad + 1)};
+    if (smooth) {
+      box_rows<T>(fwd, param.data_ptr<T>(), scratch.data_ptr<T>(), 3, H, W * D, passes);
+      box_planes<T>(fwd, scratch.data_ptr<T>(), ddf.data_ptr<T>(), 3 * H, W, D, passes);
+    } else {
+      ddf.copy_(param);
+    }
+    // the factors autograd would apply: the loss's 1/N and the regulariser's weight, both rounded to T
+    DiffusionTerm<T> term{static_cast<T>(2.0 * inv_count[0]), static_cast<T>(2.0 * inv_count[1]),
+                          static_cast<T>(2.0 * inv_count[2]), static_cast<T>(scale), static_cast<T>(reg_weight)};
+    const at::Tensor d4 = ddf[0];
+    if (bf16) {  // T is float here (checked above)
+      const DiffusionTerm<float> fterm{static_cast<float>(term.w0), static_cast<float>(term.w1), static_cast<float>(term.w2),
+                                       static_cast<float>(term.gs), static_cast<float>(term.wt)};
+      auto run = C == 12 ? (zeros ? &warp_ssd_impl<float, at::BFloat16, 12, true> : &warp_ssd_impl<float, at::BFloat16, 12, false>)
+                         : (zeros ? &warp_ssd_impl<float, at::BFloat16, 0, true> : &warp_ssd_impl<float, at::BFloat16, 0, false>);
+      run(reinterpret_cast<const float*>(d4.data_ptr<T>()), moving.data_ptr<at::BFloat16>(), fixed.data_ptr<at::BFloat16>(),
+          reinterpret_cast<float*>(grad.data_ptr<T>()), nullptr, r, H, W, D, C, &fterm);
+    }
+    if (!bf16) {
+      auto run = C == 12 ? (zeros ? &warp_ssd_impl<T, T, 12, true> : &warp_ssd_impl<T, T, 12, false>)
+                         : (zeros ? &warp_ssd_impl<T, T, 0, true> : &warp_ssd_impl<T, T, 0, false>);
+      run(d4.data_ptr<T>(), moving.data_ptr<T>(), fixed.data_ptr<T>(), grad.data_ptr<T>(), nullptr, r, H, W, D, C, &term);
+    }
+    if (smooth) {
+      box_planes<T>(adj, grad.data_ptr<T>(), scratch.data_ptr<T>(), 3 * H, W, D, passes);
+      box_rows<T>(adj, scratch.data_ptr<T>(), grad.data_ptr<T>(), 3, H, W * D, passes);
+    }
+  });
+  // ordered sums of the per-row partial sums: independent of the thread count
+  double total = 0.0, sums[3] = {0, 0, 0};
+  for (int64_t m = 0; m < H * W; ++m) total += r[m];
+  for (int64_t m = 0; m < H * W; ++m)
+    for (int a = 0; a < 3; ++a) sums[a] += r[H * W + 3 * m + a];
+  double* out = losses.data_ptr<double>();
+  out[0] = total * scale;
+  out[1] = sums[0] * inv_count[0] + sums[1] * inv_count[1] + sums[2] * inv_count[2];
+}
+
+template <typename T>
+void adam_impl(T* p, const T* g, T* m, T* v, int64_t H, int64_t W, int64_t D, double lr, double beta1, double beta2,
+             double eps, double bc1, double bc2, bool clamp, int64_t* counts) {
+  const int64_t planes = 3 * H, rowlen = W * D;
+  const T b1c = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), b2c = static_cast<T>(1.0 - beta2);
+  const T step_size = static_cast<T>(lr / bc1), bc2_sqrt = static_cast<T>(std::sqrt(bc2)), e = static_cast<T>(eps);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane / H, i = plane % H;
+      const int64_t off = plane * rowlen;
+      int64_t changed_plane = 0;
+      for (int64_t j = 0; j < W; ++j) {
+        int64_t changed = 0;
+        const int64_t base = off + j * D;
+        // the bound of component c depends on the voxel's index along axis c only
+        const T lo_h = -static_cast<T>(i), hi_h = static_cast<T>(H - 1) - static_cast<T>(i);
+        const T lo_w = -static_cast<T>(j), hi_w = static_cast<T>(W - 1) - static_cast<T>(j);
+#pragma omp simd reduction(+ : changed)
+        for (int64_t t = 0; t < D; ++t) {
+          const int64_t idx = base + t;
+          const T gv = g[idx];
+          const T mo = m[idx];
+          const T mn = mo + b1c * (gv - mo);  // lerp(m, g, 1 - beta1), weight < 0.5
+          const T vn = v[idx] * b2 + b2c * gv * gv;
+          m[idx] = mn;
+          v[idx] = vn;
+          const T denom = std::sqrt(vn) / bc2_sqrt + e;
+          T pn = p[idx] - step_size * mn / denom;
+          if (clamp) {
+            const T lo = c == 0 ? lo_h : (c == 1 ? lo_w : -static_cast<T>(t));
+            const T hi = c == 0 ? hi_h : (c == 1 ? hi_w : static_cast<T>(D - 1) - static_cast<T>(t));
+            const bool out = pn < lo || pn > hi;
+            changed += out ? 1 : 0;
+            pn = pn < lo ? lo : (pn > hi ? hi : pn);
+          }
+          p[idx] = pn;
+        }
+        changed_plane += changed;
+      }
+      counts[plane] = changed_plane;
+    }
+  });
+}
+
+// One Adam step (Kingma & Ba 2015, torch.optim.Adam's update without weight decay / amsgrad / maximize, in the
+// order of torch's fused CPU kernel) of a contiguous (1, 3, H, W, D) displacement parameter, with the in-image
+// bound in the same pass when clamp is set: component a at voxel x is clamped to [-x_a, n_a - 1 - x_a]
+// (working-grid voxels), as DisplacementField.clamp_to_image_. The number of clamped values is written to
+// count (int64, 1 value; no host read). step: the step number after this update (bias corrections).
+void adam_clamp(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double lr,
+                double beta1, double beta2, double eps, double step, bool clamp, at::Tensor& count) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&param, &grad, &exp_avg, &exp_avg_sq}) {
+    TORCH_CHECK(t->is_contiguous() && t->sizes() == param.sizes() && t->scalar_type() == param.scalar_type(),
+                "adam_clamp: param, grad, exp_avg, exp_avg_sq must be contiguous tensors of one shape and dtype");
+  }
+  TORCH_CHECK(param.dim() == 5 && param.size(0) == 1 && param.size(1) == 3, "adam_clamp: param must be (1, 3, H, W, D)");
+  TORCH_CHECK(count.scalar_type() == at::kLong && count.numel() >= 1, "adam_clamp: count must be an int64 tensor");
+  const int64_t H = param.size(2), W = param.size(3), D = param.size(4), planes = 3 * H;
+  const double bc1 = 1.0 - std::pow(beta1, step), bc2 = 1.0 - std::pow(beta2, step);
+  std::vector<int64_t> counts(planes, 0);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_clamp", [&] {
+    adam_impl<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
+                        exp_avg_sq.data_ptr<scalar_t>(), H, W, D, lr, beta1, beta2, eps, bc1, bc2, clamp, counts.data());
+  });
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  count.data_ptr<int64_t>()[0] = total;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("warp_ssd", &warp_ssd, "fused trilinear warp + SSD loss + gradient (CPU)");
   m.def("diffusion", &diffusion, "diffusion regulariser and its gradient (CPU)");
   m.def("box_smooth", &box_smooth, "separable replicate-padded mean filters and their adjoint (CPU)");
+  m.def("field_step_grad", &field_step_grad, "smoothed field, warp + SSD + diffusion gradient, adjoint smoothing into kept buffers (CPU)");
+  m.def("adam_clamp", &adam_clamp, "one Adam step with the in-image bound in the same pass (CPU)");
   m.def("release_scratch", &release_scratch, "free the box filter's kept scratch buffers");
 }
