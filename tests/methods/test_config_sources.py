@@ -300,8 +300,12 @@ def _schedule_tuple(s: PiecewiseSchedule):
             s.total_steps)
 
 
+#: presets added after the stage-list change (their stages are tested where they are built: tests/methods/test_affine.py)
+NEW_PRESETS = {"unaligned"}
+
+
 def test_every_preset_is_listed():
-    assert set(BEFORE) == set(preset_names())
+    assert set(BEFORE) | NEW_PRESETS == set(preset_names())
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
