@@ -40,7 +40,7 @@ from .request import RunRequest
 __all__ = ["PRESET_NAMES", "build_parser", "main"]
 
 #: The presets ``--preset`` accepts (:func:`monai_contreg.methods.presets.preset_names`; a test keeps them equal).
-PRESET_NAMES = ("io", "io-authors", "io-lr1", "io-lr15", "convex", "convexadam", "convex+io", "refine", "accurate")
+PRESET_NAMES = ("io", "io-authors", "io-lr1", "io-lr15", "convex", "convexadam", "convex+io", "refine", "accurate", "unaligned")
 #: The values of ``--similarity`` and ``--modality`` (:class:`monai_contreg.modes.Similarity`,
 #: :class:`monai_contreg.modes.Modality`; a test keeps them equal).
 SIMILARITY_NAMES = ("mind", "lncc", "mi")

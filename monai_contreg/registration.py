@@ -679,6 +679,8 @@ def run(
              inputs=(fixed, moving), where=where)
     if p.resample and init_ddf is not None:
         raise UserInputError(f"{where}: init_ddf needs fixed and moving on one grid; they differ here.")
+    for k in ("fixed", "moving"):  # refused before the alignment check looks at the content
+        check_informative(where, k, pair.data[k].as_tensor())
     p = auto_affine(pair, p, name or where, given_field=init_ddf is not None)
     logger.info("%s estimated peak memory %s", name or where, p.memory)
     if p.device.type == "cpu" and p.config.engine.fused is not False:

@@ -52,7 +52,8 @@ def test_run_writes_fields_and_runtime_log(run_out):
     # which implementation ran is recorded per pair
     assert case["kernels"] == ("compiled" if extension_status().startswith("compiled") else "pytorch")
     # and what masked it (the dataset's masks here; automatic masks add their volumes and checks)
-    assert case["mask"] == {"masked": True, "fixed": {"source": "given"}, "moving": {"source": "given"}}
+    assert case["mask"] == {"masked": True, "fixed": {"source": "given"}, "moving": {"source": "given"},
+                            "modality": {"fixed": "ct", "moving": "ct"}}
 
 
 def test_resume_after_kill_redoes_only_the_missing_pair(dataset, run_out, tmp_path):

@@ -86,15 +86,15 @@ def test_dotted_keys_with_a_level_index_reach_one_level():
      "multilevel.levels: [0, 1]."),
     ("multilevel.levels.1.reg_wieght=1",
      "RegistrationConfig: unknown option multilevel.levels.1.reg_wieght; valid options of stages.1: ['grid_factor', "
-     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'smoothing_kernel', "
-     "'smoothing_passes']. Did you mean 'reg_weight'?"),
+     "'mind_dilation', 'mind_radius', 'reg_weight', 'schedule', 'second_dilation', 'similarity', "
+     "'smoothing_kernel', 'smoothing_passes']. Did you mean 'reg_weight'?"),
     ("multilevel.levels.1.smoothing_kernel=4",
      "DenseStage: smoothing_kernel must be a positive odd integer, got 4. (in multilevel.levels.1.smoothing_kernel, "
      "that is stages.1.smoothing_kernel)"),
     ("multilevel.levels.1=3",
      "RegistrationConfig: multilevel.levels.1 must be a mapping of DenseStage fields (['grid_factor', "
      "'schedule', 'reg_weight', 'mind_radius', 'mind_dilation', 'second_dilation', 'smoothing_passes', "
-     "'smoothing_kernel']), got 3."),
+     "'smoothing_kernel', 'similarity']), got 3."),
     ("stages.2.reg_weight=1",
      "RegistrationConfig: stages.2.reg_weight: stage index 2 is out of range; valid indices of stages: [0, 1]."),
 ])
