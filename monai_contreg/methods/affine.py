@@ -121,7 +121,7 @@ def resample_through(image: torch.Tensor, world: Any, affine: Any, mode: str = "
 
 # ---------------------------------------------------------------------------------------------- moments
 def content_moments(image: torch.Tensor | np.ndarray, affine: Any, weighted: bool = False,
-                    stride: int = 1) -> tuple[float, np.ndarray, np.ndarray]:
+                    stride: int = 1, within: tuple[Any, tuple[int, ...]] | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """The content's mass, centre of mass (world mm) and second central moments (3x3, mm^2).
 
     Args:
@@ -130,6 +130,9 @@ def content_moments(image: torch.Tensor | np.ndarray, affine: Any, weighted: boo
         weighted: ``True``: weights ``image - min`` (an image whose background is its minimum); ``False``: the
             content is the voxels above the mean of the 2nd and 98th percentiles, each of weight 1.
         stride: use every ``stride``-th voxel per axis (a coarser, faster estimate).
+        within: ``(affine, shape)`` of another grid: only the voxels whose centres lie in that grid's field of view
+            (its voxel box, half a voxel beyond the outer centres) count, percentiles included; the whole image
+            when fewer than 1 % of its voxels lie there.
 
     Returns:
         ``(mass, centre (3,), covariance (3, 3))``, float64; mass in voxels (weighted: intensity x voxels).
@@ -142,18 +145,28 @@ def content_moments(image: torch.Tensor | np.ndarray, affine: Any, weighted: boo
     v = _as4("content_moments", "affine", affine)
     s = max(1, int(stride))
     t = t[::s, ::s, ::s]
+    step = np.diag([s, s, s, 1.0])
+    pts = mapped_coordinates(torch.as_tensor(v @ step), t.shape, dtype=torch.float64).reshape(-1, 3)
+    inside = None
+    if within is not None:
+        o = _as4("content_moments", "within", within[0])
+        q = pts @ torch.as_tensor(np.linalg.inv(o)[:3, :3].T) + torch.as_tensor(np.linalg.inv(o)[:3, 3])
+        n = torch.as_tensor([float(k) for k in tuple(within[1])[-3:]], dtype=torch.float64)
+        inside = ((q >= -0.5) & (q <= n - 0.5)).all(1).reshape(t.shape)
+        if int(inside.sum()) < 0.01 * inside.numel():
+            inside = None
     if weighted:
-        w = t - t.min()
+        w = t - (t.min() if inside is None else t[inside].min())
     else:
-        flat = t.reshape(-1)
+        flat = t.reshape(-1) if inside is None else t[inside]
         k = flat.numel()
         q = torch.kthvalue(flat, max(1, int(0.02 * k))).values, torch.kthvalue(flat, max(1, int(0.98 * k))).values
         w = (t > 0.5 * (q[0] + q[1])).to(torch.float64)
+    if inside is not None:
+        w = w * inside
     mass = float(w.sum())
     if not mass > 0:
         raise UserInputError("content_moments: the image has no content (it is constant); nothing to align.")
-    step = np.diag([s, s, s, 1.0])
-    pts = mapped_coordinates(torch.as_tensor(v @ step), t.shape, dtype=torch.float64).reshape(-1, 3)
     wf = w.reshape(-1, 1)
     centre = (pts * wf).sum(0) / mass
     d = pts - centre
@@ -191,6 +204,14 @@ class AlignmentCheck:
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
+def _fov_fraction(va: np.ndarray, sa, vb: np.ndarray, sb) -> float:
+    """Fraction of grid A's voxel centres (every 4th per axis) inside grid B's field of view (its voxel box)."""
+    idx = np.stack(np.meshgrid(*[np.arange(0, n, 4, dtype=np.float64) for n in sa], indexing="ij"), -1).reshape(-1, 3)
+    m = np.linalg.inv(vb) @ va
+    q = idx @ m[:3, :3].T + m[:3, 3]
+    return float(((q >= -0.5) & (q <= np.asarray(sb, dtype=np.float64) - 0.5)).all(1).mean())
+
+
 def _grid_centre(affine: np.ndarray, shape) -> np.ndarray:
     c = np.array([(n - 1) / 2.0 for n in shape] + [1.0])
     return (affine @ c)[:3]
@@ -220,20 +241,24 @@ def alignment_check(fixed: torch.Tensor | np.ndarray, fixed_affine: Any, moving:
 
     Returns:
         :class:`AlignmentCheck`; the contents are each image's voxels above the mean of its 2nd and 98th
-        percentiles (:func:`content_moments`, every second voxel per axis).
+        percentiles, within the other image's field of view (:func:`content_moments`, every second voxel per
+        axis): a scan that covers part of the other (a shorter series, a cropped volume) is compared on the part
+        both cover, not read as a shift, rotation or scale of the whole. The grid centres count only when neither
+        field of view lies (90 % of its voxels) inside the other.
     """
     b = bounds or AutoAffineConfig()
     vf = _as4("alignment_check", "fixed_affine", fixed_affine)
     vm = _as4("alignment_check", "moving_affine", moving_affine)
     fs, ms = tuple(np.shape(fixed)[-3:]), tuple(np.shape(moving)[-3:])
     grid = float(np.linalg.norm(_grid_centre(vf, fs) - _grid_centre(vm, ms)))
-    _, cf, covf = content_moments(fixed, vf, stride=2)
-    _, cm, covm = content_moments(moving, vm, stride=2)
+    nested = max(_fov_fraction(vf, fs, vm, ms), _fov_fraction(vm, ms, vf, fs)) >= 0.9
+    _, cf, covf = content_moments(fixed, vf, stride=2, within=(vm, ms))
+    _, cm, covm = content_moments(moving, vm, stride=2, within=(vf, fs))
     shift = float(np.linalg.norm(cf - cm))
     angle = _axes_angle(covf, covm, b.axis_separation)
     scale = float((np.linalg.det(covm) / np.linalg.det(covf)) ** (1.0 / 6.0))
     reasons = []
-    if grid > b.max_shift_mm:
+    if grid > b.max_shift_mm and not nested:  # one field of view inside the other: a partial scan, not a shift
         reasons.append(f"grid centres {grid:.1f} mm apart > auto_affine.max_shift_mm {b.max_shift_mm:g}")
     if shift > b.max_shift_mm:
         reasons.append(f"contents' centres of mass {shift:.1f} mm apart > auto_affine.max_shift_mm {b.max_shift_mm:g}")

@@ -255,7 +255,9 @@ class DivergenceGuard:
     with the extent of its grid. Every ``every`` steps (loosely: the paper's high early learning rate makes large
     transient excursions that its decay phase may still repair):
 
-    * a loss above ``loss_ratio`` x the first loss;
+    * a loss above ``loss_ratio`` x the larger of the first loss and the loss at step ``min_steps`` (a pair that
+      starts aligned has a first loss near zero, and the high-rate phase's transient raises any loss from there:
+      the ratio to that start alone stopped such runs that then ended well);
     * a displacement along an axis beyond ``max_displacement`` x the grid's extent on that axis.
 
     After the last step (strictly), when the run went to its end (:func:`run_completed`):
@@ -306,6 +308,7 @@ class DivergenceGuard:
             raise UserInputError(f"DivergenceGuard: min_steps must be >= 0, got {min_steps}.")
         self.min_steps = int(min_steps)
         self.first_loss: float | None = None
+        self.reference_loss: float | None = None  # max(first loss, loss at step min_steps), for the in-run test
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
@@ -315,16 +318,21 @@ class DivergenceGuard:
     def _started(self, engine: Engine) -> None:
         if engine.state.iteration == 0:
             self.first_loss = None
+            self.reference_loss = None
 
     def state_dict(self) -> dict[str, float | None]:
-        """``{"first_loss": the first step's loss, or None before it}``."""
-        return {"first_loss": self.first_loss}
+        """``{"first_loss": the first step's loss, "reference_loss": the in-run test's reference}`` (None before
+        they are known)."""
+        return {"first_loss": self.first_loss, "reference_loss": self.reference_loss}
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (a state without ``reference_loss``, from an older checkpoint, takes the first
+        loss as the reference)."""
         if "first_loss" not in state:
             raise KeyError("DivergenceGuard.load_state_dict: missing key 'first_loss'.")
         self.first_loss = None if state["first_loss"] is None else float(state["first_loss"])
+        ref = state.get("reference_loss", self.first_loss)
+        self.reference_loss = None if ref is None else float(ref)
 
     def _where(self, engine: Engine) -> str:
         opt = getattr(engine.state, "optimizer", None)
@@ -338,18 +346,23 @@ class DivergenceGuard:
         with host_read():
             loss = float(engine.state.output["loss"])
         first = self.first_loss
-        if engine.state.iteration < self.min_steps or first is None or not loss > ratio * first + 1e-6 * max(abs(first), 1e-6):
+        ref = first if final or self.reference_loss is None else self.reference_loss
+        if engine.state.iteration < self.min_steps or ref is None or not loss > ratio * ref + 1e-6 * max(abs(ref), 1e-6):
             return
         what = "ended at" if final else "rose to"
+        base = f"its start {first:.5g}" if ref == first else f"its loss at step {self.min_steps} {ref:.5g}"
         raise RegistrationDivergedError(
-            f"{self._where(engine)} diverged: the loss {what} {loss:.5g}, {loss / max(first, 1e-30):.3g} x its start "
-            f"{first:.5g}, beyond the tolerated {ratio:g} x ({option}). {DIVERGENCE_FIX}"
+            f"{self._where(engine)} diverged: the loss {what} {loss:.5g}, {loss / max(ref, 1e-30):.3g} x {base}, "
+            f"beyond the tolerated {ratio:g} x ({option}). {DIVERGENCE_FIX}"
         )
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.iteration == 1 or self.first_loss is None:
             with host_read():  # once per run
                 self.first_loss = float(engine.state.output["loss"])
+        if self.reference_loss is None and engine.state.iteration >= self.min_steps:
+            with host_read():  # once per run
+                self.reference_loss = max(self.first_loss, float(engine.state.output["loss"]))
         if engine.state.iteration % self.every:
             return
         self._check_loss(engine, self.loss_ratio, "engine.divergence_loss_ratio", final=False)

@@ -175,3 +175,40 @@ def test_register_command_exits_3_with_the_message(tmp_path, capsys):
     assert rc == 3
     assert re.search(r"contreg register: error: registration at step \d+ \(lr 1000\) diverged: .*" + FIX, capsys.readouterr().err)
     assert not (tmp_path / "d.nii.gz").exists()
+
+
+def _scripted_engine(losses):
+    """An engine whose step ``i`` (1-based) outputs ``losses[i - 1]``, its field the zero displacement."""
+    from ignite.engine import Engine
+
+    e = Engine(lambda eng, _: {"loss": losses[eng.state.iteration - 1]})
+    e.state.field = lambda: torch.zeros(1, 3, 8, 8, 8)
+    return e
+
+
+def test_an_aligned_start_is_not_a_divergence_of_the_high_rate_transient():
+    """Before: a pair that starts aligned (first loss 0.0023: a tilted DICOM series read correctly against its
+    volume) was stopped at step 20, its loss 300 x that start, although the run ended well (0.47 mm estimated,
+    `benchmarks/quality_tilt.py`). The in-run reference is now the larger of the start and the loss at step 20."""
+    losses = [0.0023] + [0.7] * 19 + [0.6] * 20 + [0.003] * 20  # the transient, then the decay phase repairs it
+    e = _scripted_engine(losses)
+    g = DivergenceGuard(every=10, min_steps=20, final_loss_ratio=2.0)
+    g.attach(e)
+    e.run([0] * len(losses), max_epochs=1)
+    assert g.reference_loss == 0.7 and g.first_loss == 0.0023
+    assert g.state_dict() == {"first_loss": 0.0023, "reference_loss": 0.7}
+    # a rise of 100 x that reference still stops the run, naming the reference
+    e = _scripted_engine([0.0023] + [0.7] * 19 + [80.0] * 20)
+    DivergenceGuard(every=10, min_steps=20).attach(e)
+    with pytest.raises(RegistrationDivergedError, match=r"at step 30.*rose to 80, 114 x its loss at step 20 0\.7, "
+                                                        r"beyond the tolerated 100 x \(engine\.divergence_loss_ratio\)"):
+        e.run([0] * 40, max_epochs=1)
+    # the end of the run is still judged against the start: an aligned pair left worse is refused
+    e = _scripted_engine([0.0023] + [0.7] * 39)
+    DivergenceGuard(every=10, min_steps=20).attach(e)
+    with pytest.raises(RegistrationDivergedError, match=r"ended at 0\.7, 304 x its start 0\.0023.*final_loss_ratio"):
+        e.run([0] * 40, max_epochs=1)
+    # an older checkpoint's state (no reference) takes the start as the reference
+    h = DivergenceGuard()
+    h.load_state_dict({"first_loss": 0.5})
+    assert h.reference_loss == 0.5
