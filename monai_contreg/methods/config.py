@@ -248,8 +248,10 @@ class EngineConfig:
         divergence_min_steps: the loss tests apply from this step on, and at the end only to runs at least this
             long: Adam's first steps move every parameter by about the learning rate, so the loss of a run of a few
             steps says little (the displacement and folding tests always apply).
-        divergence_loss_ratio: during the run, a loss above this multiple of the first step's loss (the loss of
-            the initial field) means the run is lost.
+        divergence_loss_ratio: during the run, a loss above this multiple of the larger of the first step's loss
+            (the loss of the initial field) and the loss at step ``divergence_min_steps`` means the run is lost (a
+            pair that starts aligned has a first loss near zero, which the high-rate phase's transient exceeds
+            many times over in a run that still ends well).
         divergence_max_displacement: during the run, a displacement along an axis beyond this fraction of the image
             extent along that axis means the run is lost (1.0: the field left the image; with ``keep_in_image`` it
             cannot: on small images the high early rate makes excursions of most of the extent that the decay phase
