@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .._validation import check_tensor
 from ..errors import UserInputError
-from ..spatial.conventions import ALIGN_CORNERS, voxel_to_normalized
+from ..spatial.conventions import ALIGN_CORNERS, points_world_to_voxel, voxel_to_normalized
 from ..spatial.resample import mapped_coordinates, resample_image
 from .stages import AffineStage, AutoAffineConfig
 
@@ -149,10 +149,7 @@ def content_moments(image: torch.Tensor | np.ndarray, affine: Any, weighted: boo
     pts = mapped_coordinates(torch.as_tensor(v @ step), t.shape, dtype=torch.float64).reshape(-1, 3)
     inside = None
     if within is not None:
-        o = _as4("content_moments", "within", within[0])
-        q = pts @ torch.as_tensor(np.linalg.inv(o)[:3, :3].T) + torch.as_tensor(np.linalg.inv(o)[:3, 3])
-        n = torch.as_tensor([float(k) for k in tuple(within[1])[-3:]], dtype=torch.float64)
-        inside = ((q >= -0.5) & (q <= n - 0.5)).all(1).reshape(t.shape)
+        inside = _in_field_of_view(pts, _as4("content_moments", "within", within[0]), within[1]).reshape(t.shape)
         if int(inside.sum()) < 0.01 * inside.numel():
             inside = None
     if weighted:
@@ -204,12 +201,19 @@ class AlignmentCheck:
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
+def _in_field_of_view(points: torch.Tensor, affine: np.ndarray, shape) -> torch.Tensor:
+    """``(N,)`` bool: which world points ``(N, 3)`` (mm) lie in the field of view of the grid ``(affine, shape)``
+    (its voxel box, half a voxel beyond the outer centres)."""
+    q = points_world_to_voxel(points, np.array(affine, dtype=np.float64))  # a copy: a Grid's affine is read-only
+    n = torch.as_tensor([float(k) for k in tuple(shape)[-3:]], dtype=q.dtype)
+    return ((q >= -0.5) & (q <= n - 0.5)).all(1)
+
+
 def _fov_fraction(va: np.ndarray, sa, vb: np.ndarray, sb) -> float:
-    """Fraction of grid A's voxel centres (every 4th per axis) inside grid B's field of view (its voxel box)."""
-    idx = np.stack(np.meshgrid(*[np.arange(0, n, 4, dtype=np.float64) for n in sa], indexing="ij"), -1).reshape(-1, 3)
-    m = np.linalg.inv(vb) @ va
-    q = idx @ m[:3, :3].T + m[:3, 3]
-    return float(((q >= -0.5) & (q <= np.asarray(sb, dtype=np.float64) - 0.5)).all(1).mean())
+    """Fraction of grid A's voxel centres (every 4th per axis) inside grid B's field of view."""
+    coarse = tuple(len(range(0, n, 4)) for n in tuple(sa)[-3:])
+    pts = mapped_coordinates(torch.as_tensor(va @ np.diag([4.0, 4.0, 4.0, 1.0])), coarse, dtype=torch.float64)
+    return float(_in_field_of_view(pts.reshape(-1, 3), vb, sb).double().mean())
 
 
 def _grid_centre(affine: np.ndarray, shape) -> np.ndarray:
