@@ -189,11 +189,8 @@ def test_register_with_affine_stage_composes_total_field(caplog):
     assert np.allclose(got, expected, atol=1e-3)
 
 
-def test_auto_rule_adds_the_stage_and_logs(caplog):
-    """The default config on an unaligned pair (a 20 mm shift): an affine stage runs first, saying so; disabled,
-    it does not."""
-    from monai_contreg.api import register
-
+def _shifted_20mm_pair():
+    """The phantom and its copy shifted 20 mm in the world, on one oblique grid, and a short default-like config."""
     v = oblique_grid(SHAPE)
     truth = similarity((0, 0, 0), 1.0, (20.0, 0.0, 0.0))
     fixed, moving = on_grid(SHAPE, v)[0, 0], on_grid(SHAPE, v, np.linalg.inv(truth))[0, 0]
@@ -202,6 +199,15 @@ def test_auto_rule_adds_the_stage_and_logs(caplog):
     cfg = RegistrationConfig.from_dict({
         "stages": [{"kind": "dense", "schedule": LR1}], "preprocess": {"intensity": "minmax", "use_masks": False},
         "engine": {"divergence_final_max_displacement": 0.6}})
+    return v, fixed, moving, cfg
+
+
+def test_auto_rule_adds_the_stage_and_logs(caplog):
+    """The default config on an unaligned pair (a 20 mm shift): an affine stage runs first, saying so; disabled,
+    it does not."""
+    from monai_contreg.api import register
+
+    v, fixed, moving, cfg = _shifted_20mm_pair()
     with caplog.at_level(logging.INFO, logger="monai_contreg"):
         res = register(fixed, moving, affine=v, config=cfg)
     assert any("an affine stage runs first" in r.getMessage() for r in caplog.records)
@@ -216,14 +222,7 @@ def test_auto_rule_adds_the_stage_and_logs(caplog):
 def test_auto_rule_recovers_a_20mm_shift_within_2mm():
     from monai_contreg.api import register
 
-    v = oblique_grid(SHAPE)
-    truth = similarity((0, 0, 0), 1.0, (20.0, 0.0, 0.0))
-    fixed, moving = on_grid(SHAPE, v)[0, 0], on_grid(SHAPE, v, np.linalg.inv(truth))[0, 0]
-    # the end-of-run guard's plausible bound (0.25 of the extent) is raised: on this 60 mm phantom the 20 mm shift
-    # alone is 0.33 of it, and the dense stage's final check stopped the run (6.3 of 15 voxels; issue 19 open)
-    cfg = RegistrationConfig.from_dict({
-        "stages": [{"kind": "dense", "schedule": LR1}], "preprocess": {"intensity": "minmax", "use_masks": False},
-        "engine": {"divergence_final_max_displacement": 0.6}})
+    v, fixed, moving, cfg = _shifted_20mm_pair()
     res = register(fixed, moving, affine=v, config=cfg)
     assert abs(res.linear[0, 3] - 20.0) < 2.0
 
