@@ -72,24 +72,44 @@ def write_tilted_series(volume: np.ndarray, vol_affine: np.ndarray, folder: Path
     return aff
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def tilt_arguments(description: str, work: Path, preset: str, argv=None) -> argparse.Namespace:
+    """The options of the tilt benchmarks: ``--image``, ``--degrees``, ``--work`` (default ``work``), ``--preset``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     ap.add_argument("--degrees", type=float, nargs="+", default=[5.0, 15.0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/contreg_dicom_tilt"))
-    ap.add_argument("--preset", default="io-lr1")
-    args = ap.parse_args(argv)
+    ap.add_argument("--work", type=Path, default=work)
+    ap.add_argument("--preset", default=preset)
+    return ap.parse_args(argv)
 
+
+def source_volume(image: Path, work: Path) -> tuple[np.ndarray, np.ndarray, Path]:
+    """The volume the series is sampled from: ``(array float32, affine, work/volume.nii.gz)`` (written there)."""
     import nibabel as nib
+
+    img = nib.load(str(image))
+    vol, vol_aff = np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+    work.mkdir(parents=True, exist_ok=True)
+    moving = work / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(vol, vol_aff), str(moving))
+    return vol, vol_aff, moving
+
+
+def field_mm(field: Path, fixed_affine) -> np.ndarray:
+    """``(H, W, D)`` magnitude (mm) of a displacement image in fixed voxels (``(H, W, D, 3)``, as ``contreg`` writes it)."""
+    import nibabel as nib
+
+    a = np.asarray(fixed_affine)
+    u = np.asarray(nib.load(str(field)).dataobj, dtype=np.float64)
+    return np.linalg.norm(u @ a[:3, :3].T, axis=-1)
+
+
+def main(argv=None) -> int:
+    args = tilt_arguments(__doc__.splitlines()[0], Path("/tmp/contreg_dicom_tilt"), "io-lr1", argv)
 
     import monai_contreg
     from monai_contreg.io.images import load_image
 
-    img = nib.load(str(args.image))
-    vol, vol_aff = np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
-    args.work.mkdir(parents=True, exist_ok=True)
-    moving = args.work / "volume.nii.gz"
-    nib.save(nib.Nifti1Image(vol, vol_aff), str(moving))
+    vol, vol_aff, moving = source_volume(args.image, args.work)
     print(f"package: {Path(monai_contreg.__file__).parent}")
     for deg in args.degrees:
         folder = args.work / f"tilt_{deg:g}"
@@ -103,9 +123,7 @@ def main(argv=None) -> int:
         res = {"degrees": deg, "exit": run.returncode, "seconds": round(seconds, 1)}
         if run.returncode == 0:
             fixed = load_image(folder)
-            a = np.asarray(fixed.affine)
-            u = np.asarray(nib.load(str(out)).dataobj, dtype=np.float64)  # (H, W, D, 3) fixed voxels
-            mm = np.linalg.norm(u @ a[:3, :3].T, axis=-1)
+            mm = field_mm(out, fixed.affine)
             res.update(fixed_shape=list(fixed.shape[1:]), mean_mm=round(float(mm.mean()), 3),
                        max_mm=round(float(mm.max()), 3))
         else:

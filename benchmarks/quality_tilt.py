@@ -18,38 +18,26 @@ Printed per run: the verdict, the estimate and its interval, the reasons, and th
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dicom_tilt import DEFAULT_IMAGE, write_tilted_series  # noqa: E402
+from dicom_tilt import field_mm, source_volume, tilt_arguments, write_tilted_series  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    ap.add_argument("--degrees", type=float, nargs="+", default=[5.0, 15.0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/contreg_quality_tilt"))
-    ap.add_argument("--preset", default="io")
-    args = ap.parse_args(argv)
+    args = tilt_arguments(__doc__.splitlines()[0], Path("/tmp/contreg_quality_tilt"), "io", argv)
 
     import itk
-    import nibabel as nib
 
     from monai_contreg.io.images import load_image
 
-    img = nib.load(str(args.image))
-    vol, vol_aff = np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
-    args.work.mkdir(parents=True, exist_ok=True)
-    moving = args.work / "volume.nii.gz"
-    nib.save(nib.Nifti1Image(vol, vol_aff), str(moving))
+    vol, vol_aff, moving = source_volume(args.image, args.work)
     for deg in args.degrees:
         folder = args.work / f"tilt_{deg:g}"
         if not folder.exists():
@@ -67,9 +55,7 @@ def main(argv=None) -> int:
             res = {"degrees": deg, "read": name, "exit": run.returncode, "seconds": round(time.perf_counter() - t0, 1)}
             if run.returncode == 0 and qj.exists():
                 q = json.loads(qj.read_text())
-                a = np.asarray(load_image(fixed).affine)
-                u = np.asarray(nib.load(str(out)).dataobj, dtype=np.float64)
-                mm = np.linalg.norm(u @ a[:3, :3].T, axis=-1)
+                mm = field_mm(out, load_image(fixed).affine)
                 res.update(verdict=q["verdict"], estimated_error_mm=round(q["estimated_error_mm"], 2),
                            interval_mm=[round(v, 2) for v in q["interval_mm"]], region=q["region"],
                            reasons=q["reasons"], field_mean_mm=round(float(mm.mean()), 2),
