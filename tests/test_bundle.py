@@ -50,10 +50,19 @@ def test_bundle_inference_equals_contreg_run_and_evaluates(tmp_path):
     cfg = RegistrationConfig.from_dict(OVERRIDES, get_preset("io"))
     summary = run_split(ds, "val", out_cli, cfg)
     assert not summary.failed and len(summary.done) == 2
+    # the same method: the recorded configuration, steps and kernels are identical ...
+    rec_cli, rec_bundle = (json.loads((d / "runtimes.json").read_text()) for d in (out_cli, out_bundle))
+    assert rec_bundle["config"] == rec_cli["config"]
+    for key, case in rec_cli["cases"].items():
+        assert {k: rec_bundle["cases"][key][k] for k in ("steps", "kernels")} == {k: case[k] for k in ("steps", "kernels")}
+    # ... and the fields agree to float noise. Not bit for bit: with the lowest declared versions (numpy 1.24,
+    # monai 1.3) about one bundle process in four computes the first MIND-SSC exp's second half (the OpenMP
+    # worker's chunk) up to 1.5e-4 relative off, which 4 steps at lr 1 carry to ~2e-3 voxels (issue 21's note);
+    # a changed setting moves them by far more (reg_weight 1.75 -> 2.0: 0.22 voxels, peak_lr 1.0 -> 1.1: 2.6).
     for f in sorted(out_cli.glob("disp_*.nii.gz")):
         a, _ = load_field(f)
         b, _ = load_field(out_bundle / f.name)
-        assert torch.equal(a, b), f.name
+        assert torch.allclose(a, b, rtol=0, atol=1e-2), (f.name, float((a - b).abs().max()))
     _bundle(["common", "evaluate"], "--dataset_dir", str(ds), "--output_dir", str(out_bundle))
     res = json.loads((out_bundle / "evaluation.json").read_text())
     assert set(res["cases"]) == {"0001_0001", "0002_0002"}
